@@ -1,0 +1,1 @@
+"""skyward_ray.emulator"""

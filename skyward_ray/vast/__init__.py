@@ -1,0 +1,1 @@
+"""Typed REST client for Vast.ai (httpx + pydantic). Never imports Ray."""
