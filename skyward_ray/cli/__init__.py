@@ -18,6 +18,7 @@ _COMMAND_MODULES = (
     "skyward_ray.cli.emulator",
     "skyward_ray.cli.offers",
     "skyward_ray.cli.validate",
+    "skyward_ray.cli.demo",
 )
 
 
