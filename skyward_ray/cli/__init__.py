@@ -23,7 +23,9 @@ _COMMAND_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="skyward-ray", description="Ray clusters on Vast.ai, and a local Vast emulator.")
+    parser = argparse.ArgumentParser(
+        prog="skyward-ray", description="Ray clusters on Vast.ai, and a local Vast emulator."
+    )
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name in _COMMAND_MODULES:
         try:
