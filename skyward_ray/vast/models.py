@@ -2,27 +2,90 @@
 
 The wire is loose (numbers as strings, ``HostPort`` as text, trailing whitespace, nulls anywhere, fields added
 without notice), so every model here accepts unknown fields and normalises the known quirks in one place. Callers
-read the properties (``ssh_endpoint``, ``state``, ``overlay_ip``) instead of re-deriving them from raw fields.
+read the properties (``ssh_endpoint``, ``state``, ``overlay_name``, ``overlay_ip()``) instead of re-deriving them from
+raw fields.
+
+Normalisations, each in exactly one place:
+
+* every declared field (:class:`WireModel`): text is stripped; a blank string in a nullable field is null, so ``""``
+  never fails a numeric parse; numbers sent as strings are coerced by pydantic's lax mode;
+* ``HostPort`` strings -> int (:class:`PortBinding`); empty port lists dropped;
+* ``local_ipaddrs`` as space/newline separated text -> list;
+* ``extra_env`` as ``[key, value]`` pairs (v1 rows), a dict, or a Docker-flag string -> ``dict[str, str]``;
+* the instance SSH-key list that arrives as a JSON *string* (:class:`InstanceSshKeys`);
+* ``key`` vs ``public_key`` (:class:`SshKey`), ``subnet`` vs ``internal_subnet`` (:class:`Overlay`);
+* the user's ``api_key`` is dropped on parse (:class:`User`).
 """
 
 from __future__ import annotations
 
 import enum
-from typing import Any
+import ipaddress
+import json
+import re
+import shlex
+import types
+import typing
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from skyward_ray.errors import ConfigError
+
+
+def _annotation_kinds(annotation: Any) -> tuple[bool, bool]:
+    """(is text, accepts null) for a field annotation such as ``str | None`` or ``int``."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        members = typing.get_args(annotation)
+    else:
+        members = (annotation,)
+    return str in members, type(None) in members
+
 
 class WireModel(BaseModel):
-    """Base for wire objects: tolerant of unknown fields, so a new Vast field never breaks a parse."""
+    """Base for wire objects: tolerant of unknown fields, so a new Vast field never breaks a parse.
+
+    It also owns the one generic normalisation of the wire's loose text (see the module docstring), so subclasses
+    only add what is specific to them.
+    """
 
     model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=False)
 
+    # wire key (field name and alias) -> (is text, accepts null); filled per subclass by __pydantic_init_subclass__.
+    _wire_kinds: ClassVar[dict[str, tuple[bool, bool]]] = {}
 
-def _blank_to_none(value: Any) -> Any:
-    if isinstance(value, str) and not value.strip():
-        return None
-    return value
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        kinds: dict[str, tuple[bool, bool]] = {}
+        for name, field in cls.model_fields.items():
+            kind = _annotation_kinds(field.annotation)
+            kinds[name] = kind
+            if field.alias:
+                kinds[field.alias] = kind
+        cls._wire_kinds = kinds
+
+    @model_validator(mode="before")
+    @classmethod
+    def _normalise_text(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        changed: dict[str, Any] = {}
+        for key, value in data.items():
+            if not isinstance(value, str) or key not in cls._wire_kinds:
+                continue
+            is_text, nullable = cls._wire_kinds[key]
+            stripped = value.strip()
+            if nullable and not stripped:
+                changed[key] = None
+            elif is_text and stripped != value:
+                changed[key] = stripped
+        return {**data, **changed} if changed else data
+
+    def __repr_args__(self) -> Any:
+        # Only declared fields: unknown wire fields (onstart scripts, tokens) stay out of logs and reprs.
+        extras = self.__pydantic_extra__ or {}
+        return [(key, value) for key, value in super().__repr_args__() if key not in extras]
 
 
 class Offer(WireModel):
@@ -59,22 +122,6 @@ class Offer(WireModel):
     rented: bool | None = None
     is_bid: bool | None = None
 
-    @field_validator("public_ipaddr", "geolocation", "verification", mode="before")
-    @classmethod
-    def _strip_text(cls, value: Any) -> Any:
-        value = _blank_to_none(value)
-        return value.strip() if isinstance(value, str) else value
-
-    @field_validator("cluster_id", "host_id", "direct_port_count", "cpu_cores", "compute_cap", mode="before")
-    @classmethod
-    def _intish(cls, value: Any) -> Any:
-        value = _blank_to_none(value)
-        if isinstance(value, str):
-            return int(float(value))
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        return value
-
     @property
     def effective_reliability(self) -> float:
         """``reliability2`` is what Vast filters on; fall back to ``reliability``, else 0."""
@@ -100,6 +147,68 @@ class Offer(WireModel):
         return self.hosting_type == 1
 
 
+# --- Docker options carried in ``env`` (one place for the key shapes Vast uses) -------------------------------------
+
+OVERLAY_NAME_RE = re.compile(r"^[a-z0-9-]{1,64}$")
+_DOCKER_FLAGS_WITH_VALUE = frozenset({"-e", "-p", "-h", "-v", "-n"})
+
+
+def validate_overlay_name(name: str) -> str:
+    """Vast's CLI keeps ``-n <name>`` only for lowercase letters, digits and ``-``; reject anything else early."""
+    if not isinstance(name, str) or not OVERLAY_NAME_RE.fullmatch(name):
+        raise ConfigError(f"overlay name {name!r} is not allowed: use 1-64 characters of a-z, 0-9 and '-'")
+    return name
+
+
+def overlay_env_key(name: str) -> str:
+    """The ``env`` key that puts a new instance on an overlay: ``{"-n <name>": "1"}``."""
+    return f"-n {validate_overlay_name(name)}"
+
+
+def port_env_key(container_port: int, host_port: int | None = None, proto: str = "tcp") -> str:
+    """The ``env`` key that asks Vast to map a port: ``-p 8265:8265`` (Vast picks the public port anyway)."""
+    suffix = "" if proto == "tcp" else f"/{proto}"
+    return f"-p {host_port or container_port}:{container_port}{suffix}"
+
+
+def parse_docker_env(text: str) -> dict[str, str]:
+    """The Docker-flag string form of ``env`` (``"-e K=V -p 8000:8000 -n ovl"``) as the dict form Vast stores."""
+    result: dict[str, str] = {}
+    tokens = iter(shlex.split(text))
+    for flag in tokens:
+        if flag not in _DOCKER_FLAGS_WITH_VALUE:
+            continue
+        value = next(tokens, None)
+        if value is None:
+            break
+        if flag == "-e":
+            key, sep, val = value.partition("=")
+            if sep:
+                result[key] = val
+        elif flag == "-h":
+            result[flag] = value
+        else:
+            result[f"{flag} {value}"] = "1"
+    return result
+
+
+def env_to_dict(value: Any) -> dict[str, str]:
+    """Any wire form of an env (pairs, dict, Docker-flag string) as ``{key: value}`` text."""
+    if isinstance(value, str):
+        return parse_docker_env(value)
+    if isinstance(value, dict):
+        return {str(k): "" if v is None else str(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        result: dict[str, str] = {}
+        for pair in value:
+            if not isinstance(pair, list | tuple) or not pair:
+                raise ValueError(f"env entry {pair!r} is not a [key, value] pair")
+            key = str(pair[0])
+            result[key] = "" if len(pair) < 2 or pair[1] is None else str(pair[1])
+        return result
+    raise ValueError(f"env of type {type(value).__name__} is not a dict, a list of pairs or a string")
+
+
 class PortBinding(WireModel):
     """One Docker port binding; Vast sends ``HostPort`` as a string."""
 
@@ -112,7 +221,7 @@ class PortBinding(WireModel):
         return int(str(value).strip()) if value is not None else value
 
 
-class NodeState(str, enum.Enum):
+class NodeState(enum.StrEnum):
     """What an instance means to a provider, derived from Vast's several status fields in ONE place
     (:meth:`Instance.state`)."""
 
@@ -155,26 +264,12 @@ class Instance(WireModel):
     geolocation: str | None = None
     start_date: float | None = None
     image_uuid: str | None = None
-    extra_env: list[list[str]] | dict[str, str] | None = None
-
-    @field_validator("public_ipaddr", "ssh_host", "label", "actual_status", "intended_status", "cur_state",
-                     "next_state", mode="before")
-    @classmethod
-    def _strip_text(cls, value: Any) -> Any:
-        return value.strip() if isinstance(value, str) else value
-
-    @field_validator("public_ipaddr", "ssh_host", mode="after")
-    @classmethod
-    def _empty_address(cls, value: str | None) -> str | None:
-        return value or None
-
-    @field_validator("ssh_port", "machine_id", "host_id", "cluster_id", "num_gpus", mode="before")
-    @classmethod
-    def _intish(cls, value: Any) -> Any:
-        value = _blank_to_none(value)
-        if isinstance(value, str):
-            return int(float(value))
-        return value
+    image_runtype: str | None = None
+    direct_port_count: int | None = None
+    disk_space: float | None = None
+    storage_cost: float | None = None
+    # Env vars and Docker options the instance was created with; v1 rows send ``[key, value]`` pairs.
+    extra_env: dict[str, str] | None = Field(default=None, repr=False)  # user env may hold their secrets
 
     @field_validator("local_ipaddrs", mode="before")
     @classmethod
@@ -192,11 +287,10 @@ class Instance(WireModel):
             return {key: bindings for key, bindings in value.items() if bindings}
         return value
 
-    @model_validator(mode="after")
-    def _no_blank_label(self) -> Instance:
-        if self.label == "":
-            self.label = None
-        return self
+    @field_validator("extra_env", mode="before")
+    @classmethod
+    def _env_dict(cls, value: Any) -> Any:
+        return None if value is None else env_to_dict(value)
 
     def host_port(self, container_port: int, proto: str = "tcp") -> int | None:
         """The public port Vast mapped to ``container_port``, or None while unmapped."""
@@ -220,6 +314,30 @@ class Instance(WireModel):
     def ssh_endpoint(self) -> tuple[str, int] | None:
         """Where to SSH: the direct mapping of 22/tcp when there is one, else Vast's proxy gateway."""
         return self.ssh_direct or self.ssh_proxy
+
+    @property
+    def overlay_name(self) -> str | None:
+        """The overlay the instance was created on (its ``-n <name>`` env key), if any."""
+        for key in self.extra_env or {}:
+            flag, _, name = key.partition(" ")
+            if flag == "-n" and name:
+                return name.strip()
+        return None
+
+    def overlay_ip(self, internal_subnet: str) -> str | None:
+        """The first of ``local_ipaddrs`` inside the overlay's subnet. Vast documents no such field; the emulator
+        lists the overlay address there, real Vast may not (then find it on the node, on ``eth0``)."""
+        try:
+            network = ipaddress.ip_network(internal_subnet, strict=False)
+        except ValueError:
+            return None
+        for address in self.local_ipaddrs:
+            try:
+                if ipaddress.ip_address(address) in network:
+                    return address
+            except ValueError:
+                continue
+        return None
 
     @property
     def interrupted(self) -> bool:
@@ -284,6 +402,8 @@ class SshKey(WireModel):
 
     id: int
     public_key: str | None = None
+    name: str | None = None
+    user_id: int | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -315,3 +435,39 @@ class CreatedInstance(WireModel):
 
     new_contract: int
     instance_api_key: str | None = Field(default=None, repr=False)
+
+
+class InstanceSshKeys(WireModel):
+    """``GET /api/v0/instances/{id}/ssh/``: Vast sends the key list as a JSON *string*, not an array."""
+
+    ssh_keys: list[SshKey] = Field(default_factory=list)
+
+    @field_validator("ssh_keys", mode="before")
+    @classmethod
+    def _decode_string(cls, value: Any) -> Any:
+        if value is None:
+            return []
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else []
+        return value
+
+
+class InstancePage(WireModel):
+    """One page of ``GET /api/v1/instances/``; ``next_token`` is null on the last page."""
+
+    instances: list[Instance] = Field(default_factory=list)
+    next_token: str | None = None
+    total_instances: int | None = None
+    instances_found: int | None = None
+
+    @field_validator("instances", mode="before")
+    @classmethod
+    def _null_list(cls, value: Any) -> Any:
+        return [] if value is None else value
+
+
+class ActionResult(WireModel):
+    """The body of a write that returns no object (``{"success": true, "msg": ...}``); extra keys are kept."""
+
+    success: bool | None = None
+    msg: str | None = None
