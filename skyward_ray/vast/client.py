@@ -1,0 +1,797 @@
+"""A typed, thread-safe client for the Vast.ai REST API (httpx + pydantic + tenacity). Never imports Ray.
+
+It sends what the official client (vastai 1.9.1) sends: ``Authorization: Bearer``, a JSON body with every
+PUT/POST/DELETE (``{}`` when empty), GET query values JSON-encoded, every path with its trailing ``/``. Responses are
+parsed into :mod:`skyward_ray.vast.models`; failures become the types of :mod:`skyward_ray.vast.errors`.
+
+Retries live in ONE place (:meth:`VastClient._call`), decided per endpoint by its :class:`RetryPolicy`:
+
+================  ======================================================================================
+``IDEMPOTENT``    reads, search, and writes whose repetition changes nothing (set label/state/bid, destroy,
+                  delete overlay, join overlay, attach key): retried on 429, 502/503/504, timeouts and
+                  connection errors. A repeated destroy or overlay delete that finds nothing is "already gone".
+``ONCE``          writes that create something (``PUT /asks`` = a rental, ``POST /overlay/``, ``POST /ssh/``):
+                  retried only when nothing can have happened: a 429 (refused before processing) or a failure
+                  before the request left (connect error/timeout, no pooled connection). Never after a 5xx,
+                  a read timeout or a broken connection, because the first request may have rented a machine;
+                  the error then says ``outcome_unknown`` and callers find the result by its label or name.
+================  ======================================================================================
+
+Backoff is exponential with full jitter (``uniform(0, min(cap, base * 2**n))``); a ``Retry-After`` in seconds
+replaces it. No retry starts after ``retry_deadline_s``; a ``Retry-After`` beyond it ends the call with a
+:class:`RateLimitedError` carrying ``retry_after``. ``search_quota_exceeded`` is never retried.
+
+A client-side minimum interval per endpoint template (``min_interval_s``) spaces request *starts* so we stay under
+Vast's per-endpoint limits instead of provoking 429s. Keys are the templates in :data:`ENDPOINTS` (for example
+``"GET /api/v1/instances/"``) or ``"*"`` for every other endpoint.
+
+Thread safety: one client may be shared by any number of threads. httpx's pool is thread-safe; the limiter and the
+counters take a short lock that is never held during I/O or sleeps.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any, TypeVar
+
+import httpx
+import tenacity
+from pydantic import BaseModel, ValidationError
+
+from skyward_ray.errors import ConfigError
+from skyward_ray.vast.credentials import ApiKey, redact, resolve_api_key, resolve_base_url
+from skyward_ray.vast.errors import (
+    AuthError,
+    BadRequestError,
+    ConnectionFailedError,
+    NotFoundError,
+    OfferGoneError,
+    ProtocolError,
+    QuotaExceededError,
+    RateLimitedError,
+    RequestTimeoutError,
+    ServerError,
+    TransportError,
+    VastError,
+)
+from skyward_ray.vast.models import (
+    ActionResult,
+    CreatedInstance,
+    Instance,
+    InstancePage,
+    InstanceSshKeys,
+    Offer,
+    Overlay,
+    SshKey,
+    User,
+    validate_overlay_name,
+)
+
+log = logging.getLogger(__name__)
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+RETRYABLE_STATUSES = frozenset({502, 503, 504})
+MAX_LABEL_CHARS = 1024  # Vast rejects longer labels with a 400
+MAX_ONSTART_CHARS = 4048  # Vast's documented onstart limit
+MAX_PAGE_SIZE = 25  # GET /api/v1/instances/ never returns more per page
+DESTROY_CHUNK = 64  # what the CLI sends per bulk destroy
+RUNTYPE_TOKENS = frozenset(
+    {
+        "ssh",
+        "ssh_proxy",
+        "ssh_direc",
+        "ssh_direct",
+        "jupyter",
+        "jupyter_proxy",
+        "jupyter_direc",
+        "jupyter_direct",
+        "args",
+    }
+)
+_BODY_SNIPPET_CHARS = 300
+
+
+def _user_agent() -> str:
+    try:
+        version = metadata.version("skyward-ray")
+    except metadata.PackageNotFoundError:
+        version = "0+unknown"
+    return f"skyward-ray/{version}"
+
+
+class RetryPolicy(enum.Enum):
+    """Which failures of an endpoint may be retried (see the module docstring)."""
+
+    IDEMPOTENT = "idempotent"
+    ONCE = "once"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One REST endpoint: the unit of rate limiting, retry policy and request counting."""
+
+    method: str
+    template: str
+    retry: RetryPolicy = RetryPolicy.IDEMPOTENT
+    writes: bool = False  # a failure after sending may have changed state
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.template}"
+
+    def path(self, **ids: int) -> str:
+        return self.template.format(**ids)
+
+
+SEARCH_OFFERS = Endpoint("POST", "/api/v0/bundles/")
+CREATE_INSTANCE = Endpoint("PUT", "/api/v0/asks/{id}/", RetryPolicy.ONCE, writes=True)
+GET_INSTANCE = Endpoint("GET", "/api/v0/instances/{id}/")
+LIST_INSTANCES = Endpoint("GET", "/api/v1/instances/")
+LIST_INSTANCES_V0 = Endpoint("GET", "/api/v0/instances/")
+UPDATE_INSTANCE = Endpoint("PUT", "/api/v0/instances/{id}/", writes=True)  # label, state
+DESTROY_INSTANCE = Endpoint("DELETE", "/api/v0/instances/{id}/", writes=True)
+DESTROY_INSTANCES = Endpoint("DELETE", "/api/v0/instances/", writes=True)
+CHANGE_BID = Endpoint("PUT", "/api/v0/instances/bid_price/{id}/", writes=True)
+LIST_OVERLAYS = Endpoint("GET", "/api/v0/overlay/")
+CREATE_OVERLAY = Endpoint("POST", "/api/v0/overlay/", RetryPolicy.ONCE, writes=True)
+JOIN_OVERLAY = Endpoint("PUT", "/api/v0/overlay/", writes=True)
+DELETE_OVERLAY = Endpoint("DELETE", "/api/v0/overlay/", writes=True)
+CURRENT_USER = Endpoint("GET", "/api/v0/users/current/")
+LIST_SSH_KEYS = Endpoint("GET", "/api/v0/ssh/")
+CREATE_SSH_KEY = Endpoint("POST", "/api/v0/ssh/", RetryPolicy.ONCE, writes=True)
+ATTACH_SSH_KEY = Endpoint("POST", "/api/v0/instances/{id}/ssh/", writes=True)
+LIST_INSTANCE_SSH_KEYS = Endpoint("GET", "/api/v0/instances/{id}/ssh/")
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    SEARCH_OFFERS, CREATE_INSTANCE, GET_INSTANCE, LIST_INSTANCES, LIST_INSTANCES_V0, UPDATE_INSTANCE,
+    DESTROY_INSTANCE, DESTROY_INSTANCES, CHANGE_BID, LIST_OVERLAYS, CREATE_OVERLAY, JOIN_OVERLAY, DELETE_OVERLAY,
+    CURRENT_USER, LIST_SSH_KEYS, CREATE_SSH_KEY, ATTACH_SSH_KEY, LIST_INSTANCE_SSH_KEYS,
+)  # fmt: skip
+_ENDPOINT_KEYS = frozenset(str(e) for e in ENDPOINTS)
+
+
+class MinIntervalLimiter:
+    """Spaces request starts per key by a minimum interval. Each caller reserves the next free slot under the lock
+    and sleeps outside it, so concurrent threads queue up fairly instead of all firing and collecting 429s."""
+
+    def __init__(
+        self,
+        intervals: float | Mapping[str, float],
+        *,
+        clock: Callable[[], float],
+        sleep: Callable[[float], None],
+    ) -> None:
+        if isinstance(intervals, Mapping):
+            table = dict(intervals)
+            unknown = sorted(set(table) - _ENDPOINT_KEYS - {"*"})
+            if unknown:
+                raise ConfigError(
+                    f"min_interval_s key {unknown[0]!r} is not allowed: use '*' or one of {sorted(_ENDPOINT_KEYS)}"
+                )
+            default = table.pop("*", 0.0)
+        else:
+            table, default = {}, intervals
+        for key, value in [*table.items(), ("*", default)]:
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ConfigError(f"min_interval_s[{key!r}] = {value!r} is not allowed: use seconds >= 0")
+        self._intervals = {key: float(value) for key, value in table.items()}
+        self._default = float(default)
+        self._clock = clock
+        self._sleep = sleep
+        self._next_start: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def interval(self, key: str) -> float:
+        return self._intervals.get(key, self._default)
+
+    def wait_turn(self, key: str) -> float:
+        """Block until ``key`` may start a request; return the seconds waited."""
+        interval = self.interval(key)
+        if interval <= 0:
+            return 0.0
+        with self._lock:
+            now = self._clock()
+            start = max(now, self._next_start.get(key, now))
+            self._next_start[key] = start + interval
+        delay = start - now
+        if delay > 0:
+            self._sleep(delay)
+        return delay
+
+
+def _is_retryable(endpoint: Endpoint, exc: BaseException) -> bool:
+    """THE retry rule (see the module docstring)."""
+    if isinstance(exc, QuotaExceededError):
+        return False
+    if isinstance(exc, RateLimitedError):
+        return True
+    if isinstance(exc, TransportError):
+        return endpoint.retry is RetryPolicy.IDEMPOTENT or not exc.request_sent
+    if isinstance(exc, ServerError):
+        return endpoint.retry is RetryPolicy.IDEMPOTENT and exc.status in RETRYABLE_STATUSES
+    return False
+
+
+def _parse_seconds(value: str | None) -> float | None:
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None  # an HTTP-date: Vast sends seconds when it sends anything
+    return seconds if seconds is not None and seconds >= 0 else None
+
+
+def _encode_query(params: Mapping[str, Any]) -> dict[str, str]:
+    """GET query values as the CLI sends them: strings as they are, everything else as JSON."""
+    return {key: value if isinstance(value, str) else json.dumps(value) for key, value in params.items()}
+
+
+def _as_int(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None and not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _strings(value: Any) -> Iterable[str]:
+    """Every string inside a JSON-like value, keys included."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _strings(key)
+            yield from _strings(item)
+    elif isinstance(value, list | tuple | set):
+        for item in value:
+            yield from _strings(item)
+
+
+_NO_BODY = object()
+
+
+class VastClient:
+    """The Vast REST API as typed methods. Use as a context manager or call :meth:`close`.
+
+    ``api_key``/``base_url`` default to what :mod:`skyward_ray.vast.credentials` resolves (``VAST_API_KEY``,
+    ``VAST_URL``, the key files). ``sleep``, ``clock`` and ``rng`` exist so tests can check waits without waiting.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        *,
+        timeout_s: float = 30.0,
+        retry_deadline_s: float = 60.0,
+        min_interval_s: float | dict[str, float] = 0.0,
+        transport: httpx.BaseTransport | None = None,
+        backoff_base_s: float = 0.5,
+        backoff_cap_s: float = 30.0,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        for name, value in (("timeout_s", timeout_s), ("backoff_cap_s", backoff_cap_s)):
+            if not value > 0:
+                raise ConfigError(f"{name} = {value!r} is not allowed: use seconds > 0")
+        for name, value in (("retry_deadline_s", retry_deadline_s), ("backoff_base_s", backoff_base_s)):
+            if not value >= 0:
+                raise ConfigError(f"{name} = {value!r} is not allowed: use seconds >= 0")
+        self._key = ApiKey(resolve_api_key(api_key))
+        self._base_url = resolve_base_url(base_url)
+        self._timeout_s = float(timeout_s)
+        self._deadline_s = float(retry_deadline_s)
+        self._backoff_base_s = float(backoff_base_s)
+        self._backoff_cap_s = float(backoff_cap_s)
+        self._sleep = sleep
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._limiter = MinIntervalLimiter(min_interval_s, clock=clock, sleep=sleep)
+        self._stats: Counter[str] = Counter()
+        self._stats_lock = threading.Lock()
+        self._http = httpx.Client(
+            base_url=self._base_url,
+            headers={
+                "Authorization": f"Bearer {self._key.reveal()}",
+                "User-Agent": _user_agent(),
+                "Accept": "application/json",
+            },
+            timeout=httpx.Timeout(self._timeout_s),
+            transport=transport,
+            follow_redirects=False,  # a redirect to another host would drop or leak the key; the URL must be exact
+        )
+
+    # --- lifecycle -----------------------------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        return self._base_url
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> VastClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"VastClient(base_url={self._base_url!r}, api_key={self._key!r})"
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """HTTP requests sent (retries included) per endpoint template, e.g. ``{"GET /api/v1/instances/": 3}``."""
+        with self._stats_lock:
+            return dict(self._stats)
+
+    def reset_stats(self) -> None:
+        with self._stats_lock:
+            self._stats.clear()
+
+    # --- offers and rentals --------------------------------------------------------------------------------------
+
+    def search_offers(self, query: dict[str, Any]) -> list[Offer]:
+        """``POST /api/v0/bundles/`` with ``query`` as the body, sent as given: no default filters are added."""
+        if not isinstance(query, dict):
+            raise ConfigError(f"query {query!r} is not allowed: use a dict of Vast's search DSL")
+        body = self._call(SEARCH_OFFERS, json_body=query)
+        rows = body if isinstance(body, list) else self._field(body, "offers", SEARCH_OFFERS, list)
+        return [self._parse(Offer, row, SEARCH_OFFERS) for row in rows]
+
+    def create_instance(
+        self,
+        offer_id: int,
+        *,
+        image: str,
+        disk_gb: float,
+        label: str,
+        env: Mapping[str, str] | None = None,
+        onstart: str | None = None,
+        price: float | None = None,
+        runtype: str | None = "ssh_direc ssh_proxy",
+        args: list[str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> CreatedInstance:
+        """Rent offer ``offer_id`` (``PUT /api/v0/asks/{id}/``). ``price`` is the bid in $/h for the whole offer;
+        None rents on-demand. ``extra`` adds or overrides body keys (``user``, ``target_state``...).
+
+        Never retried after a 5xx or a timeout (no double rental): such an error has ``outcome_unknown`` and the
+        caller finds any rental by its label. A failed create that still names an instance sets ``new_contract``
+        on the error; the caller must destroy it.
+        """
+        offer = self._positive_id("offer_id", offer_id)
+        if not isinstance(image, str) or not image.strip():
+            raise ConfigError(f"image {image!r} is not allowed: use a Docker image reference")
+        if isinstance(disk_gb, bool) or not isinstance(disk_gb, int | float) or disk_gb <= 0:
+            raise ConfigError(f"disk_gb = {disk_gb!r} is not allowed: use GB > 0")
+        self._check_label(label)
+        env_body = self._check_env(env)
+        if onstart is not None and (not isinstance(onstart, str) or len(onstart) > MAX_ONSTART_CHARS):
+            raise ConfigError(f"onstart is not allowed: use text of at most {MAX_ONSTART_CHARS} characters")
+        if price is not None:
+            self._check_price(price)
+        if runtype is not None:
+            tokens = runtype.split() if isinstance(runtype, str) else []
+            if not tokens or not set(tokens) <= RUNTYPE_TOKENS:
+                raise ConfigError(
+                    f"runtype {runtype!r} is not allowed: use space-separated tokens from {sorted(RUNTYPE_TOKENS)}"
+                )
+        if args is not None and (not isinstance(args, list) or not all(isinstance(a, str) for a in args)):
+            raise ConfigError(f"args {args!r} is not allowed: use a list of strings")
+        body: dict[str, Any] = {
+            "client_id": "me",
+            "image": image,
+            "env": env_body,
+            "price": price,
+            "disk": disk_gb,
+            "label": label,
+            "extra": None,
+            "onstart": onstart,
+            "image_login": None,
+            "python_utf8": False,
+            "lang_utf8": False,
+            "use_jupyter_lab": False,
+            "jupyter_dir": None,
+            "force": False,
+            "cancel_unavail": False,
+            "template_hash_id": None,
+            "user": None,
+        }
+        if runtype:
+            body["runtype"] = runtype
+        if args is not None:
+            body["args"] = args
+        if extra:
+            body.update(extra)
+        self._refuse_secret(body, "the create_instance request (label, env, onstart, args, extra)")
+        result = self._call(CREATE_INSTANCE, ids={"id": offer}, json_body=body)
+        if not isinstance(result, dict) or result.get("new_contract") is None:
+            raise self._protocol(CREATE_INSTANCE, CREATE_INSTANCE.path(id=offer), "no new_contract in a success body")
+        return self._parse(CreatedInstance, result, CREATE_INSTANCE)
+
+    # --- reading instances ---------------------------------------------------------------------------------------
+
+    def get_instance(self, instance_id: int) -> Instance | None:
+        """One instance, or None when Vast says it does not exist (``{"instances": null}`` or a 404 envelope)."""
+        iid = self._positive_id("instance_id", instance_id)
+        try:
+            body = self._call(GET_INSTANCE, ids={"id": iid}, params={"owner": "me"})
+        except NotFoundError as exc:
+            if exc.error_code is None:
+                raise  # not Vast's answer (an HTML 404 from a wrong base URL): do not report the node as gone
+            return None
+        row = self._field(body, "instances", GET_INSTANCE, (dict, type(None)))
+        return None if row is None else self._parse(Instance, row, GET_INSTANCE)
+
+    def list_instances(
+        self, select_filters: dict[str, Any] | None = None, page_size: int = MAX_PAGE_SIZE
+    ) -> list[Instance]:
+        """Every instance of the account (``GET /api/v1/instances/``), following ``next_token`` to the last page.
+
+        ``select_filters`` uses stored columns only (``actual_status``, ``label``, ``id``...), as Vast requires.
+        """
+        if isinstance(page_size, bool) or not isinstance(page_size, int) or not 1 <= page_size <= MAX_PAGE_SIZE:
+            raise ConfigError(f"page_size = {page_size!r} is not allowed: use an integer from 1 to {MAX_PAGE_SIZE}")
+        if select_filters is not None and not isinstance(select_filters, dict):
+            raise ConfigError(
+                f"select_filters {select_filters!r} is not allowed: use a dict such as "
+                '{"actual_status": {"in": ["running"]}}'
+            )
+        params: dict[str, Any] = {
+            "select_filters": select_filters or {},
+            "order_by": [{"col": "id", "dir": "asc"}],
+            "limit": page_size,
+        }
+        instances: list[Instance] = []
+        seen_tokens: set[str] = set()
+        while True:
+            body = self._call(LIST_INSTANCES, params=params)
+            page = self._parse(InstancePage, body, LIST_INSTANCES)
+            instances.extend(page.instances)
+            if not page.next_token:
+                return instances
+            if page.next_token in seen_tokens:
+                raise self._protocol(LIST_INSTANCES, LIST_INSTANCES.template, "next_token repeats an earlier page")
+            seen_tokens.add(page.next_token)
+            params["after_token"] = page.next_token
+
+    def list_instances_v0(self) -> list[Instance]:
+        """The deprecated unpaged list (``GET /api/v0/instances/?owner=me``), for servers without v1."""
+        body = self._call(LIST_INSTANCES_V0, params={"owner": "me"})
+        rows = self._field(body, "instances", LIST_INSTANCES_V0, (list, type(None))) or []
+        return [self._parse(Instance, row, LIST_INSTANCES_V0) for row in rows]
+
+    # --- changing instances --------------------------------------------------------------------------------------
+
+    def destroy_instance(self, instance_id: int) -> bool:
+        """Destroy one instance. False when Vast says it was already gone (404), so repeating is safe."""
+        iid = self._positive_id("instance_id", instance_id)
+        try:
+            self._call(DESTROY_INSTANCE, ids={"id": iid}, json_body={})
+        except NotFoundError as exc:
+            if exc.error_code is None:
+                raise
+            return False
+        return True
+
+    def destroy_instances(self, instance_ids: Iterable[int]) -> None:
+        """Bulk destroy (``DELETE /api/v0/instances/``), 64 ids per request as the CLI does."""
+        ids = list(dict.fromkeys(self._positive_id("instance_ids", i) for i in instance_ids))
+        for start in range(0, len(ids), DESTROY_CHUNK):
+            self._call(DESTROY_INSTANCES, json_body={"instance_ids": ids[start : start + DESTROY_CHUNK]})
+
+    def set_label(self, instance_id: int, label: str) -> ActionResult:
+        iid = self._positive_id("instance_id", instance_id)
+        self._check_label(label)
+        self._refuse_secret(label, "label")
+        return self._action(UPDATE_INSTANCE, {"label": label}, iid)
+
+    def change_bid(self, instance_id: int, price: float) -> ActionResult:
+        """Set the bid of an interruptible instance ($/h for the whole instance, like ``min_bid``)."""
+        iid = self._positive_id("instance_id", instance_id)
+        self._check_price(price)
+        return self._action(CHANGE_BID, {"client_id": "me", "price": price}, iid)
+
+    def stop_instance(self, instance_id: int) -> ActionResult:
+        return self._action(UPDATE_INSTANCE, {"state": "stopped"}, self._positive_id("instance_id", instance_id))
+
+    def start_instance(self, instance_id: int) -> ActionResult:
+        return self._action(UPDATE_INSTANCE, {"state": "running"}, self._positive_id("instance_id", instance_id))
+
+    # --- overlays ------------------------------------------------------------------------------------------------
+
+    def list_overlays(self) -> list[Overlay]:
+        body = self._call(LIST_OVERLAYS)
+        rows = body if isinstance(body, list) else self._field(body, "overlays", LIST_OVERLAYS, list)
+        return [self._parse(Overlay, row, LIST_OVERLAYS) for row in rows]
+
+    def create_overlay(self, cluster_id: int, name: str) -> ActionResult:
+        """Create overlay ``name`` on physical cluster ``cluster_id``. Vast returns no id: list to find it."""
+        cid = self._positive_id("cluster_id", cluster_id)
+        body = {"cluster_id": cid, "name": validate_overlay_name(name)}
+        return self._action(CREATE_OVERLAY, body)
+
+    def join_overlay(self, name: str, instance_id: int) -> ActionResult:
+        iid = self._positive_id("instance_id", instance_id)
+        return self._action(JOIN_OVERLAY, {"name": validate_overlay_name(name), "instance_id": iid})
+
+    def delete_overlay(self, overlay_id: int | None = None, name: str | None = None) -> bool:
+        """Delete an overlay by id or by name (exactly one). False when Vast says it was already gone."""
+        if (overlay_id is None) == (name is None):
+            raise ConfigError(
+                f"delete_overlay(overlay_id={overlay_id!r}, name={name!r}) is not allowed: "
+                "give exactly one of overlay_id and name"
+            )
+        if overlay_id is not None:
+            body: dict[str, Any] = {"overlay_id": self._positive_id("overlay_id", overlay_id)}
+        else:
+            body = {"overlay_name": validate_overlay_name(name or "")}
+        try:
+            self._call(DELETE_OVERLAY, json_body=body)
+        except NotFoundError as exc:
+            if exc.error_code is None:
+                raise
+            return False
+        return True
+
+    # --- account -------------------------------------------------------------------------------------------------
+
+    def current_user(self) -> User:
+        """The account (``credit`` is the money left). Also the cheapest check that the key works."""
+        return self._parse(User, self._call(CURRENT_USER), CURRENT_USER)
+
+    def list_ssh_keys(self) -> list[SshKey]:
+        body = self._call(LIST_SSH_KEYS)
+        if isinstance(body, dict):
+            body = body.get("ssh_keys", body.get("keys"))
+        if not isinstance(body, list):
+            raise self._protocol(LIST_SSH_KEYS, LIST_SSH_KEYS.template, "expected a list of keys")
+        return [self._parse(SshKey, row, LIST_SSH_KEYS) for row in body]
+
+    def create_ssh_key(self, public_key: str) -> SshKey:
+        """Register an account key; Vast puts account keys on instances created afterwards."""
+        body = self._call(CREATE_SSH_KEY, json_body={"ssh_key": self._check_public_key(public_key)})
+        row = body.get("key", body) if isinstance(body, dict) else body
+        return self._parse(SshKey, row, CREATE_SSH_KEY)
+
+    def attach_ssh_key(self, instance_id: int, public_key: str) -> ActionResult:
+        """Add a key to a running instance (keys registered after its creation do not reach it by themselves)."""
+        iid = self._positive_id("instance_id", instance_id)
+        return self._action(ATTACH_SSH_KEY, {"ssh_key": self._check_public_key(public_key)}, iid)
+
+    def list_instance_ssh_keys(self, instance_id: int) -> list[SshKey]:
+        iid = self._positive_id("instance_id", instance_id)
+        body = self._call(LIST_INSTANCE_SSH_KEYS, ids={"id": iid})
+        return self._parse(InstanceSshKeys, body, LIST_INSTANCE_SSH_KEYS).ssh_keys
+
+    # --- the request pipeline ------------------------------------------------------------------------------------
+
+    def _call(
+        self,
+        endpoint: Endpoint,
+        *,
+        ids: Mapping[str, int] | None = None,
+        json_body: Any = _NO_BODY,
+        params: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """Send one logical request with THE retry rules; return the decoded JSON body of the success."""
+        path = endpoint.path(**(ids or {}))
+        if json_body is _NO_BODY and endpoint.method != "GET":
+            json_body = {}  # the CLI sends a JSON body with every PUT/POST/DELETE
+        query = _encode_query(params) if params else None
+        deadline = self._clock() + self._deadline_s
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(lambda exc: _is_retryable(endpoint, exc)),
+            wait=self._backoff,
+            stop=lambda state: self._clock() + state.upcoming_sleep > deadline,
+            sleep=self._sleep,
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+        try:
+            return retrying(self._attempt, endpoint, path, json_body, query)
+        except VastError as exc:
+            exc.attempts = int(retrying.statistics.get("attempt_number", 1))
+            log.debug("%s failed: %s", endpoint, exc)
+            raise
+
+    def _backoff(self, state: tenacity.RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, VastError) and exc.retry_after is not None:
+            return exc.retry_after
+        ceiling = min(self._backoff_cap_s, self._backoff_base_s * 2 ** (state.attempt_number - 1))
+        return self._rng.uniform(0.0, ceiling)
+
+    def _log_retry(self, state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.info("retrying in %.2fs (attempt %d failed): %s", state.upcoming_sleep, state.attempt_number, exc)
+
+    def _attempt(self, endpoint: Endpoint, path: str, json_body: Any, query: dict[str, str] | None) -> Any:
+        self._limiter.wait_turn(str(endpoint))
+        with self._stats_lock:
+            self._stats[str(endpoint)] += 1
+        started = self._clock()
+        kwargs: dict[str, Any] = {"params": query}
+        if json_body is not _NO_BODY:
+            kwargs["json"] = json_body
+        try:
+            response = self._http.request(endpoint.method, path, **kwargs)
+        except httpx.TimeoutException as exc:
+            sent = not isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout)
+            raise RequestTimeoutError(
+                f"{endpoint.method} {path}: no response within {self._timeout_s:g}s ({type(exc).__name__})",
+                request_sent=sent,
+                outcome_unknown=sent and endpoint.writes,
+                endpoint=str(endpoint),
+            ) from None
+        except httpx.TransportError as exc:
+            sent = not isinstance(exc, httpx.ConnectError)
+            raise ConnectionFailedError(
+                f"{endpoint.method} {path}: {type(exc).__name__}: {self._scrub(str(exc)) or 'connection failed'}",
+                request_sent=sent,
+                outcome_unknown=sent and endpoint.writes,
+                endpoint=str(endpoint),
+            ) from None
+        except httpx.HTTPError as exc:
+            raise self._protocol(endpoint, path, f"{type(exc).__name__}: {self._scrub(str(exc))}") from None
+        log.debug("%s %s -> %d in %.3fs", endpoint.method, path, response.status_code, self._clock() - started)
+        return self._check(endpoint, path, response)
+
+    def _check(self, endpoint: Endpoint, path: str, response: httpx.Response) -> Any:
+        """The decoded body of a success, or the typed error the response means."""
+        try:
+            body: Any = response.json()
+        except ValueError:
+            body = None
+        status = response.status_code
+        if 200 <= status < 300:
+            if body is None and response.content.strip() != b"null":
+                raise self._protocol(
+                    endpoint, path, f"HTTP {status} with a body that is not JSON: {self._snippet(response.text)!r}"
+                )
+            if not (isinstance(body, dict) and body.get("success") is False):
+                return body
+        raise self._error(endpoint, path, response, body)
+
+    def _error(self, endpoint: Endpoint, path: str, response: httpx.Response, body: Any) -> VastError:
+        status = response.status_code
+        code: str | None = None
+        text = ""
+        ask_id = new_contract = None
+        if isinstance(body, dict):
+            raw_code = body.get("error")
+            code = str(raw_code) if raw_code not in (None, "", False) else None
+            text = str(next((body[k] for k in ("msg", "message", "detail") if body.get(k)), ""))
+            ask_id, new_contract = _as_int(body.get("ask_id")), _as_int(body.get("new_contract"))
+        elif body is not None:
+            text = json.dumps(body)
+        else:
+            text = response.text
+        text = self._snippet(text)
+        retry_after = _parse_seconds(response.headers.get("Retry-After"))
+        described = " ".join(part for part in (f"HTTP {status}", code) if part)
+        message = f"{endpoint.method} {path}: {described}" + (f": {text}" if text else "")
+        fields: dict[str, Any] = {
+            "status": status,
+            "error_code": code,
+            "ask_id": ask_id,
+            "new_contract": new_contract,
+            "retry_after": retry_after,
+            "endpoint": str(endpoint),
+        }
+        if new_contract is not None:
+            log.warning("%s failed but created instance %d; it must be destroyed", endpoint, new_contract)
+            message += f" (instance {new_contract} was created anyway and must be destroyed)"
+        if code == "search_quota_exceeded":
+            reset_at = _parse_seconds(response.headers.get("X-RateLimit-Reset"))
+            return QuotaExceededError(message, reset_at=reset_at, **fields)
+        if status == 429 or code == "rate_limit_exceeded":
+            return RateLimitedError(message, **fields)
+        if status in (401, 403) or code == "auth_error":
+            return AuthError(message, **fields)
+        if "no_such_ask" in f"{code} {text}" or (endpoint is CREATE_INSTANCE and status in (404, 410)):
+            return OfferGoneError(message, **fields)
+        if status in (404, 410) or code in ("no_such_instance", "not_found"):
+            return NotFoundError(message, **fields)
+        if status >= 500:
+            return ServerError(message, outcome_unknown=endpoint.writes, **fields)
+        if 300 <= status < 400:
+            where = self._scrub(response.headers.get("Location", "?"))
+            return ProtocolError(f"{message}: redirect to {where}; set VAST_URL to the final server", **fields)
+        if status >= 400 or (code or "").startswith("invalid"):
+            return BadRequestError(message, **fields)
+        return VastError(message, **fields)  # a 2xx that says success: false with a code we do not know
+
+    # --- small helpers -------------------------------------------------------------------------------------------
+
+    def _action(self, endpoint: Endpoint, body: dict[str, Any], instance_id: int | None = None) -> ActionResult:
+        ids = {"id": instance_id} if instance_id is not None else None
+        result = self._call(endpoint, ids=ids, json_body=body)
+        return self._parse(ActionResult, result if isinstance(result, dict) else {}, endpoint)
+
+    def _parse(self, model: type[ModelT], data: Any, endpoint: Endpoint) -> ModelT:
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or '(body)'}: {err['msg']}"
+                for err in exc.errors(include_url=False, include_input=False)[:3]
+            )
+            raise self._protocol(endpoint, endpoint.template, f"unexpected {model.__name__}: {problems}") from None
+
+    def _field(self, body: Any, key: str, endpoint: Endpoint, kinds: type | tuple[type, ...]) -> Any:
+        if not isinstance(body, dict) or key not in body or not isinstance(body[key], kinds):
+            raise self._protocol(endpoint, endpoint.template, f"expected a JSON object with {key!r}")
+        return body[key]
+
+    def _protocol(self, endpoint: Endpoint, path: str, problem: str) -> ProtocolError:
+        return ProtocolError(f"{endpoint.method} {path}: {self._scrub(problem)}", endpoint=str(endpoint))
+
+    def _scrub(self, text: str) -> str:
+        return redact(text, self._key)
+
+    def _snippet(self, text: str) -> str:
+        text = self._scrub(" ".join(text.split()))
+        return text if len(text) <= _BODY_SNIPPET_CHARS else text[: _BODY_SNIPPET_CHARS - 3] + "..."
+
+    def _refuse_secret(self, value: Any, where: str) -> None:
+        """The account key must never reach an instance, a label or a log (DESIGN, decision 10)."""
+        if any(self._key.reveal() in text for text in _strings(value)):
+            raise ConfigError(f"{where} contains the account API key; it must never reach an instance or a label")
+
+    @staticmethod
+    def _positive_id(name: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ConfigError(f"{name} = {value!r} is not allowed: use a positive integer id")
+        return value
+
+    @staticmethod
+    def _check_label(label: Any) -> None:
+        if not isinstance(label, str) or not label.strip() or len(label) > MAX_LABEL_CHARS:
+            shown = label if not isinstance(label, str) else f"{label[:40]}... ({len(label)} chars)"
+            raise ConfigError(
+                f"label {shown!r} is not allowed: use non-blank text of at most {MAX_LABEL_CHARS} characters"
+            )
+
+    @staticmethod
+    def _check_price(price: Any) -> None:
+        if isinstance(price, bool) or not isinstance(price, int | float) or not price > 0:
+            raise ConfigError(f"price = {price!r} is not allowed: use $/hour > 0 (Vast accepts 0.001 and up)")
+
+    @staticmethod
+    def _check_env(env: Mapping[str, Any] | None) -> dict[str, str]:
+        if env is None:
+            return {}
+        if not isinstance(env, Mapping):
+            raise ConfigError(f"env of type {type(env).__name__} is not allowed: use a dict of str to str")
+        result: dict[str, str] = {}
+        for key, value in env.items():
+            plain = isinstance(value, str | int | float) and not isinstance(value, bool)
+            if not isinstance(key, str) or not key or not plain:
+                raise ConfigError(f"env entry {key!r} is not allowed: use non-empty str keys and str values")
+            result[key] = str(value)
+        return result
+
+    @staticmethod
+    def _check_public_key(public_key: Any) -> str:
+        """Refuse anything but one line of OpenSSH public key, so a private key is never sent by mistake."""
+        text = public_key.strip() if isinstance(public_key, str) else ""
+        if (
+            not text
+            or "\n" in text
+            or "PRIVATE KEY" in text
+            or not text.split()[0].startswith(("ssh-", "ecdsa-", "sk-"))
+            or len(text.split()) < 2
+        ):
+            # The value is not shown: it may be a private key.
+            raise ConfigError("public_key is not allowed: use one line of OpenSSH public key ('ssh-ed25519 AAAA...')")
+        return text
