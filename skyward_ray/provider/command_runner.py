@@ -1,0 +1,108 @@
+"""An SSH command runner for Vast's mapped SSH ports.
+
+Ray's ``SSHCommandRunner`` always connects to port 22 of ``internal_ip``/``external_ip``, and ``auth`` has no port
+key. A Vast instance's sshd is reached at a *mapped* port: directly at ``public_ipaddr`` + the host port of
+``22/tcp``, or through Vast's proxy at ``ssh_host:ssh_port``; and from inside the cluster at the overlay address,
+port 22 (overlay members reach each other on every port). This runner tries those endpoints in order and pins the
+first that accepts a TCP connection, then drives Ray's own machinery with ``-o Port=<port>``:
+
+* ``_get_node_ip`` (a private hook of Ray 2.60; pinned by ``ray==2.60.*`` and covered by tests) returns the chosen host;
+* the ``initialization_commands`` path, which builds a fresh ``SSHOptions`` from the override key and so would lose
+  ``Port`` and ``ControlPath``, is routed through the runner's own options (same key: Ray passes
+  ``auth.ssh_private_key``);
+* ``remote_shell_command_str`` carries ``-p <port>``.
+
+Endpoints come from the provider's snapshot (no API call per SSH command). Until one answers, every attempt
+re-reads them, because Ray retries ``uptime`` while a node boots and the right endpoint may only then appear.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from ray.autoscaler._private.command_runner import SSHCommandRunner
+
+Endpoint = tuple[str, int]
+
+
+class EndpointSource(Protocol):
+    def ssh_endpoints(self, node_id: str, use_internal_ip: bool) -> list[Endpoint]:
+        """Candidate SSH endpoints of a node, best first (empty while unknown)."""
+        ...
+
+
+def tcp_accepts(endpoint: Endpoint, timeout_s: float = 3.0) -> bool:
+    """Whether something accepts TCP connections at ``endpoint`` (sshd up, port mapped, route present)."""
+    try:
+        with socket.create_connection(endpoint, timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+class VastSSHCommandRunner(SSHCommandRunner):
+    """``SSHCommandRunner`` that targets the first reachable of a node's SSH endpoints, with its port."""
+
+    def __init__(
+        self,
+        *,
+        endpoints: EndpointSource,
+        probe: Callable[[Endpoint], bool] = tcp_accepts,
+        **common_args: Any,
+    ) -> None:
+        super().__init__(**common_args)
+        self._endpoints = endpoints
+        self._probe = probe
+        self._endpoint: Endpoint | None = None
+
+    # --- endpoint choice -------------------------------------------------------------------------------------------
+
+    def _candidates(self) -> Sequence[Endpoint]:
+        return self._endpoints.ssh_endpoints(self.node_id, self.use_internal_ip)
+
+    def _choose_endpoint(self) -> Endpoint | None:
+        """The first candidate that answers; if none does yet, the first one (unpinned, so it is tried again)."""
+        if self._endpoint is not None:
+            return self._endpoint
+        candidates = list(self._candidates())
+        if not candidates:
+            return None
+        for endpoint in candidates:
+            if self._probe(endpoint):
+                self._endpoint = endpoint
+                return endpoint
+        return candidates[0]
+
+    @property
+    def endpoint(self) -> Endpoint | None:
+        """The pinned endpoint, once one answered."""
+        return self._endpoint
+
+    def _get_node_ip(self) -> str | None:  # Ray's hook: the SSH target host
+        endpoint = self._choose_endpoint()
+        if endpoint is None:
+            return None
+        self.ssh_options.arg_dict["Port"] = endpoint[1]
+        return endpoint[0]
+
+    def _get_ssh_target(self) -> str:
+        if self._endpoint is None:
+            # Not pinned yet: forget the host Ray cached, so this attempt looks at the endpoints again.
+            self.ssh_ip = None
+        return super()._get_ssh_target()
+
+    # --- Ray's entry points that would otherwise lose the port -----------------------------------------------------
+
+    def run(self, cmd: str | None = None, **kwargs: Any) -> Any:
+        # Ray passes auth.ssh_private_key as the override for initialization_commands; that is our key already,
+        # and the fresh SSHOptions it would build has no Port. Keep ours.
+        kwargs["ssh_options_override_ssh_key"] = ""
+        return super().run(cmd, **kwargs)
+
+    def remote_shell_command_str(self) -> str:
+        target = self._get_ssh_target()
+        port = self.ssh_options.arg_dict.get("Port", 22)
+        key = f"-i {self.ssh_private_key} " if self.ssh_private_key else ""
+        return f"ssh -o IdentitiesOnly=yes {key}-p {port} {self.ssh_user}@{target}\n"

@@ -1,0 +1,145 @@
+"""The SSH runner reaches Vast's mapped port on every path Ray uses: commands, the initialization-commands override,
+rsync, and the remote-shell string; it prefers the direct endpoint and falls back to the proxy."""
+
+from __future__ import annotations
+
+import subprocess
+from typing import Any
+
+import pytest
+
+from skyward_ray.provider.command_runner import Endpoint, VastSSHCommandRunner
+
+DIRECT: Endpoint = ("198.51.100.7", 41022)
+PROXY: Endpoint = ("203.0.113.9", 20417)
+OVERLAY: Endpoint = ("10.8.0.3", 22)
+
+
+class FakeProcessRunner:
+    """Stands in for ``subprocess``: records every command instead of running it."""
+
+    DEVNULL = subprocess.DEVNULL
+    PIPE = subprocess.PIPE
+
+    def __init__(self) -> None:
+        self.commands: list[list[str]] = []
+
+    def check_call(self, cmd: list[str], **_: Any) -> int:
+        self.commands.append(list(cmd))
+        return 0
+
+    def check_output(self, cmd: list[str], **_: Any) -> bytes:
+        self.commands.append(list(cmd))
+        return b"ok"
+
+
+class FakeEndpoints:
+    def __init__(self, by_internal: dict[bool, list[Endpoint]]) -> None:
+        self.by_internal = by_internal
+        self.calls = 0
+
+    def ssh_endpoints(self, node_id: str, use_internal_ip: bool) -> list[Endpoint]:
+        self.calls += 1
+        return list(self.by_internal.get(use_internal_ip, []))
+
+
+class FakeProvider:
+    def is_terminated(self, node_id: str) -> bool:
+        return False
+
+
+def _runner(endpoints: FakeEndpoints, reachable: set[Endpoint], *, use_internal_ip: bool = False,
+            key: str | None = "/keys/id_ed25519") -> tuple[VastSSHCommandRunner, FakeProcessRunner, list[Endpoint]]:
+    probed: list[Endpoint] = []
+
+    def probe(endpoint: Endpoint) -> bool:
+        probed.append(endpoint)
+        return endpoint in reachable
+
+    process = FakeProcessRunner()
+    auth = {"ssh_user": "root", **({"ssh_private_key": key} if key else {})}
+    runner = VastSSHCommandRunner(
+        endpoints=endpoints, probe=probe, log_prefix="test: ", node_id="4242", provider=FakeProvider(),
+        auth_config=auth, cluster_name="unit", process_runner=process, use_internal_ip=use_internal_ip,
+    )
+    return runner, process, probed
+
+
+def _option(cmd: list[str], name: str) -> str | None:
+    for index, token in enumerate(cmd[:-1]):
+        if token == "-o" and cmd[index + 1].startswith(f"{name}="):
+            return cmd[index + 1].split("=", 1)[1]
+    return None
+
+
+def test_command_goes_to_the_direct_endpoint_with_its_port() -> None:
+    runner, process, _ = _runner(FakeEndpoints({False: [DIRECT, PROXY]}), {DIRECT, PROXY})
+    assert runner.run("uptime", with_output=True) == b"ok"
+    cmd = process.commands[-1]
+    assert f"root@{DIRECT[0]}" in cmd
+    assert _option(cmd, "Port") == str(DIRECT[1])
+    assert _option(cmd, "ControlPath") is not None
+    assert runner.endpoint == DIRECT
+
+
+def test_falls_back_to_the_proxy_when_the_direct_port_does_not_answer() -> None:
+    runner, process, probed = _runner(FakeEndpoints({False: [DIRECT, PROXY]}), {PROXY})
+    runner.run("uptime", with_output=True)
+    assert probed == [DIRECT, PROXY]
+    assert f"root@{PROXY[0]}" in process.commands[-1]
+    assert _option(process.commands[-1], "Port") == str(PROXY[1])
+
+
+def test_initialization_commands_path_keeps_port_and_control_path() -> None:
+    runner, process, _ = _runner(FakeEndpoints({False: [DIRECT]}), {DIRECT})
+    # What Ray's updater does for initialization_commands: a fresh SSHOptions from the key would drop Port.
+    runner.run("echo init", with_output=True, ssh_options_override_ssh_key="/keys/id_ed25519", run_env="host")
+    cmd = process.commands[-1]
+    assert _option(cmd, "Port") == str(DIRECT[1])
+    assert _option(cmd, "ControlPath") is not None
+    assert cmd[cmd.index("-i") + 1] == "/keys/id_ed25519"
+
+
+def test_rsync_carries_the_port_in_its_ssh_command() -> None:
+    runner, process, _ = _runner(FakeEndpoints({False: [DIRECT]}), {DIRECT})
+    runner.run_rsync_up("/local/dir/", "~/remote/")
+    cmd = process.commands[-1]
+    assert cmd[0] == "rsync"
+    rsh = cmd[cmd.index("--rsh") + 1]
+    assert f"Port={DIRECT[1]}" in rsh
+    assert cmd[-1] == f"root@{DIRECT[0]}:~/remote/"
+
+
+def test_remote_shell_string_has_the_port_and_key() -> None:
+    runner, _, _ = _runner(FakeEndpoints({False: [PROXY]}), {PROXY})
+    assert runner.remote_shell_command_str() == (
+        f"ssh -o IdentitiesOnly=yes -i /keys/id_ed25519 -p {PROXY[1]} root@{PROXY[0]}\n"
+    )
+
+
+def test_head_to_worker_uses_the_overlay_endpoint_first() -> None:
+    endpoints = FakeEndpoints({True: [OVERLAY, DIRECT], False: [DIRECT]})
+    runner, process, _ = _runner(endpoints, {OVERLAY, DIRECT}, use_internal_ip=True)
+    runner.run("uptime", with_output=True)
+    assert f"root@{OVERLAY[0]}" in process.commands[-1]
+    assert _option(process.commands[-1], "Port") == "22"
+
+
+def test_nothing_answers_yet_so_each_attempt_looks_again_until_one_does() -> None:
+    endpoints = FakeEndpoints({False: [DIRECT, PROXY]})
+    reachable: set[Endpoint] = set()
+    runner, process, _ = _runner(endpoints, reachable)
+    runner.run("uptime", with_output=True)  # sshd not up: tries the first candidate, stays unpinned
+    assert runner.endpoint is None and f"root@{DIRECT[0]}" in process.commands[-1]
+    reachable.add(PROXY)  # only the proxy comes up
+    runner.run("uptime", with_output=True)
+    assert runner.endpoint == PROXY and f"root@{PROXY[0]}" in process.commands[-1]
+    calls = endpoints.calls
+    runner.run("uptime", with_output=True)  # pinned: no more lookups
+    assert endpoints.calls == calls
+
+
+@pytest.mark.parametrize("key", [None])
+def test_remote_shell_string_without_key(key: str | None) -> None:
+    runner, _, _ = _runner(FakeEndpoints({False: [DIRECT]}), {DIRECT}, key=key)
+    assert runner.remote_shell_command_str() == f"ssh -o IdentitiesOnly=yes -p {DIRECT[1]} root@{DIRECT[0]}\n"
