@@ -1,0 +1,399 @@
+"""Why nothing fits, and what would help: the seed's "No offers available" / "No physical cluster found" advice made
+specific to the offers at hand.
+
+:func:`explain` re-applies a request's filters one at a time, in the order of
+:attr:`~skyward_ray.placement.filters.OfferFilter.checks`, to the offers it is given, and names the first one that
+leaves none; past the filters it checks offer sizes, prices, each cluster's room and the budget. It then tries each
+relaxation the user controls (one at a time: a lower ``min_reliability``, no ``geolocation``, fewer nodes, ...) and
+lists those that would yield a plan, with the value that would do.
+
+It only knows the offers it is given. A strict search returns no offer that fails a filter, so callers that want the
+"how far would it have to move" part pass a broader search result too (``build_queries(..., broad=True)``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from skyward_ray.errors import SkywardError
+from skyward_ray.placement.filters import Check, OfferFilter
+from skyward_ray.placement.gpus import known_gpu_names
+from skyward_ray.placement.options import Allocation, PlacementOptions
+from skyward_ray.placement.pricing import node_price
+from skyward_ray.placement.request import NodeGroup, PlacementRequest, Scope
+from skyward_ray.placement.solver import (
+    Solution,
+    buckets,
+    budget_micro,
+    capacity,
+    collect,
+    majority_country,
+    solve,
+)
+from skyward_ray.vast.models import Offer
+
+MAX_ALTERNATIVE_GPUS = 5
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Which stage emptied the result (an option name, ``capacity`` or ``max_hourly_cost``), why, and what helps."""
+
+    request: str
+    stage: str
+    reason: str
+    group: str | None = None
+    suggestions: tuple[str, ...] = ()
+
+    @property
+    def message(self) -> str:
+        who = f"{self.group}: " if self.group else ""
+        text = f"No placement for {self.request}: {who}{self.reason}."
+        if self.suggestions:
+            text += " Would help: " + "; ".join(self.suggestions) + "."
+        return text
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class NoPlacementError(SkywardError):
+    """No offers fit a request; the message says which filter emptied the result and what would help."""
+
+    def __init__(self, explanation: Explanation) -> None:
+        super().__init__(explanation.message)
+        self.explanation = explanation
+
+
+def _money(value: float) -> str:
+    return f"${value:.4g}/h"
+
+
+def _floor(value: float, digits: int) -> float:
+    scale = 10**digits
+    return math.floor(value * scale + 1e-9) / scale
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def _countries(offers: Iterable[Offer]) -> str:
+    counts = Counter(offer.country_code or "unknown" for offer in offers)
+    return ", ".join(f"{code} ({count})" for code, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:6])
+
+
+# -- first stage: the filters, one at a time ------------------------------------------------------------------------
+
+
+def _filter_reason(check: Check, offer_filter: OfferFilter, before: Sequence[Offer], passed: list[Check]) -> str:
+    """Why ``check`` left none of ``before``, with the best value that was on offer."""
+    options = offer_filter.options
+    label = offer_filter.gpu.label
+    what = f"{_plural(len(before), 'offer')} of {label}"
+    if passed:
+        matched = [c.label for c in passed if c.option not in {"accelerator", "gpus_per_node", "rentable"}]
+        if matched:
+            what += " match " + ", ".join(matched)
+    option = check.option
+    if option == "accelerator":
+        text = f"the search result has no offers of {' or '.join(offer_filter.gpu.vast_names)}"
+        if offer_filter.gpu.model is None:
+            text += f" ({offer_filter.gpu.requested!r} is not in the GPU table; known: {', '.join(known_gpu_names())})"
+        return text
+    if option == "gpus_per_node":
+        largest = max(offer.num_gpus for offer in before)
+        return f"{what}, but none has {offer_filter.gpus} or more free GPUs (the largest has {largest})"
+    if option == "rentable":
+        return f"{what}, but all are rented or not rentable"
+    if option == "excluded_machines":
+        return f"{what}, but all are on excluded machines"
+    if option == "min_reliability":
+        best = max(offer.effective_reliability for offer in before)
+        return f"{what}, but none has reliability >= {options.min_reliability:g} (the best is {best:.4g})"
+    if option == "geolocation":
+        return f"{what}, but none is in {options.geolocation}; they are in {_countries(before)}"
+    if option == "verified_only":
+        return f"{what}, but none is on a verified host"
+    if option == "datacenter_only":
+        return f"{what}, but none is in a datacenter"
+    if option in {"min_cuda", "docker_image", "accelerator_cuda"}:
+        values = [offer.cuda_max_good for offer in before if offer.cuda_max_good is not None]
+        best = f" (the highest is {max(values):g})" if values else ""
+        source = {"min_cuda": "min_cuda", "docker_image": "the CUDA of docker_image"}.get(
+            option, f"the oldest CUDA for {label}"
+        )
+        return f"{what}, but none has {check.label} (set by {source}){best}"
+    if option == "min_inet_down":
+        values = [offer.inet_down for offer in before if offer.inet_down is not None]
+        best = f" (the fastest has {max(values):g} Mb/s)" if values else ""
+        return f"{what}, but none has {check.label}{best}"
+    if option == "disk_gb":
+        values = [offer.disk_space for offer in before if offer.disk_space is not None]
+        best = f" (the largest has {max(values):g} GB free)" if values else ""
+        return f"{what}, but none has {check.label}{best}"
+    if option == "direct_port":
+        return f"{what}, but none has a direct port"
+    if option == "cluster_id":
+        elsewhere = Counter(offer.cluster_id for offer in before)
+        shown = ", ".join(f"{cid if cid is not None else 'none'} ({n})" for cid, n in elsewhere.most_common(5))
+        return f"{what}, but none is on physical cluster {offer_filter.cluster_id}; they are on clusters {shown}"
+    if option == "physical_cluster":
+        return f"{what}, but none is on a physical cluster (cluster_id is null), as an overlay of several nodes needs"
+    return f"{what}, but none passes {check.label}"
+
+
+def _group_stage(
+    group: NodeGroup, offer_filter: OfferFilter, offers: Sequence[Offer], options: PlacementOptions, budget: int | None,
+    committed: float,
+) -> tuple[str, str] | None:
+    """(stage, reason) for the first per-offer stage that leaves this group nothing, else None."""
+    survivors: Sequence[Offer] = offers
+    passed: list[Check] = []
+    for check in offer_filter.checks:
+        kept = [offer for offer in survivors if check.test(offer)]
+        if not kept:
+            return check.option, _filter_reason(check, offer_filter, survivors, passed)
+        survivors = kept
+        passed.append(check)
+    label = offer_filter.gpu.label
+    exact = [offer for offer in survivors if offer.num_gpus == group.gpus_per_node]
+    if not exact:
+        sizes = sorted({offer.num_gpus for offer in survivors})
+        return "gpus_per_node", (
+            f"{_plural(len(survivors), 'offer')} of {label} pass every filter, but none is for exactly "
+            f"{group.gpus_per_node} GPUs (sizes on offer: {', '.join(map(str, sizes))}; a machine offers 1, 2, 4, 8... "
+            "GPUs and all its free GPUs)"
+        )
+    priced = [(offer, node_price(offer, group.allocation, options)) for offer in exact]
+    usable = [(offer, price) for offer, price in priced if price is not None]
+    if not usable:
+        with_bid = [offer for offer in exact if offer.min_bid is not None]
+        if not with_bid:
+            return "allocation", f"{_plural(len(exact), 'offer')} of {label} fit, but none takes bids (no min_bid)"
+        lowest = min(offer.min_bid for offer in with_bid if offer.min_bid is not None)
+        return "max_bid", (
+            f"{_plural(len(exact), 'offer')} of {label} fit, but the lowest min_bid is {_money(lowest)}, "
+            f"above max_bid {_money(options.max_bid or 0.0)}"
+        )
+    if budget is not None:
+        cheapest = min(price.per_hour for _, price in usable if price is not None)
+        if round(cheapest * 1e6) > budget:
+            spent = f" ({_money(committed)} already committed)" if committed else ""
+            return "max_hourly_cost", (
+                f"the cheapest node of {label} costs {_money(cheapest)}, more than what max_hourly_cost "
+                f"{_money(options.max_hourly_cost or 0.0)} leaves{spent}"
+            )
+    return None
+
+
+# -- what would help --------------------------------------------------------------------------------------------------
+
+
+def _solve_one(
+    request: PlacementRequest, options: PlacementOptions, offers: Sequence[Offer], committed: float
+) -> Solution | None:
+    budget = budget_micro(options, committed)
+    solutions = solve(collect(request, options, offers, budget_micro=budget), keep=1, budget_micro=budget)
+    return solutions[0] if solutions else None
+
+
+def _lowest(solution: Solution, field: Callable[[Offer], float | None]) -> float:
+    return min((value for value in map(field, solution.offers) if value is not None), default=0.0)
+
+
+def _relaxations(
+    request: PlacementRequest, options: PlacementOptions, offers: Sequence[Offer], committed: float
+) -> list[tuple[str, str]]:
+    """(stage, suggestion) for every single change the user controls that would yield a plan."""
+    relax = options.model_copy
+    tries: list[tuple[str, PlacementOptions, PlacementRequest, Callable[[Solution], str]]] = []
+    if options.min_reliability > 0:
+        tries.append(("min_reliability", relax(update={"min_reliability": 0.0}), request, lambda s: (
+            f"min_reliability: {_floor(_lowest(s, lambda o: o.effective_reliability), 2):g}")))
+    if options.geolocation is not None:
+        tries.append(("geolocation", relax(update={"geolocation": None}), request, lambda s: (
+            "geolocation: " + ",".join(sorted({o.country_code or "?" for o in s.offers})))))
+    if options.verified_only:
+        tries.append(("verified_only", relax(update={"verified_only": False}), request, lambda s: (
+            "verified_only: false (unverified hosts fail to start more often)")))
+    if options.datacenter_only:
+        tries.append(("datacenter_only", relax(update={"datacenter_only": False}), request, lambda s: (
+            "datacenter_only: false")))
+    if options.min_cuda is not None:
+        tries.append(("min_cuda", relax(update={"min_cuda": None}), request, lambda s: (
+            f"min_cuda: {_floor(_lowest(s, lambda o: o.cuda_max_good), 1):g}")))
+    if options.docker_image is not None:
+        tries.append(("docker_image", relax(update={"docker_image": None}), request, lambda s: (
+            f"a docker_image built for CUDA {_floor(_lowest(s, lambda o: o.cuda_max_good), 1):g} or older")))
+    if options.min_inet_down is not None:
+        tries.append(("min_inet_down", relax(update={"min_inet_down": None}), request, lambda s: (
+            f"min_inet_down: {math.floor(_lowest(s, lambda o: o.inet_down))}")))
+    if options.disk_gb > 1:
+        tries.append(("disk_gb", relax(update={"disk_gb": 1}), request, lambda s: (
+            f"disk_gb: {math.floor(_lowest(s, lambda o: o.disk_space))}")))
+    if options.max_bid is not None:
+        tries.append(("max_bid", relax(update={"max_bid": None}), request, lambda s: (
+            f"max_bid: {max((o.min_bid or 0.0 for o in s.offers), default=0.0):.4g} or more")))
+    if options.max_hourly_cost is not None:
+        tries.append(("max_hourly_cost", relax(update={"max_hourly_cost": None}), request, lambda s: (
+            f"max_hourly_cost: {committed + s.per_hour:.4g} or more")))
+    if any(group.allocation is Allocation.SPOT for group in request.groups):
+        groups = tuple(
+            group.model_copy(update={"allocation": Allocation.SPOT_IF_AVAILABLE})
+            if group.allocation is Allocation.SPOT else group
+            for group in request.groups
+        )
+        tries.append(("allocation", options, request.model_copy(update={"groups": groups}), lambda s: (
+            "allocation: spot-if-available")))
+    if request.scope(options) is Scope.ONE_CLUSTER and request.physical_cluster is None:
+        tries.append(("use_overlay", relax(update={"use_overlay": False}), request, lambda s: (
+            "use_overlay: false (nodes on any hosts, but no NCCL across them)")))
+    found = []
+    for stage, new_options, new_request, advice in tries:
+        solution = _solve_one(new_request, new_options, offers, committed)
+        if solution is not None:
+            found.append((stage, advice(solution)))
+    if len(request.groups) == 1 and request.groups[0].count > 1:
+        most = _most_nodes(request, options, offers, committed)
+        if most:
+            found.append(("nodes", f"nodes: {most}"))
+    return found
+
+
+def _most_nodes(
+    request: PlacementRequest, options: PlacementOptions, offers: Sequence[Offer], committed: float
+) -> int | None:
+    """The most nodes (fewer than asked) that would fit, keeping the scope; feasibility is monotone in the count."""
+    group = request.groups[0]
+    forced = True if request.scope(options) is not Scope.FREE and request.cluster_id is None else None
+
+    def fits(count: int) -> bool:
+        smaller = request.model_copy(
+            update={"groups": (group.model_copy(update={"count": count}),), "physical_cluster": forced}
+        )
+        return _solve_one(smaller, options, offers, committed) is not None
+
+    low, high = 0, group.count - 1
+    while low < high:
+        middle = (low + high + 1) // 2
+        if fits(middle):
+            low = middle
+        else:
+            high = middle - 1
+    return low or None
+
+
+def _alternative_gpus(request: PlacementRequest, options: PlacementOptions, offers: Sequence[Offer],
+                      committed: float) -> list[str]:
+    """Other GPUs in the offers that would fit the same request (when the caller passed a GPU-agnostic search)."""
+    asked = {offer_filter.gpu.label for offer_filter in OfferFilter.for_request(request, options)}
+    names = Counter(offer.gpu_name for offer in offers if offer.gpu_name not in asked)
+    found = []
+    for name, _ in names.most_common(MAX_ALTERNATIVE_GPUS):
+        groups = tuple(group.model_copy(update={"accelerator": name, "include_variants": False})
+                       for group in request.groups)
+        solution = _solve_one(request.model_copy(update={"groups": groups}), options, offers, committed)
+        if solution is not None:
+            found.append(f"accelerator: {name} ({_money(solution.per_hour)})")
+    return found
+
+
+# -- the whole explanation -----------------------------------------------------------------------------------------
+
+
+def _capacity_reason(request: PlacementRequest, options: PlacementOptions, offers: Sequence[Offer],
+                     committed: float) -> tuple[str, str, str | None]:
+    """(stage, reason, group) once every group has usable offers: room on one cluster, or the total budget."""
+    budget = budget_micro(options, committed)
+    market = collect(request, options, offers, budget_micro=budget)
+    scope = market.scope
+    all_buckets = buckets(market)
+    many = len(request.groups) > 1
+    for index, group in enumerate(request.groups):
+        rooms = [
+            (capacity(bucket.candidates[index], group.gpus_per_node, market.free_gpus), bucket)
+            for bucket in all_buckets
+        ]
+        best_room, best_bucket = max(rooms, key=lambda item: (item[0], -(item[1].cluster_id or 0)))
+        if best_room >= group.count:
+            continue
+        matching = sum(len(bucket.candidates[index]) for bucket in all_buckets)
+        what = f"{_plural(matching, 'machine')} offer {market.filters[index].gpu.label} within every filter"
+        if scope is Scope.FREE:
+            reason = f"{what}, but together they have room for only {best_room} of {group.count} nodes"
+        else:
+            where = "the physical cluster" if scope is Scope.PINNED else "no physical cluster"
+            country = majority_country(c.offer for c in best_bucket.candidates[index])
+            place = f"cluster {best_bucket.cluster_id}" + (f", {country}" if country else "")
+            if scope is Scope.PINNED:
+                reason = f"{what}, but {where} has room for only {best_room} of {group.count} nodes ({place})"
+            else:
+                reason = (f"{what}, but {where} has room for {group.count} nodes; the largest has room for "
+                          f"{best_room} ({place})")
+        return "capacity", reason, group.name if many else None
+    unbounded = solve(market, keep=1)
+    if unbounded and budget is not None:
+        spent = f"; {_money(committed)} is already committed" if committed else ""
+        return "max_hourly_cost", (
+            f"the cheapest plan costs {_money(unbounded[0].per_hour)}, over max_hourly_cost "
+            f"{_money(options.max_hourly_cost or 0.0)}{spent}"
+        ), None
+    where = "any one physical cluster" if scope is not Scope.FREE else "the machines on offer"
+    return "capacity", f"each group fits alone, but {where} cannot hold all {request.total_nodes} nodes at once", None
+
+
+def explain(
+    request: PlacementRequest,
+    options: PlacementOptions,
+    offers: Iterable[Offer],
+    *,
+    already_committed_per_hour: float = 0.0,
+) -> Explanation:
+    """Why ``plan(request, options, offers)`` finds nothing, and which single change would help.
+
+    Pass a broader search result than the one that failed (``build_queries(..., broad=True)``, or the union of both)
+    to learn how far each filter would have to move. On offers that do fit it still returns an explanation, whose
+    stage is ``"none"``.
+    """
+    offers = offers if isinstance(offers, Sequence) else list(offers)
+    committed = already_committed_per_hour
+    budget = budget_micro(options, committed)
+    description = request.describe()
+    many = len(request.groups) > 1
+    filters = OfferFilter.for_request(request, options)
+    stage_reason: tuple[str, str, str | None] | None = None
+    for group, offer_filter in zip(request.groups, filters, strict=True):
+        found = _group_stage(group, offer_filter, offers, options, budget, committed)
+        if found is not None:
+            stage_reason = (found[0], found[1], group.name if many else None)
+            break
+    if stage_reason is None:
+        if _solve_one(request, options, offers, committed) is not None:
+            return Explanation(description, "none", "a plan exists for these offers")
+        stage_reason = _capacity_reason(request, options, offers, committed)
+    stage, reason, group_name = stage_reason
+    helps = _relaxations(request, options, offers, committed)
+    helps.sort(key=lambda item: item[0] != stage)  # the option that emptied the result first
+    suggestions = [text for _, text in helps]
+    if stage in {"accelerator", "capacity", "gpus_per_node"}:
+        suggestions += _alternative_gpus(request, options, offers, committed)
+    if not suggestions:
+        suggestions = [_generic_advice(stage, request.scope(options))]
+    return Explanation(description, stage, reason, group_name, tuple(suggestions))
+
+
+def _generic_advice(stage: str, scope: Scope) -> str:
+    """When no single change helps with these offers (often: only the strict search result was passed)."""
+    if stage == "capacity" and scope is Scope.PINNED:
+        return "wait for capacity on this cluster, or place a new cluster"
+    if stage == "capacity" and scope is Scope.ONE_CLUSTER:
+        return "fewer nodes, another GPU with cluster capacity, or use_overlay: false (no NCCL across nodes)"
+    if stage == "accelerator":
+        return "another GPU (see `skyward-ray offers`), or retry later: the marketplace changes by the minute"
+    return ("relaxing the filters (lower min_reliability, no geolocation), another GPU, or retrying later; "
+            "search more broadly to see how far each filter would have to move")
+

@@ -1,0 +1,257 @@
+"""Filters: one node group's options as the exact Vast search query, and the same filters re-checked locally.
+
+Vast's server does not always honour a filter (the ``cuda_vers`` filter famously did not work; ``geolocation`` is
+matched on free text), so, as gpuhunt does, every returned offer is checked again here against every filter before
+placement may use it. The query and the local checks are built from the same :class:`Check` list so they cannot
+drift apart, and :mod:`skyward_ray.placement.explain` walks that list to say which filter emptied a result.
+
+Searches ask for ``num_gpus >= gpus_per_node`` rather than ``==``: a machine with F free GPUs shows offers of 1, 2,
+4, 8... and F GPUs, so the largest offer reveals F, which decides how many nodes may share that machine
+(:mod:`skyward_ray.placement.planner`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from skyward_ray.placement.gpus import GpuSelection, gpu_key
+from skyward_ray.placement.image import image_cuda_version
+from skyward_ray.placement.options import PlacementOptions
+from skyward_ray.placement.request import NodeGroup, PlacementRequest, Scope
+from skyward_ray.vast.models import Offer
+
+DEFAULT_SEARCH_LIMIT = 1000
+_EPSILON = 1e-9
+
+
+@dataclass(frozen=True)
+class Check:
+    """One filter: which option imposes it, how it reads ("reliability >= 0.95"), and its local test."""
+
+    option: str
+    label: str
+    test: Callable[[Offer], bool]
+
+
+@dataclass(frozen=True)
+class CudaFloor:
+    """The ``cuda_max_good`` floor and what set it, so messages can name the right knob."""
+
+    value: float
+    source: str  # "min_cuda", "docker_image" or "accelerator_cuda"
+
+
+def cuda_floor(options: PlacementOptions, gpu: GpuSelection) -> CudaFloor | None:
+    """The highest of: ``min_cuda``, the CUDA in ``docker_image``, and the accelerator's oldest supported CUDA."""
+    candidates: list[CudaFloor] = []
+    if options.min_cuda is not None:
+        candidates.append(CudaFloor(options.min_cuda, "min_cuda"))
+    image_cuda = image_cuda_version(options.docker_image)
+    if image_cuda is not None:
+        candidates.append(CudaFloor(image_cuda, "docker_image"))
+    if gpu.model is not None and options.docker_image is None:
+        candidates.append(CudaFloor(gpu.model.cuda_min, "accelerator_cuda"))
+    return max(candidates, key=lambda floor: floor.value) if candidates else None
+
+
+class _CountryCache:
+    """Offer geolocations repeat a lot; parsing each once keeps a 100k-offer pass fast."""
+
+    def __init__(self) -> None:
+        self._codes: dict[str | None, str | None] = {}
+
+    def __call__(self, offer: Offer) -> str | None:
+        try:
+            return self._codes[offer.geolocation]
+        except KeyError:
+            code = self._codes[offer.geolocation] = offer.country_code
+            return code
+
+
+class OfferFilter:
+    """The search for one node group: its query and its local re-check (``recheck``)."""
+
+    def __init__(
+        self,
+        group: NodeGroup,
+        options: PlacementOptions,
+        *,
+        scope: Scope = Scope.FREE,
+        cluster_id: int | None = None,
+        excluded_machines: Iterable[int] = (),
+    ) -> None:
+        if (scope is Scope.PINNED) != (cluster_id is not None):
+            raise ValueError("a pinned scope needs a cluster_id, and only a pinned scope takes one")
+        self.group = group
+        self.options = options
+        self.scope = scope
+        self.cluster_id = cluster_id
+        self.gpu = group.gpu
+        self.gpus = group.gpus_per_node
+        self.excluded = frozenset(options.excluded_machines) | frozenset(excluded_machines)
+        self.countries = options.countries
+        self.cuda = cuda_floor(options, self.gpu)
+        # Vast hides machines where the caller already rents when ``rented`` is false. Workers pinned to the head's
+        # cluster must see those machines (the plan may put several nodes on one), so the pin drops that filter.
+        self.hide_rented = scope is not Scope.PINNED
+        self.checks: tuple[Check, ...] = self._build_checks()
+        self._accepts = self._compile()
+
+    @classmethod
+    def for_request(cls, request: PlacementRequest, options: PlacementOptions) -> list[OfferFilter]:
+        scope = request.scope(options)
+        return [
+            cls(group, options, scope=scope, cluster_id=request.cluster_id, excluded_machines=request.excluded_machines)
+            for group in request.groups
+        ]
+
+    # -- the filters, in the order explanations apply them -------------------------------------------------------
+
+    def _build_checks(self) -> tuple[Check, ...]:
+        options = self.options
+        keys = self.gpu.keys
+        gpus = self.gpus
+        checks = [
+            Check("accelerator", f"gpu_name {' or '.join(self.gpu.vast_names)}",
+                  lambda o: gpu_key(o.gpu_name) in keys),
+            Check("gpus_per_node", f"num_gpus >= {gpus}", lambda o: o.num_gpus >= gpus),
+            Check("rentable", "rentable" + (" and not rented by you" if self.hide_rented else ""),
+                  (lambda o: o.rentable is not False and o.rented is not True) if self.hide_rented
+                  else (lambda o: o.rentable is not False)),
+        ]
+        if self.excluded:
+            excluded = self.excluded
+            checks.append(Check("excluded_machines", f"machine_id not in {sorted(excluded)}",
+                                lambda o: o.machine_id not in excluded))
+        reliability = options.min_reliability
+        checks.append(Check("min_reliability", f"reliability >= {reliability:g}",
+                            lambda o: o.effective_reliability >= reliability - _EPSILON))
+        if self.countries is not None:
+            countries = self.countries
+            country = _CountryCache()
+            checks.append(Check("geolocation", f"geolocation in {options.geolocation}",
+                                lambda o: country(o) in countries))
+        if options.verified_only:
+            checks.append(Check("verified_only", "verified", lambda o: o.verified))
+        if options.datacenter_only:
+            checks.append(Check("datacenter_only", "datacenter", lambda o: o.datacenter))
+        if self.cuda is not None:
+            floor = self.cuda.value
+            checks.append(Check(self.cuda.source, f"cuda_max_good >= {floor:g}",
+                                lambda o: o.cuda_max_good is not None and o.cuda_max_good >= floor - _EPSILON))
+        if options.min_inet_down is not None:
+            inet = options.min_inet_down
+            checks.append(Check("min_inet_down", f"inet_down >= {inet:g} Mb/s",
+                                lambda o: o.inet_down is not None and o.inet_down >= inet - _EPSILON))
+        disk = options.disk_gb
+        checks.append(Check("disk_gb", f"disk_space >= {disk} GB",
+                            lambda o: o.disk_space is not None and o.disk_space >= disk - _EPSILON))
+        checks.append(Check("direct_port", "direct_port_count >= 1",
+                            lambda o: o.direct_port_count is not None and o.direct_port_count >= 1))
+        if self.scope is Scope.PINNED:
+            pinned = self.cluster_id
+            checks.append(Check("cluster_id", f"cluster_id = {pinned}", lambda o: o.cluster_id == pinned))
+        elif self.scope is Scope.ONE_CLUSTER:
+            checks.append(Check("physical_cluster", "cluster_id not null", lambda o: o.cluster_id is not None))
+        return tuple(checks)
+
+    def _compile(self) -> Callable[[Offer], bool]:
+        """The same tests as :attr:`checks`, gpu name first (it rejects most offers), without per-check calls."""
+        tests = tuple(check.test for check in self.checks[1:])
+        keys = self.gpu.keys
+        names: dict[str, bool] = {}
+
+        def accepts(offer: Offer) -> bool:
+            name = offer.gpu_name
+            ok = names.get(name)
+            if ok is None:
+                ok = names[name] = gpu_key(name) in keys
+            if not ok:
+                return False
+            return all(test(offer) for test in tests)
+
+        return accepts
+
+    # -- public ------------------------------------------------------------------------------------------------
+
+    def recheck(self, offer: Offer) -> bool:
+        """Whether an offer returned by the search really passes every filter of the query."""
+        return self._accepts(offer)
+
+    def failed_check(self, offer: Offer) -> Check | None:
+        """The first filter this offer fails, or None."""
+        for check in self.checks:
+            if not check.test(offer):
+                return check
+        return None
+
+    def query(self, *, limit: int = DEFAULT_SEARCH_LIMIT) -> dict[str, Any]:
+        """The ``POST /api/v0/bundles/`` body for this group, exactly as Vast expects it."""
+        options = self.options
+        names = list(self.gpu.vast_names)
+        query: dict[str, Any] = {
+            "gpu_name": {"eq": names[0]} if len(names) == 1 else {"in": names},
+            "num_gpus": {"gte": self.gpus},
+            "reliability2": {"gte": options.min_reliability},
+        }
+        if self.countries is not None:
+            query["geolocation"] = {"in": sorted(self.countries)}
+        if options.verified_only:
+            query["verified"] = {"eq": True}
+        if options.datacenter_only:
+            query["datacenter"] = {"eq": True}
+        if self.cuda is not None:
+            query["cuda_max_good"] = {"gte": self.cuda.value}
+        if options.min_inet_down is not None:
+            query["inet_down"] = {"gte": options.min_inet_down}
+        query["disk_space"] = {"gte": options.disk_gb}
+        query["allocated_storage"] = float(options.disk_gb)  # prices dph_total with our disk included
+        if self.scope is Scope.PINNED:
+            query["cluster_id"] = {"eq": self.cluster_id}
+        elif self.scope is Scope.ONE_CLUSTER:
+            query["cluster_id"] = {"neq": None}
+        if self.excluded:
+            query["machine_id"] = {"notin": sorted(self.excluded)}
+        query["rentable"] = {"eq": True}
+        if self.hide_rented:
+            query["rented"] = {"eq": False}
+        query["direct_port_count"] = {"gte": 1}
+        bids = self.group.allocation.bids
+        query["type"] = "bid" if bids else "on-demand"
+        query["order"] = [["min_bid" if bids else "dph_total", "asc"]]
+        query["limit"] = limit
+        return query
+
+    def broad_query(self, *, limit: int = DEFAULT_SEARCH_LIMIT) -> dict[str, Any]:
+        """Only the accelerator and size: a search whose result lets :func:`explain` say which option emptied the
+        strict one, and how far it would have to move."""
+        names = list(self.gpu.vast_names)
+        return {
+            "gpu_name": {"eq": names[0]} if len(names) == 1 else {"in": names},
+            "num_gpus": {"gte": 1},
+            "rentable": {"eq": True},
+            "type": "bid" if self.group.allocation.bids else "on-demand",
+            "order": [["dph_total", "asc"]],
+            "limit": limit,
+        }
+
+
+def build_queries(
+    request: PlacementRequest, options: PlacementOptions, *, limit: int = DEFAULT_SEARCH_LIMIT, broad: bool = False
+) -> list[dict[str, Any]]:
+    """The distinct searches a request needs (groups with the same filters share one). Merge their results
+    (duplicates are fine) and pass them to :func:`~skyward_ray.placement.planner.plan`."""
+    queries: list[dict[str, Any]] = []
+    for offer_filter in OfferFilter.for_request(request, options):
+        query = offer_filter.broad_query(limit=limit) if broad else offer_filter.query(limit=limit)
+        if query not in queries:
+            queries.append(query)
+    return queries
+
+
+def recheck(offers: Iterable[Offer], group: NodeGroup, options: PlacementOptions, **scope: Any) -> list[Offer]:
+    """The offers that really pass every filter of ``group``'s search (``scope``: see :class:`OfferFilter`)."""
+    offer_filter = OfferFilter(group, options, **scope)
+    return [offer for offer in offers if offer_filter.recheck(offer)]

@@ -1,0 +1,44 @@
+"""What one node costs on one offer, per allocation kind (the one place that knows the bid rule).
+
+- on-demand: the offer's ``dph_total`` (searched with ``allocated_storage = disk_gb``, so it includes our disk).
+- spot: a bid of ``min_bid * bid_multiplier``, capped at ``max_bid``. An offer whose ``min_bid`` is missing, or above
+  ``max_bid``, cannot take our bid at all.
+- spot-if-available: the spot bid where the offer can take it, else on-demand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from skyward_ray.placement.options import Allocation, PlacementOptions
+from skyward_ray.vast.models import Offer
+
+
+@dataclass(frozen=True, slots=True)
+class NodePrice:
+    per_hour: float
+    is_bid: bool  # send ``price=per_hour`` with the rental (an interruptible instance)
+
+
+def bid_price(offer: Offer, options: PlacementOptions) -> float | None:
+    """The bid for this offer, or None when it takes no bid we may make."""
+    min_bid = offer.min_bid
+    if min_bid is None or min_bid < 0:
+        return None
+    cap = options.max_bid
+    if cap is not None and min_bid > cap:
+        return None
+    bid = min_bid * options.bid_multiplier
+    return min(bid, cap) if cap is not None else bid
+
+
+def node_price(offer: Offer, allocation: Allocation, options: PlacementOptions) -> NodePrice | None:
+    """The price of renting this offer for one node under ``allocation``, or None if that allocation cannot."""
+    if allocation is Allocation.ON_DEMAND:
+        return NodePrice(offer.dph_total, False)
+    bid = bid_price(offer, options)
+    if bid is not None:
+        return NodePrice(bid, True)
+    if allocation is Allocation.SPOT_IF_AVAILABLE:
+        return NodePrice(offer.dph_total, False)
+    return None
