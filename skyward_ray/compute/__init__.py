@@ -1,1 +1,51 @@
-"""skyward_ray.compute"""
+"""The seed's ``sky`` API as thin shims over Ray: pools, pending calls and their operators, images, accelerators.
+
+Layering: imports Ray, the placement options and GPU table, and the package's errors; never the Vast client or the
+provider (launching on Vast plugs in through :class:`~skyward_ray.compute.launcher.Launcher`).
+"""
+
+from skyward_ray.compute import integrations
+from skyward_ray.compute.accelerator import Accelerator
+from skyward_ray.compute.context import NO_ACTIVE_POOL, InstanceInfo, instance_info
+from skyward_ray.compute.dispatch import RemoteTraceback
+from skyward_ray.compute.image import Image
+from skyward_ray.compute.launcher import AttachLauncher, ClusterHandle, Launcher, LaunchError, LocalLauncher
+from skyward_ray.compute.nodes import NodeInfo, NodesUnavailableError
+from skyward_ray.compute.pending import (
+    ComputeFunction,
+    PendingCompute,
+    PendingComputeGroup,
+    compute,
+    function,
+    gather,
+)
+from skyward_ray.compute.pool import ComputePool, pool
+from skyward_ray.compute.providers import VastAI
+from skyward_ray.compute.spec import PoolSpec
+
+__all__ = [
+    "NO_ACTIVE_POOL",
+    "Accelerator",
+    "AttachLauncher",
+    "ClusterHandle",
+    "ComputeFunction",
+    "ComputePool",
+    "Image",
+    "InstanceInfo",
+    "LaunchError",
+    "Launcher",
+    "LocalLauncher",
+    "NodeInfo",
+    "NodesUnavailableError",
+    "PendingCompute",
+    "PendingComputeGroup",
+    "PoolSpec",
+    "RemoteTraceback",
+    "VastAI",
+    "compute",
+    "function",
+    "gather",
+    "instance_info",
+    "integrations",
+    "pool",
+]

@@ -1,0 +1,44 @@
+"""``sky.VastAI(...)``: the seed's provider parameters on top of the placement options.
+
+The placement fields (``min_reliability``, ``geolocation``, ``bid_multiplier``, ``docker_image``, ``disk_gb``,
+``use_overlay`` and the extras such as ``verified_only``, ``max_bid``, ``max_hourly_cost``) are inherited from
+:class:`~skyward_ray.placement.options.PlacementOptions`, so their defaults and limits live in one place. This class
+adds only what is not a placement decision: the API key and the timeouts.
+
+The API key is a ``SecretStr`` kept out of ``repr``, ``str`` and error messages. When it is None the credential chain
+of the Vast client applies (``VAST_API_KEY``, then the vastai CLI's key files).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+
+from skyward_ray.placement.options import PlacementOptions, config_error_from
+
+
+class VastAI(PlacementOptions):
+    """Rent the pool's nodes on Vast.ai. Every parameter of the seed's table, with its default."""
+
+    api_key: SecretStr | None = Field(None, repr=False, description="API key; None uses VAST_API_KEY or the CLI's")
+    instance_timeout: int = Field(300, ge=0, le=7 * 24 * 3600, description="seconds a worker outlives its head")
+    overlay_timeout: int = Field(120, ge=1, le=3600, description="seconds allowed for each overlay operation")
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise config_error_from(exc, section="VastAI") from None
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _key(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if not value.strip():
+                raise ValueError("allowed: a non-empty key, or None to use VAST_API_KEY or the vastai CLI's key file")
+            return SecretStr(value.strip())
+        return value
+
+    def __str__(self) -> str:
+        return repr(self)
