@@ -669,7 +669,7 @@ class VastClient:
         ask_id = new_contract = None
         if isinstance(body, dict):
             raw_code = body.get("error")
-            code = str(raw_code) if raw_code not in (None, "", False) else None
+            code = self._snippet(str(raw_code))[:64] if raw_code not in (None, "", False) else None
             text = str(next((body[k] for k in ("msg", "message", "detail") if body.get(k)), ""))
             ask_id, new_contract = _as_int(body.get("ask_id")), _as_int(body.get("new_contract"))
         elif body is not None:
@@ -679,7 +679,7 @@ class VastClient:
         text = self._snippet(text)
         retry_after = _parse_seconds(response.headers.get("Retry-After"))
         described = " ".join(part for part in (f"HTTP {status}", code) if part)
-        message = f"{endpoint.method} {path}: {described}" + (f": {text}" if text else "")
+        message = self._scrub(f"{endpoint.method} {path}: {described}" + (f": {text}" if text else ""))
         fields: dict[str, Any] = {
             "status": status,
             "error_code": code,

@@ -119,7 +119,7 @@ def resolve_base_url(explicit: str | None = None) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
         raise ConfigError(
-            f"{source} {url!r} is not allowed: use an http:// or https:// URL without query, "
+            f"{source} {redact(url)!r} is not allowed: use an http:// or https:// URL without query, "
             f"such as {DEFAULT_BASE_URL} or http://127.0.0.1:8080"
         )
     return url
