@@ -17,8 +17,8 @@ Retries live in ONE place (:meth:`VastClient._call`), decided per endpoint by it
                   the error then says ``outcome_unknown`` and callers find the result by its label or name.
 ================  ======================================================================================
 
-Backoff is exponential with full jitter (``uniform(0, min(cap, base * 2**n))``); a ``Retry-After`` in seconds
-replaces it. No retry starts after ``retry_deadline_s``; a ``Retry-After`` beyond it ends the call with a
+Backoff is exponential with full jitter (``uniform(0, min(cap, base * 2**n))``); a positive ``Retry-After`` in
+seconds replaces it. No retry starts after ``retry_deadline_s``; a ``Retry-After`` beyond it ends the call with a
 :class:`RateLimitedError` carrying ``retry_after``. ``search_quota_exceeded`` is never retried.
 
 A client-side minimum interval per endpoint template (``min_interval_s``) spaces request *starts* so we stay under
@@ -340,12 +340,28 @@ class VastClient:
     # --- offers and rentals --------------------------------------------------------------------------------------
 
     def search_offers(self, query: dict[str, Any]) -> list[Offer]:
-        """``POST /api/v0/bundles/`` with ``query`` as the body, sent as given: no default filters are added."""
+        """``POST /api/v0/bundles/`` with ``query`` as the body, sent as given: no default filters are added.
+
+        An offer that does not parse is dropped with a warning (as gpuhunt does): one broken row must not stop a
+        rental. If every row is broken, the answer is not what we think it is: :class:`ProtocolError`.
+        """
         if not isinstance(query, dict):
             raise ConfigError(f"query {query!r} is not allowed: use a dict of Vast's search DSL")
         body = self._call(SEARCH_OFFERS, json_body=query)
         rows = body if isinstance(body, list) else self._field(body, "offers", SEARCH_OFFERS, list)
-        return [self._parse(Offer, row, SEARCH_OFFERS) for row in rows]
+        offers: list[Offer] = []
+        first_problem: ProtocolError | None = None
+        for row in rows:
+            try:
+                offers.append(self._parse(Offer, row, SEARCH_OFFERS))
+            except ProtocolError as exc:
+                first_problem = first_problem or exc
+        if first_problem is not None:
+            if not offers:
+                raise first_problem
+            log.warning("dropped %d of %d offers that did not parse; first: %s", len(rows) - len(offers), len(rows),
+                        first_problem)  # fmt: skip
+        return offers
 
     def create_instance(
         self,
@@ -592,7 +608,7 @@ class VastClient:
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(lambda exc: _is_retryable(endpoint, exc)),
             wait=self._backoff,
-            stop=lambda state: self._clock() + state.upcoming_sleep > deadline,
+            stop=lambda state: self._clock() + state.upcoming_sleep >= deadline,
             sleep=self._sleep,
             before_sleep=self._log_retry,
             reraise=True,
@@ -606,8 +622,8 @@ class VastClient:
 
     def _backoff(self, state: tenacity.RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, VastError) and exc.retry_after is not None:
-            return exc.retry_after
+        if isinstance(exc, VastError) and exc.retry_after:
+            return exc.retry_after  # "Retry-After: 0" falls through to the jitter, so it cannot cause a tight loop
         ceiling = min(self._backoff_cap_s, self._backoff_base_s * 2 ** (state.attempt_number - 1))
         return self._rng.uniform(0.0, ceiling)
 

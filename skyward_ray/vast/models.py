@@ -49,7 +49,8 @@ class WireModel(BaseModel):
     only add what is specific to them.
     """
 
-    model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=False)
+    # NaN/inf would poison every price comparison downstream, so a non-finite number fails the parse.
+    model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=False, allow_inf_nan=False)
 
     # wire key (field name and alias) -> (is text, accepts null); filled per subclass by __pydantic_init_subclass__.
     _wire_kinds: ClassVar[dict[str, tuple[bool, bool]]] = {}

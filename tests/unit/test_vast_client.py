@@ -84,6 +84,22 @@ def test_search_sends_the_query_as_the_body_without_adding_filters(fake: FakeVas
     assert [(o.id, o.cluster_id, o.num_gpus) for o in offers] == [(4242, 5, 2), (4243, None, 2)]
 
 
+def test_search_drops_a_broken_offer_but_not_all(
+    fake: FakeVast, client: VastClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake.on(
+        "POST",
+        "/api/v0/bundles/",
+        json_response(200, {"offers": [OFFER, {"id": 1, "gpu_name": "X"}]}),
+        json_response(200, {"offers": [{"id": 1}, {"id": 2}]}),
+    )
+    with caplog.at_level("WARNING"):
+        assert [o.id for o in client.search_offers({})] == [4242]
+    assert "dropped 1 of 2 offers" in caplog.text
+    with pytest.raises(ProtocolError, match="unexpected Offer"):
+        client.search_offers({})
+
+
 def test_search_of_nothing_is_an_empty_list(fake: FakeVast, client: VastClient) -> None:
     fake.on("POST", "/api/v0/bundles/", json_response(200, {"offers": []}))
     assert client.search_offers({}) == []

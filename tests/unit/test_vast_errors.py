@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import threading
 import time
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from vast_fixtures import (
     API_KEY,
     ENVELOPE_401,
@@ -347,10 +350,10 @@ def test_min_interval_default_and_per_endpoint_override(fake: FakeVast, clock: F
 
 
 def test_min_interval_applies_to_retries_too(fake: FakeVast, clock: FakeClock) -> None:
-    fake.on("GET", ONE, json_response(503, {}, **{"Retry-After": "0"}), json_response(200, OK_INSTANCE))
+    fake.on("GET", ONE, json_response(503, {}, **{"Retry-After": "1"}), json_response(200, OK_INSTANCE))
     with make_client(fake, clock, min_interval_s=3.0) as client:
         client.get_instance(31337)
-    assert clock.sleeps == [0.0, 3.0]
+    assert clock.sleeps == [1.0, 2.0]  # Retry-After, then the rest of the 3 s interval
 
 
 def test_min_interval_queues_concurrent_threads(fake: FakeVast) -> None:
@@ -428,3 +431,58 @@ def test_the_key_does_not_leak_through_the_failed_create_path(
     with pytest.raises(BadRequestError) as caught:
         create(client)
     assert API_KEY not in str(caught.value) and API_KEY not in caplog.text
+
+
+# --- robustness: whatever the server answers, the caller gets a result or a VastError -------------------------------
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats() | st.text(max_size=10),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(
+                ["instances", "offers", "next_token", "id", "success", "error", "msg", "new_contract", "x"]
+            ),
+            inner,
+            max_size=4,
+        )
+    ),
+    max_leaves=10,
+)
+_CALLS = {
+    "get_instance": lambda c: c.get_instance(1),
+    "list_instances": lambda c: c.list_instances(),
+    "search_offers": lambda c: c.search_offers({}),
+    "create_instance": lambda c: c.create_instance(1, image="i", disk_gb=1, label="l"),
+    "destroy_instance": lambda c: c.destroy_instance(1),
+    "list_overlays": lambda c: c.list_overlays(),
+    "current_user": lambda c: c.current_user(),
+    "list_ssh_keys": lambda c: c.list_ssh_keys(),
+    "list_instance_ssh_keys": lambda c: c.list_instance_ssh_keys(1),
+}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    call=st.sampled_from(sorted(_CALLS)),
+    status=st.sampled_from([200, 200, 200, 400, 404, 429, 500, 503]),
+    body=_json | st.text(max_size=20).map(lambda t: ("raw", t)),
+)
+def test_malformed_answers_end_in_a_result_or_a_vast_error(call: str, status: int, body: object) -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        if isinstance(body, tuple):
+            return text_response(status, body[1])
+        # json.dumps, not httpx's encoder: Python's JSON (and so the wire we may get) allows Infinity and NaN.
+        return httpx.Response(status, content=json.dumps(body), headers={"Content-Type": "application/json"})
+
+    clock = FakeClock()
+    client = VastClient(
+        API_KEY, "http://127.0.0.1:18080", transport=httpx.MockTransport(answer), retry_deadline_s=1,
+        sleep=clock.sleep, clock=clock,
+    )  # fmt: skip
+    try:
+        _CALLS[call](client)
+    except VastError as exc:
+        assert API_KEY not in str(exc)
+    finally:
+        client.close()

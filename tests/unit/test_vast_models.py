@@ -66,6 +66,12 @@ def test_offer_without_required_fields_is_rejected() -> None:
         Offer.model_validate({"id": 1})
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "NaN", "-Infinity"])
+def test_non_finite_prices_are_rejected(bad: object) -> None:
+    with pytest.raises(ValidationError):
+        Offer.model_validate(offer(dph_total=bad))
+
+
 # --- instances -------------------------------------------------------------------------------------------------------
 
 
