@@ -9,7 +9,8 @@ Retries live in ONE place (:meth:`VastClient._call`), decided per endpoint by it
 ================  ======================================================================================
 ``IDEMPOTENT``    reads, search, and writes whose repetition changes nothing (set label/state/bid, destroy,
                   delete overlay, join overlay, attach key): retried on 429, 502/503/504, timeouts and
-                  connection errors. A repeated destroy or overlay delete that finds nothing is "already gone".
+                  connection errors. A repeated destroy or overlay delete that finds nothing is "already gone";
+                  a repeated join the server refuses surfaces as its error (check ``list_overlays()``).
 ``ONCE``          writes that create something (``PUT /asks`` = a rental, ``POST /overlay/``, ``POST /ssh/``):
                   retried only when nothing can have happened: a 429 (refused before processing) or a failure
                   before the request left (connect error/timeout, no pooled connection). Never after a 5xx,
@@ -19,7 +20,8 @@ Retries live in ONE place (:meth:`VastClient._call`), decided per endpoint by it
 
 Backoff is exponential with full jitter (``uniform(0, min(cap, base * 2**n))``); a positive ``Retry-After`` in
 seconds replaces it. No retry starts after ``retry_deadline_s``; a ``Retry-After`` beyond it ends the call with a
-:class:`RateLimitedError` carrying ``retry_after``. ``search_quota_exceeded`` is never retried.
+:class:`RateLimitedError` carrying ``retry_after``. ``search_quota_exceeded`` is never retried. A call therefore
+ends within about ``retry_deadline_s + timeout_s`` (the last attempt may start just before the deadline).
 
 A client-side minimum interval per endpoint template (``min_interval_s``) spaces request *starts* so we stay under
 Vast's per-endpoint limits instead of provoking 429s. Keys are the templates in :data:`ENDPOINTS` (for example
