@@ -1,0 +1,135 @@
+"""``skyward-ray emulator serve|clean``: the local Vast marketplace.
+
+``serve`` prints ONE JSON line ``{"url", "api_key", "admin_url"}`` on stdout once it listens (scripts wait for it),
+then serves until SIGINT or SIGTERM and shuts down cleanly (every emulated instance destroyed, the runtime closed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import signal
+import sys
+import threading
+from typing import Any
+
+from skyward_ray.errors import SkywardError
+
+_RUNTIMES = ("none", "netns")
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; allowed: 0 (a free port) to 65535") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is out of range; allowed: 0 (a free port) to 65535")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"{value} is out of range; allowed: 0 to 3600 seconds")
+    return value
+
+
+def register(subparsers: Any) -> None:
+    from skyward_ray.emulator.scenarios import SCENARIOS
+
+    parser = subparsers.add_parser("emulator", help="run the local Vast.ai marketplace emulator",
+                                   description="A local, wire-compatible Vast.ai marketplace (no account needed).")
+    commands = parser.add_subparsers(dest="emulator_command", required=True)
+    serve = commands.add_parser("serve", help="serve the Vast API until SIGINT/SIGTERM",
+                                description="Serve the Vast REST API; prints one JSON line with url and api_key.")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=_port, default=0, help="port to listen on; 0 picks a free one (default)")
+    serve.add_argument("--seed", type=int, default=0, help="market generator seed (default 0)")
+    serve.add_argument("--scenario", choices=SCENARIOS, default="default", help="market to generate")
+    serve.add_argument("--api-key", default=None, help="the renter's API key (default: a random one, printed)")
+    serve.add_argument("--boot-delay", type=_seconds, default=3.0,
+                       help="seconds from rental to running (default 3)")
+    serve.add_argument("--runtime", choices=_RUNTIMES, default="none",
+                       help="none: instances are records; netns: namespaces with sshd (Linux, root)")
+    serve.add_argument("--admin-key", default=None, help="require 'Bearer KEY' on /_emulator/ (default: open)")
+    serve.set_defaults(func=serve_command)
+    clean = commands.add_parser("clean", help="remove namespaces, bridges and files a netns emulator left behind")
+    clean.set_defaults(func=clean_command)
+
+
+def _netns_module() -> Any:
+    try:
+        return importlib.import_module("skyward_ray.emulator.netns")
+    except ModuleNotFoundError as exc:
+        if exc.name != "skyward_ray.emulator.netns":
+            raise
+        raise SkywardError("--runtime netns: the netns host runtime (skyward_ray.emulator.netns) is not installed "
+                           "in this build; use --runtime none") from None
+
+
+def _make_runtime(name: str) -> Any:
+    if name == "none":
+        return None
+    module = _netns_module()
+    runtime_class = getattr(module, "NetnsRuntime", None)
+    if runtime_class is None:
+        raise SkywardError("--runtime netns: skyward_ray.emulator.netns has no NetnsRuntime yet; use --runtime none")
+    try:
+        return runtime_class()
+    except SkywardError:
+        raise
+    except (OSError, RuntimeError) as exc:
+        raise SkywardError(f"--runtime netns: cannot set up the namespace runtime: {exc}") from None
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    from skyward_ray.emulator.server import EmulatorServer
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    runtime = _make_runtime(args.runtime)
+    try:
+        server = EmulatorServer(scenario=args.scenario, seed=args.seed, api_key=args.api_key,
+                                boot_delay_s=args.boot_delay, runtime=runtime, host=args.host, port=args.port,
+                                admin_key=args.admin_key)
+    except ValueError as exc:
+        if runtime is not None:
+            runtime.close()
+        raise SkywardError(str(exc)) from None
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            server.start()
+        except OSError as exc:
+            raise SkywardError(f"--host/--port: cannot listen on {args.host}:{args.port}: "
+                               f"{exc.strerror or exc}") from None
+        print(json.dumps(server.ready_line()), flush=True)
+        while not stop.wait(0.5):
+            pass
+        return 0
+    finally:
+        server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def clean_command(args: argparse.Namespace) -> int:
+    module = _netns_module()
+    clean = getattr(module, "clean_leftovers", None)
+    if clean is None:
+        raise SkywardError("emulator clean: skyward_ray.emulator.netns has no clean_leftovers yet")
+    removed = clean()
+    if isinstance(removed, list | tuple | set):
+        for item in removed:
+            print(f"removed {item}")
+        print(f"{len(removed)} leftover(s) removed")
+    elif removed is not None:
+        print(removed)
+    return 0
