@@ -1,0 +1,1011 @@
+"""``VastNodeProvider``: Ray's cluster launcher and autoscaler (v2 and v1) on Vast.ai.
+
+Loaded by Ray with ``provider: {type: external, module: skyward_ray.provider.VastNodeProvider}``, on the laptop that
+runs ``ray up`` and in the head's autoscaler. Node ids are Vast instance ids (as strings).
+
+**One source of truth.** A node's tags live in its Vast label (:mod:`skyward_ray.provider.tags`). Both sides rebuild
+the same state from one paged ``GET /api/v1/instances/`` per ``cache_ttl_s`` (:meth:`non_terminated_nodes`); every
+per-node getter reads that snapshot. A node this process just rented is visible at once with its tags; a node
+missing from the snapshot costs at most one ``GET /instances/{id}/``. In steady state a tick costs the list pages
+alone, whatever the number of nodes.
+
+**Thread safety.** Ray calls the provider from its main loop, launcher threads, updater threads and executors. All
+state sits behind ``self._lock``, which is never held during an API call (or a sleep): methods copy what they need,
+release it, do the I/O, then take it again to record the result. ``self._refresh_lock`` only makes concurrent
+refreshes share one list call; it guards no state.
+
+**Tags.** ``set_node_tags`` changes memory at once and marks the node dirty; a background thread writes the labels
+after ``tag_flush_delay_s`` (so the four writes of a node's setup coalesce), and at interpreter exit whatever is still
+pending. A snapshot never overwrites tags with a label older than our own last write.
+
+**Renting** (:meth:`create_node`, :meth:`create_node_with_resources_and_labels`): search, plan with
+:mod:`skyward_ray.placement`, then rent the plan's offers concurrently (the client spaces and retries requests). The
+head's creation picks the physical cluster that can host the head plus the cluster's workers, and creates the overlay
+there; workers are searched on that cluster and join the overlay. A rental is never repeated after a 5xx or a
+timeout (its nonce is remembered, and an instance carrying it is destroyed as a ghost); an offer taken by someone
+else moves on to a fresh search; a failed create that still names an instance destroys it. ``max_hourly_cost``
+counts live nodes and rentals in flight.
+
+**Keeping nodes honest** (on every refresh, in both processes): an outbid worker is destroyed and reported terminated
+(policy ``replace``) or re-bid up to ``max_bid`` (``rebid``); a failed instance, one stuck loading past
+``loading_timeout_s`` or one Ray cannot SSH into within ``ssh_timeout_s`` is destroyed and its machine avoided for
+the cluster's later placements. The API calls those decisions need run in a background pool, never in the tick.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import secrets
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from ray.autoscaler.node_launch_exception import NodeLaunchException
+from ray.autoscaler.node_provider import NodeProvider
+from ray.autoscaler.tags import (
+    NODE_KIND_HEAD,
+    NODE_KIND_WORKER,
+    STATUS_WAITING_FOR_SSH,
+    TAG_RAY_NODE_KIND,
+    TAG_RAY_NODE_STATUS,
+    TAG_RAY_USER_NODE_TYPE,
+)
+
+from skyward_ray.errors import SkywardError
+from skyward_ray.placement import (
+    NodeAssignment,
+    NodeGroup,
+    NoPlacementError,
+    PlacementRequest,
+    Plan,
+    build_queries,
+    plan,
+)
+from skyward_ray.provider.command_runner import Endpoint, VastSSHCommandRunner
+from skyward_ray.provider.config import (
+    HEAD_KIND,
+    InterruptedPolicy,
+    VastNodeConfig,
+    VastProviderConfig,
+    overlay_name_for,
+)
+from skyward_ray.provider.overlay_ip import SUBNET_ENV
+from skyward_ray.provider.tags import (
+    TAG_OVERLAY_SUBNET,
+    TAG_PHYSICAL_CLUSTER,
+    TAG_RENTAL,
+    decode_label,
+    encode_label,
+    is_cluster_label,
+)
+from skyward_ray.vast.client import VastClient
+from skyward_ray.vast.credentials import resolve_api_key
+from skyward_ray.vast.errors import NotFoundError, OfferGoneError, VastError
+from skyward_ray.vast.models import Instance, NodeState, Offer, Overlay, overlay_env_key, port_env_key
+
+log = logging.getLogger(__name__)
+
+# Environment each rented instance gets (never a secret: Vast shows env in its console).
+CLUSTER_ENV = "SKYWARD_CLUSTER"
+API_URL_ENV = "SKYWARD_VAST_URL"
+INSTANCE_TIMEOUT_ENV = "SKYWARD_INSTANCE_TIMEOUT"
+# Vast's SSH login attaches tmux unless this file exists; Ray's non-interactive SSH commands need a plain shell.
+BASE_ONSTART = "touch ~/.no_auto_tmux"
+
+RENT_ROUNDS = 3  # searches per launch when offers keep being taken by others
+MISSING_GRACE_S = 60.0  # a rented node absent from lists this long is checked with one GET
+DESTROY_RETRY_S = 30.0  # a terminated node still listed after this long is destroyed again
+OVERLAY_POLL_S = 1.0
+
+
+class VastLaunchError(SkywardError):
+    """A launch could not rent anything; the message says why (placement explanation or rental errors)."""
+
+
+@dataclass
+class _Node:
+    """What this process knows about one instance of the cluster."""
+
+    node_id: str
+    tags: dict[str, str]
+    instance: Instance | None = None  # the latest wire view; None until a list or GET shows it
+    first_seen: float = 0.0  # our clock: rental time, or when a list first showed it
+    status_since: float = 0.0  # when ray-node-status last changed (the SSH deadline)
+    machine_id: int | None = None
+    price_per_hour: float | None = None
+    terminated: bool = False
+    destroy_sent_at: float | None = None
+    rebids: int = 0
+
+    @property
+    def kind(self) -> str | None:
+        return self.tags.get(TAG_RAY_NODE_KIND)
+
+    @property
+    def hourly_cost(self) -> float:
+        if self.price_per_hour is not None:
+            return self.price_per_hour
+        return (self.instance.dph_total if self.instance else None) or 0.0
+
+
+@dataclass(frozen=True)
+class _Site:
+    """Where a launch rents: a physical cluster and its overlay, or anywhere."""
+
+    cluster_id: int | None = None
+    overlay_name: str | None = None
+    subnet: str | None = None
+
+
+@dataclass
+class _Outcome:
+    created: list[str] = field(default_factory=list)
+    gone: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Rental:
+    """One node of a plan, reserved against the budget under ``nonce`` until its rental ends."""
+
+    nonce: str
+    assignment: NodeAssignment
+    image: str
+
+
+@dataclass(frozen=True)
+class _Action:
+    """An API call decided under the lock and made outside it."""
+
+    kind: str  # "destroy", "rebid", "lookup"
+    node_id: str
+    price: float | None = None
+
+
+class VastNodeProvider(NodeProvider):
+    """Ray ``NodeProvider`` for Vast.ai. See the module docstring for the design; it is thread-safe."""
+
+    def __init__(
+        self,
+        provider_config: dict[str, Any],
+        cluster_name: str,
+        *,
+        client: VastClient | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        start_threads: bool = True,
+    ) -> None:
+        super().__init__(provider_config, cluster_name)
+        self.config = VastProviderConfig.from_config(provider_config)
+        self._clock = clock
+        self._start_threads = start_threads
+        self._client = client
+        self._client_lock = threading.Lock()
+        self._overlay_name = self.config.overlay_name or overlay_name_for(cluster_name)
+
+        self._lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
+        self._nodes: dict[str, _Node] = {}
+        self._next_refresh_at: float | None = None  # None: never listed
+        self._dirty: set[str] = set()
+        self._writing: set[str] = set()
+        self._written_at: dict[str, float] = {}
+        self._looked_up: set[str] = set()  # ids given their one GET since they last left the snapshot
+        self._inflight: dict[str, float] = {}  # rental nonce -> $/h reserved
+        self._ghost_nonces: set[str] = set()  # rentals whose outcome is unknown: any instance with them is a ghost
+        self._excluded_machines: set[int] = set(self.config.excluded_machines)
+        self._overlay_cache: _Site | None = None
+
+        self._flush_wanted = threading.Event()
+        self._closing = threading.Event()
+        self._flusher: threading.Thread | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        if start_threads:
+            _register_exit_flush(self)
+
+    # =============================================================================================================
+    # The API client (lazy: Ray builds providers for commands that never call Vast)
+    # =============================================================================================================
+
+    @property
+    def client(self) -> VastClient:
+        with self._client_lock:
+            if self._client is None:
+                self._client = VastClient(
+                    api_key=self._api_key(),
+                    base_url=self.config.api_url,
+                    min_interval_s=self.config.api_min_interval_s,
+                )
+            return self._client
+
+    def _api_key(self) -> str:
+        """The key file ray up gave the head, else the usual lookup (explicit env, then the key files)."""
+        if self.config.api_key_file:
+            path = Path(self.config.api_key_file).expanduser()
+            if path.is_file():
+                key = path.read_text().strip()
+                if key:
+                    return key
+        return resolve_api_key(None)
+
+    def _background(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="skyward-vast")
+            return self._pool
+
+    # =============================================================================================================
+    # The snapshot
+    # =============================================================================================================
+
+    def refresh(self, *, force: bool = False) -> None:
+        """List the account's instances if the snapshot is older than ``cache_ttl_s`` (one call for all threads)."""
+        if not force and self._fresh():
+            return
+        with self._refresh_lock:
+            if not force and self._fresh():
+                return  # another thread refreshed while we waited
+            started = self._clock()
+            try:
+                instances = self.client.list_instances()
+            except VastError as exc:
+                # Serve the stale snapshot; try again after one TTL instead of hammering a failing API.
+                log.warning("Vast instance list failed, serving the last snapshot: %s", exc)
+                with self._lock:
+                    self._next_refresh_at = started + self.config.cache_ttl_s
+                return
+            with self._lock:
+                actions = self._apply_snapshot(instances, started)
+                self._next_refresh_at = started + self.config.cache_ttl_s
+        self._dispatch(actions)
+
+    def _fresh(self) -> bool:
+        with self._lock:
+            return self._next_refresh_at is not None and self._clock() < self._next_refresh_at
+
+    def _apply_snapshot(self, instances: Iterable[Instance], started: float) -> list[_Action]:
+        """Merge one list into the state (lock held) and decide what each node's state calls for."""
+        now = self._clock()
+        actions: list[_Action] = []
+        listed: set[str] = set()
+        for instance in instances:
+            if not is_cluster_label(instance.label, self.cluster_name):
+                continue
+            node_id = str(instance.id)
+            decoded = decode_label(instance.label)
+            label_tags = decoded[1] if decoded else {}
+            nonce = label_tags.get(TAG_RENTAL)
+            if nonce in self._ghost_nonces:
+                actions.append(_Action("destroy", node_id))  # a rental we were never told about
+                continue
+            if nonce in self._inflight:
+                continue  # its rental thread registers it with the price it paid
+            listed.add(node_id)
+            self._looked_up.discard(node_id)
+            node = self._nodes.get(node_id)
+            if node is None:
+                node = self._nodes[node_id] = _Node(node_id, label_tags, instance, first_seen=now, status_since=now,
+                                                    machine_id=instance.machine_id)
+            else:
+                node.instance = instance
+                node.machine_id = node.machine_id or instance.machine_id
+                if self._label_is_newer(node_id, started):
+                    self._set_tags(node, label_tags, now)
+            actions.extend(self._judge(node, now))
+        for node_id, node in list(self._nodes.items()):
+            if node_id in listed:
+                continue
+            if node.terminated or node.instance is not None:
+                del self._nodes[node_id]  # destroyed: by us, by Ray, or by someone else
+                self._dirty.discard(node_id)
+            elif now - node.first_seen > MISSING_GRACE_S and node_id not in self._looked_up:
+                self._looked_up.add(node_id)
+                actions.append(_Action("lookup", node_id))
+        return actions
+
+    def _label_is_newer(self, node_id: str, snapshot_started: float) -> bool:
+        """A label may replace memory only when we have no write pending or in flight and the list began after our
+        last write ended (else it can still show the label we overwrote)."""
+        if node_id in self._dirty or node_id in self._writing:
+            return False
+        return snapshot_started >= self._written_at.get(node_id, float("-inf"))
+
+    def _set_tags(self, node: _Node, tags: Mapping[str, str], now: float) -> None:
+        if tags.get(TAG_RAY_NODE_STATUS) != node.tags.get(TAG_RAY_NODE_STATUS):
+            node.status_since = now
+        node.tags = dict(tags)
+
+    def _judge(self, node: _Node, now: float) -> list[_Action]:
+        """What a listed node's state calls for (lock held). Marks the node terminated when it is to be destroyed."""
+        if node.terminated:
+            if node.destroy_sent_at is None or now - node.destroy_sent_at > DESTROY_RETRY_S:
+                node.destroy_sent_at = now
+                return [_Action("destroy", node.node_id)]  # a destroy that did not take: again
+            return []
+        instance = node.instance
+        assert instance is not None
+        state = instance.state
+        reason: str | None = None
+        avoid_machine = False
+        if state is NodeState.FAILED:
+            reason, avoid_machine = f"failed ({instance.actual_status}: {instance.status_msg or 'no message'})", True
+        elif state is NodeState.INTERRUPTED:
+            return self._on_interrupted(node, now)
+        elif state is NodeState.PENDING and now - node.first_seen > self.config.loading_timeout_s:
+            reason, avoid_machine = f"still {instance.actual_status or 'provisioning'} after "\
+                                    f"{self.config.loading_timeout_s:g} s", True
+        elif (node.tags.get(TAG_RAY_NODE_STATUS) == STATUS_WAITING_FOR_SSH
+              and now - node.status_since > self.config.ssh_timeout_s):
+            reason, avoid_machine = f"unreachable over SSH for {self.config.ssh_timeout_s:g} s", True
+        if reason is None:
+            return []
+        if avoid_machine and node.machine_id is not None:
+            self._excluded_machines.add(node.machine_id)
+        log.warning("Vast instance %s (machine %s) %s: destroying it%s", node.node_id, node.machine_id, reason,
+                    " and avoiding its machine" if avoid_machine else "")
+        return self._terminate_locked(node, now)
+
+    def _on_interrupted(self, node: _Node, now: float) -> list[_Action]:
+        instance = node.instance
+        assert instance is not None
+        if self.config.interrupted_policy is InterruptedPolicy.REBID and self.config.max_bid is not None:
+            current = node.price_per_hour or instance.dph_total or 0.0
+            market = (instance.min_bid or current) * self.config.bid_multiplier
+            new_bid = min(max(market, current * self.config.bid_multiplier), self.config.max_bid)
+            if new_bid > current + 1e-9:
+                node.price_per_hour = new_bid
+                node.rebids += 1
+                log.warning("Vast instance %s was outbid at $%.4f/h: raising its bid to $%.4f/h", node.node_id,
+                            current, new_bid)
+                return [_Action("rebid", node.node_id, new_bid)]
+            if node.rebids and current >= self.config.max_bid - 1e-9:
+                log.warning("Vast instance %s is outbid at max_bid $%.4f/h: replacing it", node.node_id, current)
+            elif node.rebids:
+                return []  # our raised bid has not taken effect yet
+        if node.kind == NODE_KIND_HEAD:
+            log.error("the head (Vast instance %s) was outbid; it is kept (destroying it would end the cluster): "
+                      "use allocation on-demand for the head, or interrupted_policy rebid", node.node_id)
+            return []
+        log.warning("Vast instance %s was outbid: destroying it so the autoscaler replaces it", node.node_id)
+        return self._terminate_locked(node, now)
+
+    def _terminate_locked(self, node: _Node, now: float) -> list[_Action]:
+        node.terminated = True
+        node.destroy_sent_at = now
+        self._dirty.discard(node.node_id)
+        return [_Action("destroy", node.node_id)]
+
+    def _dispatch(self, actions: list[_Action]) -> None:
+        if actions:
+            pool = self._background()
+            for action in actions:
+                pool.submit(self._perform, action)
+
+    def _perform(self, action: _Action) -> None:
+        try:
+            if action.kind == "destroy":
+                self.client.destroy_instance(int(action.node_id))
+            elif action.kind == "rebid":
+                assert action.price is not None
+                self.client.change_bid(int(action.node_id), action.price)
+            elif action.kind == "lookup":
+                self._lookup(action.node_id)
+        except VastError as exc:
+            log.warning("Vast %s of instance %s failed (retried on a later refresh): %s", action.kind,
+                        action.node_id, exc)
+
+    def _node(self, node_id: str) -> _Node | None:
+        """The node, or after one GET for an id the snapshot lacks (never more than one per absence)."""
+        with self._lock:
+            node = self._nodes.get(node_id)
+            if node is not None or node_id in self._looked_up:
+                return node
+            self._looked_up.add(node_id)
+        return self._lookup(node_id)
+
+    def _lookup(self, node_id: str) -> _Node | None:
+        """One ``GET /instances/{id}/``: adopt the instance if it is ours, forget it if it is gone."""
+        if not node_id.isdigit():
+            return None
+        try:
+            instance = self.client.get_instance(int(node_id))
+        except VastError as exc:
+            log.warning("Vast lookup of instance %s failed: %s", node_id, exc)
+            with self._lock:
+                return self._nodes.get(node_id)
+        with self._lock:
+            decoded = decode_label(instance.label) if instance is not None else None
+            nonce = decoded[1].get(TAG_RENTAL) if decoded else None
+            if instance is None or not is_cluster_label(instance.label, self.cluster_name) or (
+                nonce in self._ghost_nonces or nonce in self._inflight
+            ):
+                if instance is None:
+                    self._nodes.pop(node_id, None)
+                    self._dirty.discard(node_id)
+                return self._nodes.get(node_id)
+            node = self._nodes.get(node_id)
+            if node is None:
+                now = self._clock()
+                node = self._nodes[node_id] = _Node(node_id, decoded[1] if decoded else {}, instance, first_seen=now,
+                                                    status_since=now, machine_id=instance.machine_id)
+            else:
+                node.instance = instance
+            return node
+
+    # =============================================================================================================
+    # Ray's read API (snapshot only)
+    # =============================================================================================================
+
+    def non_terminated_nodes(self, tag_filters: dict[str, str]) -> list[str]:
+        self.refresh()
+        with self._lock:
+            return [
+                node_id
+                for node_id, node in self._nodes.items()
+                if not node.terminated and all(node.tags.get(key) == value for key, value in tag_filters.items())
+            ]
+
+    def is_running(self, node_id: str) -> bool:
+        node = self._node(node_id)
+        with self._lock:
+            if node is None or node.terminated or node.instance is None or not node.instance.ready:
+                return False
+            # Ray installs over SSH to the overlay address as soon as this is true: it must be known by then.
+            return not node.tags.get(TAG_OVERLAY_SUBNET) or self._overlay_ip(node) is not None
+
+    def is_terminated(self, node_id: str) -> bool:
+        node = self._node(node_id)
+        with self._lock:
+            return node is None or node.terminated
+
+    def node_tags(self, node_id: str) -> dict[str, str]:
+        node = self._node(node_id)
+        with self._lock:
+            return dict(node.tags) if node is not None else {}
+
+    def external_ip(self, node_id: str) -> str | None:
+        """The host the laptop SSHes to: the direct public address, else Vast's proxy host."""
+        node = self._node(node_id)
+        with self._lock:
+            if node is None or node.instance is None:
+                return None
+            endpoint = node.instance.ssh_endpoint
+            return endpoint[0] if endpoint else None
+
+    def internal_ip(self, node_id: str) -> str | None:
+        """The overlay address (Ray's node IP there); without an overlay, the first local or the public address."""
+        node = self._node(node_id)
+        with self._lock:
+            if node is None or node.instance is None:
+                return None
+            if node.tags.get(TAG_OVERLAY_SUBNET):
+                return self._overlay_ip(node)
+            instance = node.instance
+            return (instance.local_ipaddrs[0] if instance.local_ipaddrs else None) or instance.public_ipaddr
+
+    def _overlay_ip(self, node: _Node) -> str | None:
+        subnet = node.tags.get(TAG_OVERLAY_SUBNET)
+        return node.instance.overlay_ip(subnet) if node.instance is not None and subnet else None
+
+    def ssh_endpoints(self, node_id: str, use_internal_ip: bool) -> list[Endpoint]:
+        """SSH endpoints, best first: the overlay (head -> worker), the direct mapped port, then Vast's proxy."""
+        node = self._node(node_id)
+        with self._lock:
+            if node is None or node.instance is None:
+                return []
+            candidates: list[Endpoint] = []
+            overlay_ip = self._overlay_ip(node)
+            if use_internal_ip and overlay_ip:
+                candidates.append((overlay_ip, 22))
+            if node.instance.ssh_direct:
+                candidates.append(node.instance.ssh_direct)
+            if node.instance.ssh_proxy and self.config.ssh_proxy:
+                candidates.append(node.instance.ssh_proxy)
+            return candidates
+
+    def get_command_runner(
+        self,
+        log_prefix: str,
+        node_id: str,
+        auth_config: dict[str, Any],
+        cluster_name: str,
+        process_runner: ModuleType,
+        use_internal_ip: bool,
+        docker_config: dict[str, Any] | None = None,
+    ) -> VastSSHCommandRunner:
+        if docker_config and docker_config.get("container_name"):
+            raise SkywardError("docker: is not supported on Vast (instances are containers already); remove it")
+        return VastSSHCommandRunner(
+            endpoints=self,
+            log_prefix=log_prefix,
+            node_id=node_id,
+            provider=self,
+            auth_config=auth_config,
+            cluster_name=cluster_name,
+            process_runner=process_runner,
+            use_internal_ip=use_internal_ip,
+        )
+
+    # =============================================================================================================
+    # Tags
+    # =============================================================================================================
+
+    def set_node_tags(self, node_id: str, tags: dict[str, str]) -> None:
+        node = self._node(node_id)
+        with self._lock:
+            if node is None or node.terminated:
+                return
+            self._set_tags(node, {**node.tags, **tags}, self._clock())
+            self._dirty.add(node_id)
+        self._ensure_flusher()
+        self._flush_wanted.set()
+
+    def _ensure_flusher(self) -> None:
+        with self._lock:
+            if self._flusher is not None or not self._start_threads:
+                return
+            self._flusher = threading.Thread(target=self._flush_loop, name="skyward-tag-flush", daemon=True)
+            self._flusher.start()
+
+    def _flush_loop(self) -> None:
+        while not self._closing.is_set():
+            self._flush_wanted.wait()
+            if self._closing.wait(self.config.tag_flush_delay_s):
+                return
+            self._flush_wanted.clear()
+            if not self.flush_tags():
+                self._closing.wait(self.config.cache_ttl_s)  # the API failed: back off before the retry
+
+    def flush_tags(self) -> bool:
+        """Write every pending label now (one request per changed node). False if some write failed."""
+        with self._lock:
+            batch = {
+                node_id: encode_label(self.cluster_name, self._nodes[node_id].tags)
+                for node_id in self._dirty
+                if node_id in self._nodes and not self._nodes[node_id].terminated
+            }
+            self._dirty.clear()
+            self._writing.update(batch)
+        ok = True
+        for node_id, label in batch.items():
+            try:
+                self.client.set_label(int(node_id), label)
+            except NotFoundError:
+                pass  # destroyed meanwhile
+            except VastError as exc:
+                log.warning("writing the tags of Vast instance %s failed (retrying): %s", node_id, exc)
+                ok = False
+                with self._lock:
+                    self._dirty.add(node_id)
+                self._flush_wanted.set()
+            finally:
+                with self._lock:
+                    self._writing.discard(node_id)
+                    self._written_at[node_id] = self._clock()
+        return ok
+
+    def close(self) -> None:
+        """Flush pending tags and stop the background threads (also run at interpreter exit)."""
+        with contextlib.suppress(Exception):
+            self.flush_tags()
+        self._closing.set()
+        self._flush_wanted.set()
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=False)
+
+    # =============================================================================================================
+    # Creating nodes
+    # =============================================================================================================
+
+    def create_node(self, node_config: dict[str, Any], tags: dict[str, str], count: int) -> dict[str, Any] | None:
+        return self._create(node_config, tags, count)
+
+    def create_node_with_resources_and_labels(
+        self,
+        node_config: dict[str, Any],
+        tags: dict[str, str],
+        count: int,
+        resources: dict[str, float],
+        labels: dict[str, str],
+    ) -> dict[str, Any] | None:
+        return self._create(node_config, tags, count)
+
+    def _create(self, node_config: dict[str, Any], tags: dict[str, str], count: int) -> dict[str, Any] | None:
+        if count <= 0:
+            return {}
+        try:
+            node = VastNodeConfig.from_config(node_config, section="node_config")
+            kind = tags.get(TAG_RAY_NODE_KIND, NODE_KIND_WORKER)
+            group_name = tags.get(TAG_RAY_USER_NODE_TYPE) or kind
+            if kind == NODE_KIND_HEAD:
+                site, reserved = self._head_site(node, group_name)
+            else:
+                site, reserved = self._worker_site(), None
+            outcome = self._rent(node, kind, group_name, tags, count, site, reserved)
+        except NoPlacementError as exc:
+            raise NodeLaunchException("no-placement", str(exc), sys.exc_info()) from exc
+        except (VastError, SkywardError) as exc:
+            raise NodeLaunchException("vast-error", str(exc), sys.exc_info()) from exc
+        if not outcome.created:
+            details = "; ".join(dict.fromkeys(outcome.errors)) or "every offer was taken before we could rent it"
+            raise NodeLaunchException("rental-failed", f"no {group_name} node could be rented: {details}", None)
+        if len(outcome.created) < count:
+            log.warning("rented %d of %d %s nodes: %s", len(outcome.created), count, group_name,
+                        "; ".join(dict.fromkeys(outcome.errors)))
+        return {node_id: {} for node_id in outcome.created}
+
+    # --- where to rent ---------------------------------------------------------------------------------------------
+
+    def _multi_node(self) -> bool:
+        """Whether the cluster can have more than one node, i.e. needs one physical cluster and an overlay."""
+        if not self.config.use_overlay:
+            return False
+        if not self.config.node_types:
+            return True  # unknown shape: assume workers will come
+        return sum(s.max_workers for s in self.config.node_types.values() if s.kind != HEAD_KIND) > 0
+
+    def _head_site(self, node: VastNodeConfig, group_name: str) -> tuple[_Site, list[_Rental] | None]:
+        """Choose the physical cluster for the head and the cluster's workers, and create the overlay there.
+
+        Returns the site and the head's reserved rental from that joint plan (None: plan the head alone)."""
+        if not self._multi_node():
+            return _Site(), None
+        overlay = self._find_overlay()
+        live = [n for n in self._live_nodes() if n.kind == NODE_KIND_WORKER]
+        groups = self._cluster_groups(node, group_name)
+        pinned = overlay.cluster_id if overlay is not None else None
+        try:
+            the_plan, rentals = self._plan(groups, group_name, pinned_cluster=pinned, physical_cluster=True)
+        except NoPlacementError:
+            if overlay is None or live:
+                raise
+            # A stale overlay from an earlier cluster of this name, with nothing on it: start afresh.
+            log.warning("overlay %s (cluster %s) cannot host this cluster and has no nodes: replacing it",
+                        overlay.name, overlay.cluster_id)
+            self.client.delete_overlay(name=overlay.name)
+            overlay = None
+            the_plan, rentals = self._plan(groups, group_name, pinned_cluster=None, physical_cluster=True)
+        try:
+            if overlay is None:
+                assert the_plan.cluster_id is not None
+                overlay = self._create_overlay(the_plan.cluster_id)
+        except BaseException:
+            self._release(rentals)
+            raise
+        site = _Site(overlay.cluster_id, overlay.name, overlay.internal_subnet)
+        with self._lock:
+            self._overlay_cache = site
+        return site, rentals
+
+    def _cluster_groups(self, head: VastNodeConfig, head_group: str) -> list[NodeGroup]:
+        """The head plus every worker type at its max_workers (falls back to min_workers when that cannot fit)."""
+        groups = [NodeGroup(name=head_group, accelerator=head.accelerator, gpus_per_node=head.gpus, count=1,
+                            allocation=head.allocation_for(HEAD_KIND), include_variants=head.include_variants)]
+        for name, shape in self.config.node_types.items():
+            if shape.kind == HEAD_KIND or shape.max_workers <= 0:
+                continue
+            worker = shape.node_config
+            groups.append(NodeGroup(name=name, accelerator=worker.accelerator, gpus_per_node=worker.gpus,
+                                    count=shape.max_workers, allocation=worker.allocation_for(NODE_KIND_WORKER),
+                                    include_variants=worker.include_variants))
+        return groups
+
+    def _worker_site(self) -> _Site:
+        """The head's physical cluster and overlay, from the head's label (or the overlay list)."""
+        if not self._multi_node():
+            return _Site()
+        with self._lock:
+            if self._overlay_cache is not None:
+                return self._overlay_cache
+        self.refresh()
+        with self._lock:
+            for node in self._nodes.values():
+                if node.kind == NODE_KIND_HEAD and not node.terminated and node.tags.get(TAG_PHYSICAL_CLUSTER):
+                    site = _Site(int(node.tags[TAG_PHYSICAL_CLUSTER]), self._overlay_name,
+                                 node.tags.get(TAG_OVERLAY_SUBNET))
+                    if site.subnet:
+                        self._overlay_cache = site
+                        return site
+        overlay = self._find_overlay()
+        if overlay is None or overlay.cluster_id is None:
+            raise VastLaunchError(f"overlay {self._overlay_name} of cluster {self.cluster_name!r} does not exist: "
+                                  "the head creates it (run ray up), workers join it")
+        site = _Site(overlay.cluster_id, overlay.name, overlay.internal_subnet)
+        with self._lock:
+            self._overlay_cache = site
+        return site
+
+    def _find_overlay(self) -> Overlay | None:
+        for overlay in self.client.list_overlays():
+            if overlay.name == self._overlay_name:
+                return overlay
+        return None
+
+    def _create_overlay(self, cluster_id: int) -> Overlay:
+        """Create the cluster's overlay on ``cluster_id`` and wait (``overlay_timeout``) until it is listed."""
+        log.info("creating overlay %s on physical cluster %s", self._overlay_name, cluster_id)
+        try:
+            self.client.create_overlay(cluster_id, self._overlay_name)
+        except VastError as exc:
+            if not exc.outcome_unknown:
+                raise
+        deadline = self._clock() + self.config.overlay_timeout
+        while True:
+            overlay = self._find_overlay()
+            if overlay is not None and overlay.internal_subnet:
+                return overlay
+            if self._clock() >= deadline:
+                raise VastLaunchError(f"overlay {self._overlay_name} did not appear on physical cluster {cluster_id} "
+                                      f"within overlay_timeout={self.config.overlay_timeout} s")
+            time.sleep(OVERLAY_POLL_S)
+
+    # --- planning and renting --------------------------------------------------------------------------------------
+
+    def _plan(
+        self, groups: list[NodeGroup], rent_group: str, *, pinned_cluster: int | None, physical_cluster: bool | None
+    ) -> tuple[Plan, list[_Rental]]:
+        """Search (outside the lock), then plan and reserve ``rent_group``'s nodes in one locked step, so concurrent
+        launches never both spend the same ``max_hourly_cost`` headroom."""
+        with self._lock:
+            excluded = frozenset(self._excluded_machines)
+        request = PlacementRequest(groups=tuple(groups), cluster_id=pinned_cluster, excluded_machines=excluded,
+                                   physical_cluster=None if pinned_cluster is not None else physical_cluster)
+        options = self.config.placement
+        offers: dict[int, Offer] = {}
+        for query in build_queries(request, options):
+            for offer in self.client.search_offers(query):
+                offers.setdefault(offer.id, offer)
+        with self._lock:
+            the_plan = plan(request, options, list(offers.values()),
+                            already_committed_per_hour=self._committed_per_hour())
+            rentals = [_Rental(secrets.token_hex(4), assignment, the_plan.image)
+                       for assignment in the_plan.nodes_of(rent_group)]
+            for rental in rentals:
+                self._inflight[rental.nonce] = rental.assignment.price_per_hour
+        return the_plan, rentals
+
+    def _release(self, rentals: Iterable[_Rental]) -> None:
+        with self._lock:
+            for rental in rentals:
+                self._inflight.pop(rental.nonce, None)
+
+    def _committed_per_hour(self) -> float:
+        """Live nodes plus rentals in flight (lock held): what max_hourly_cost is already spent on."""
+        live = sum(node.hourly_cost for node in self._nodes.values() if not node.terminated)
+        return live + sum(self._inflight.values())
+
+    def _live_nodes(self) -> list[_Node]:
+        self.refresh()
+        with self._lock:
+            return [node for node in self._nodes.values() if not node.terminated]
+
+    def _rent(
+        self,
+        node: VastNodeConfig,
+        kind: str,
+        group_name: str,
+        tags: Mapping[str, str],
+        count: int,
+        site: _Site,
+        reserved: list[_Rental] | None,
+    ) -> _Outcome:
+        """Rent ``count`` nodes: plan, rent concurrently, and search again while offers were taken by others."""
+        outcome = _Outcome()
+        group = NodeGroup(name=group_name, accelerator=node.accelerator, gpus_per_node=node.gpus, count=1,
+                          allocation=node.allocation_for(kind), include_variants=node.include_variants)
+        rentals = reserved
+        for _round in range(RENT_ROUNDS):
+            missing = count - len(outcome.created)
+            if missing <= 0:
+                break
+            if rentals is None:
+                _, rentals = self._plan([group.model_copy(update={"count": missing})], group_name,
+                                        pinned_cluster=site.cluster_id, physical_cluster=site.cluster_id is not None)
+            round_outcome = self._rent_round(node, tags, rentals, site)
+            outcome.created += round_outcome.created
+            outcome.errors += round_outcome.errors
+            outcome.gone += round_outcome.gone
+            rentals = None
+            if not round_outcome.gone:
+                break  # only offers taken by others are worth a new search
+        return outcome
+
+    def _rent_round(self, node: VastNodeConfig, tags: Mapping[str, str], rentals: list[_Rental],
+                    site: _Site) -> _Outcome:
+        outcome = _Outcome()
+        workers = max(min(len(rentals), self.config.rent_concurrency), 1)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="skyward-rent") as pool:
+            futures = [pool.submit(self._rent_one, node, tags, rental, site) for rental in rentals]
+            for future in futures:
+                result = future.result()
+                if isinstance(result, str):
+                    outcome.created.append(result)
+                elif isinstance(result, OfferGoneError):
+                    outcome.gone += 1
+                else:
+                    outcome.errors.append(str(result))
+        return outcome
+
+    def _rent_one(self, node: VastNodeConfig, tags: Mapping[str, str], rental: _Rental, site: _Site) -> str | Exception:
+        """One ``PUT /asks``; returns the new node id, or the error. Never retried here."""
+        assignment = rental.assignment
+        node_tags = {**tags, TAG_RENTAL: rental.nonce}
+        if site.cluster_id is not None:
+            node_tags[TAG_PHYSICAL_CLUSTER] = str(site.cluster_id)
+        if site.subnet:
+            node_tags[TAG_OVERLAY_SUBNET] = site.subnet
+        kind = node_tags.get(TAG_RAY_NODE_KIND, NODE_KIND_WORKER)
+        try:
+            created = self.client.create_instance(
+                assignment.offer_id,
+                image=rental.image,
+                disk_gb=self.config.disk_gb,
+                label=encode_label(self.cluster_name, node_tags),
+                env=self._instance_env(node, kind, site),
+                onstart=BASE_ONSTART + (f"\n{node.onstart}" if node.onstart else ""),
+                price=assignment.bid_price,
+            )
+        except VastError as exc:
+            with self._lock:
+                self._inflight.pop(rental.nonce, None)
+                if exc.outcome_unknown and exc.new_contract is None:
+                    self._ghost_nonces.add(rental.nonce)  # it may exist anyway: destroy it when a list shows it
+            if exc.new_contract is not None:
+                self._destroy_quietly(exc.new_contract, f"failed rental of offer {assignment.offer_id}")
+            if isinstance(exc, OfferGoneError):
+                return exc
+            return VastLaunchError(f"offer {assignment.offer_id}: {exc}")
+        except BaseException:
+            self._release([rental])
+            raise
+        node_id = str(created.new_contract)
+        now = self._clock()
+        with self._lock:
+            self._nodes[node_id] = _Node(node_id, node_tags, None, first_seen=now, status_since=now,
+                                         machine_id=assignment.machine_id,
+                                         price_per_hour=assignment.price_per_hour)
+            self._inflight.pop(rental.nonce, None)
+        log.info("rented Vast instance %s: offer %s on machine %s, $%.4f/h%s", node_id, assignment.offer_id,
+                 assignment.machine_id, assignment.price_per_hour, " (bid)" if assignment.is_bid else "")
+        if self.config.ssh_public_key:
+            try:
+                self.client.attach_ssh_key(created.new_contract, self.config.ssh_public_key)
+            except VastError as exc:
+                log.warning("attaching the SSH key to Vast instance %s failed (the account key may do): %s",
+                            node_id, exc)
+        return node_id
+
+    def _instance_env(self, node: VastNodeConfig, kind: str, site: _Site) -> dict[str, str]:
+        env = {**node.env, CLUSTER_ENV: self.cluster_name, API_URL_ENV: self.client.base_url}
+        if kind != NODE_KIND_HEAD:
+            env[INSTANCE_TIMEOUT_ENV] = str(self.config.instance_timeout)
+        if site.overlay_name and site.subnet:
+            env[overlay_env_key(site.overlay_name)] = "1"
+            env[SUBNET_ENV] = site.subnet
+        for port in node.ports:
+            env[port_env_key(port)] = "1"
+        return env
+
+    def _destroy_quietly(self, instance_id: int, why: str) -> None:
+        try:
+            self.client.destroy_instance(instance_id)
+            log.warning("destroyed Vast instance %s left by a %s", instance_id, why)
+        except VastError as exc:
+            log.error("could not destroy Vast instance %s left by a %s (the label sweep retries): %s", instance_id,
+                      why, exc)
+
+    # =============================================================================================================
+    # Terminating and cleaning up
+    # =============================================================================================================
+
+    def terminate_node(self, node_id: str) -> dict[str, Any] | None:
+        return self.terminate_nodes([node_id])
+
+    def terminate_nodes(self, node_ids: list[str]) -> dict[str, Any] | None:
+        """Destroy nodes in one bulk request; nodes already gone count as done. They are hidden at once."""
+        now = self._clock()
+        to_destroy: list[int] = []
+        for node_id in dict.fromkeys(node_ids):
+            node = self._node(node_id)
+            if node is None:
+                continue  # not ours, or already gone
+            with self._lock:
+                node.terminated = True
+                node.destroy_sent_at = now
+                self._dirty.discard(node_id)
+            to_destroy.append(int(node_id))
+        if not to_destroy:
+            return None
+        try:
+            if len(to_destroy) == 1:
+                self.client.destroy_instance(to_destroy[0])
+            else:
+                self.client.destroy_instances(to_destroy)
+        except VastError as exc:
+            log.warning("bulk destroy of %s failed (%s): destroying one by one", to_destroy, exc)
+            for instance_id in to_destroy:
+                try:
+                    self.client.destroy_instance(instance_id)
+                except VastError as one_exc:
+                    log.error("destroying Vast instance %s failed (retried on a later refresh): %s", instance_id,
+                              one_exc)
+        return None
+
+    def cleanup_cluster_resources(self) -> None:
+        """After ``ray down``: destroy every instance still carrying the cluster's label (ghosts of failed rentals
+        included), then delete the overlay. Bounded; raises if something is left."""
+        deadline = self._clock() + max(120.0, self.config.overlay_timeout)
+        leftovers: list[int] = []
+        while True:
+            leftovers = [i.id for i in self.client.list_instances() if is_cluster_label(i.label, self.cluster_name)]
+            if not leftovers or self._clock() >= deadline:
+                break
+            log.info("destroying %d leftover instance(s) of cluster %s: %s", len(leftovers), self.cluster_name,
+                     leftovers)
+            try:
+                self.client.destroy_instances(leftovers)
+            except VastError:
+                for instance_id in leftovers:
+                    with contextlib.suppress(VastError):
+                        self.client.destroy_instance(instance_id)
+            time.sleep(OVERLAY_POLL_S)
+        overlay = self._find_overlay()
+        if overlay is not None:
+            log.info("deleting overlay %s", overlay.name)
+            self.client.delete_overlay(name=overlay.name)
+        with self._lock:
+            self._overlay_cache = None
+            self._nodes.clear()
+            self._dirty.clear()
+        if leftovers:
+            raise SkywardError(f"Vast instances {leftovers} of cluster {self.cluster_name!r} could not be destroyed; "
+                               "destroy them in the Vast console")
+
+    # =============================================================================================================
+    # Config hooks (laptop side)
+    # =============================================================================================================
+
+    @staticmethod
+    def bootstrap_config(cluster_config: dict[str, Any]) -> dict[str, Any]:
+        from skyward_ray.provider.bootstrap import bootstrap_config
+
+        return bootstrap_config(cluster_config)
+
+    @staticmethod
+    def fillout_available_node_types_resources(cluster_config: dict[str, Any]) -> dict[str, Any]:
+        from skyward_ray.provider.bootstrap import fill_node_resources
+
+        return fill_node_resources(cluster_config)
+
+    def prepare_for_head_node(self, cluster_config: dict[str, Any]) -> dict[str, Any]:
+        from skyward_ray.provider.bootstrap import prepare_head_config
+
+        return prepare_head_config(cluster_config)
+
+
+# Pending tag writes must reach Vast even when the process ends right after the last set_node_tags (ray up does).
+_EXIT_FLUSH: weakref.WeakSet[VastNodeProvider] = weakref.WeakSet()
+_EXIT_LOCK = threading.Lock()
+
+
+def _register_exit_flush(provider: VastNodeProvider) -> None:
+    with _EXIT_LOCK:
+        first = not _EXIT_FLUSH
+        _EXIT_FLUSH.add(provider)
+    if first:
+        atexit.register(_flush_all_at_exit)
+
+
+def _flush_all_at_exit() -> None:
+    for provider in list(_EXIT_FLUSH):
+        provider.close()

@@ -1,0 +1,132 @@
+"""Install the shipped skyward-ray on a node (run by ``head_setup_commands`` / ``worker_setup_commands``).
+
+``bootstrap_config`` ships a copy of the laptop's ``skyward_ray`` package as a file mount and runs this file *from
+that copy* (``python <ship>/skyward_ray/provider/remote_install.py ...``), so it may use the standard library only.
+
+What it does, in order:
+
+1. If ``skyward_ray`` is importable with the same content (:func:`tree_hash`) and Ray has the laptop's version:
+   nothing (re-running ``ray up`` costs nothing).
+2. If the importable ``skyward_ray`` is a development install (not a shipped copy) of the same version, with the
+   laptop's Ray: nothing either. On the emulator every node shares the host's venv, which has exactly that; it must
+   never be pip-installed into, least of all by several nodes at once.
+3. Otherwise, under a file lock in the environment (nodes sharing one environment install one at a time): install the
+   package's requirements with Ray pinned to the laptop's version, then put the shipped copy on ``sys.path`` with a
+   ``.pth`` file, and check that a fresh interpreter imports it from there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import os
+import subprocess
+import sys
+import sysconfig
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+SHIPPED_SUFFIXES = (".py", ".yaml", ".json", ".sh", ".md")
+PTH_NAME = "skyward_ray_shipped.pth"
+SHIP_MARKER = ".skyward-ship"  # a shipped copy's root holds this file
+
+
+def shipped_files(package_dir: Path) -> list[Path]:
+    """The files that make up the package, as shipped: sources and data, no caches."""
+    return sorted(
+        path
+        for path in package_dir.rglob("*")
+        if path.is_file() and path.suffix in SHIPPED_SUFFIXES and "__pycache__" not in path.parts
+    )
+
+
+def tree_hash(package_dir: Path) -> str:
+    """A hash of the package's shipped files (names and contents): equal hashes mean the same code."""
+    digest = hashlib.sha256()
+    for path in shipped_files(package_dir):
+        digest.update(path.relative_to(package_dir).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _installed() -> tuple[Path | None, str | None, str | None]:
+    """(package dir, skyward_ray version, ray version) as a fresh interpreter sees them."""
+    probe = (
+        "import json, os\n"
+        "out = {}\n"
+        "try:\n"
+        "    import skyward_ray\n"
+        "    out['dir'] = os.path.dirname(skyward_ray.__file__); out['v'] = skyward_ray.__version__\n"
+        "except Exception: pass\n"
+        "try:\n"
+        "    import ray; out['ray'] = ray.__version__\n"
+        "except Exception: pass\n"
+        "print(json.dumps(out))\n"
+    )
+    import json
+
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=False,
+                            cwd="/")  # not the ship dir: it must not shadow what is installed
+    try:
+        found = json.loads(result.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None, None, None
+    package = Path(found["dir"]) if found.get("dir") else None
+    return package, found.get("v"), found.get("ray")
+
+
+@contextlib.contextmanager
+def _environment_lock() -> Iterator[None]:
+    path = Path(sys.prefix) / ".skyward-install.lock"
+    try:
+        handle = path.open("a")
+    except OSError:
+        handle = (Path.home() / ".skyward-install.lock").open("a")
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="install a shipped skyward-ray on this node")
+    parser.add_argument("--ship", required=True, help="the shipped copy's root (holds skyward_ray/)")
+    parser.add_argument("--hash", required=True, help="tree_hash of the shipped package")
+    parser.add_argument("--version", required=True, help="the shipped skyward-ray version")
+    parser.add_argument("--ray-version", required=True, help="the laptop's Ray version")
+    parser.add_argument("requirements", nargs="*", help="the package's requirements besides Ray")
+    args = parser.parse_args(argv)
+    ship = Path(os.path.expanduser(args.ship)).resolve()
+
+    package, version, ray_version = _installed()
+    if package is not None and ray_version == args.ray_version:
+        if tree_hash(package) == args.hash:
+            print(f"skyward-ray {version} with Ray {ray_version} already installed at {package}")
+            return 0
+        if version == args.version and not (package.parent / SHIP_MARKER).exists():
+            print(f"skyward-ray {version} (a development install at {package}) and Ray {ray_version} present: "
+                  "leaving them as they are")
+            return 0
+
+    with _environment_lock():
+        pip = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+               f"ray[default]=={args.ray_version}", *args.requirements]
+        print("installing:", " ".join(pip[5:]), flush=True)
+        subprocess.run(pip, check=True)
+        site_packages = Path(sysconfig.get_paths()["purelib"])
+        (site_packages / PTH_NAME).write_text(f"{ship}\n")
+    package, version, ray_version = _installed()
+    if package is None or package.resolve().parent != ship or ray_version != args.ray_version:
+        print(f"skyward-ray install check failed: imports {package} (version {version}), Ray {ray_version}",
+              file=sys.stderr)
+        return 1
+    print(f"skyward-ray {version} installed from {ship} with Ray {ray_version}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
