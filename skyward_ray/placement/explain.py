@@ -171,13 +171,14 @@ def _group_stage(
     priced = [(offer, node_price(offer, group.allocation, options)) for offer in exact]
     usable = [(offer, price) for offer, price in priced if price is not None]
     if not usable:
-        with_bid = [offer for offer in exact if offer.min_bid is not None]
+        fit = f"{_plural(len(exact), 'offer')} of {label} fit"
+        if group.allocation is Allocation.ON_DEMAND:
+            return "allocation", f"{fit}, but none has an on-demand price (they come from a bid search)"
+        with_bid = [offer.min_bid for offer in exact if offer.min_bid is not None]
         if not with_bid:
-            return "allocation", f"{_plural(len(exact), 'offer')} of {label} fit, but none takes bids (no min_bid)"
-        lowest = min(offer.min_bid for offer in with_bid if offer.min_bid is not None)
+            return "allocation", f"{fit}, but none takes bids (no min_bid)"
         return "max_bid", (
-            f"{_plural(len(exact), 'offer')} of {label} fit, but the lowest min_bid is {_money(lowest)}, "
-            f"above max_bid {_money(options.max_bid or 0.0)}"
+            f"{fit}, but the lowest min_bid is {_money(min(with_bid))}, above max_bid {_money(options.max_bid or 0.0)}"
         )
     if budget is not None:
         cheapest = min(price.per_hour for _, price in usable if price is not None)

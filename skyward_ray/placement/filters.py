@@ -18,7 +18,7 @@ from typing import Any
 
 from skyward_ray.placement.gpus import GpuSelection, gpu_key
 from skyward_ray.placement.image import image_cuda_version
-from skyward_ray.placement.options import PlacementOptions
+from skyward_ray.placement.options import Allocation, PlacementOptions
 from skyward_ray.placement.request import NodeGroup, PlacementRequest, Scope
 from skyward_ray.vast.models import Offer
 
@@ -97,7 +97,7 @@ class OfferFilter:
         # cluster must see those machines (the plan may put several nodes on one), so the pin drops that filter.
         self.hide_rented = scope is not Scope.PINNED
         self.checks: tuple[Check, ...] = self._build_checks()
-        self._accepts = self._compile()
+        self.accepts: Callable[[Offer], bool] = self._compile()  # == recheck, without the method call
 
     @classmethod
     def for_request(cls, request: PlacementRequest, options: PlacementOptions) -> list[OfferFilter]:
@@ -170,7 +170,10 @@ class OfferFilter:
                 ok = names[name] = gpu_key(name) in keys
             if not ok:
                 return False
-            return all(test(offer) for test in tests)
+            for test in tests:  # noqa: SIM110 - a loop, not all(generator): runs per offer on 100k-offer markets
+                if not test(offer):
+                    return False
+            return True
 
         return accepts
 
@@ -178,7 +181,7 @@ class OfferFilter:
 
     def recheck(self, offer: Offer) -> bool:
         """Whether an offer returned by the search really passes every filter of the query."""
-        return self._accepts(offer)
+        return self.accepts(offer)
 
     def failed_check(self, offer: Offer) -> Check | None:
         """The first filter this offer fails, or None."""
@@ -187,8 +190,24 @@ class OfferFilter:
                 return check
         return None
 
-    def query(self, *, limit: int = DEFAULT_SEARCH_LIMIT) -> dict[str, Any]:
-        """The ``POST /api/v0/bundles/`` body for this group, exactly as Vast expects it."""
+    def search_types(self) -> tuple[str, ...]:
+        """Vast's ``type`` per search. Spot-if-available needs both: bids come from a ``bid`` search, and only an
+        ``on-demand`` search carries the on-demand price of offers that take no bid."""
+        allocation = self.group.allocation
+        if allocation is Allocation.ON_DEMAND:
+            return ("on-demand",)
+        if allocation is Allocation.SPOT:
+            return ("bid",)
+        return ("bid", "on-demand")
+
+    def queries(self, *, limit: int = DEFAULT_SEARCH_LIMIT) -> list[dict[str, Any]]:
+        """The ``POST /api/v0/bundles/`` bodies for this group, exactly as Vast expects them."""
+        return [self.query(kind, limit=limit) for kind in self.search_types()]
+
+    def query(self, kind: str = "on-demand", *, limit: int = DEFAULT_SEARCH_LIMIT) -> dict[str, Any]:
+        """One search body; ``kind`` is Vast's ``type`` ("on-demand" or "bid")."""
+        if kind not in ("on-demand", "bid"):
+            raise ValueError(f"kind must be 'on-demand' or 'bid', got {kind!r}")
         options = self.options
         names = list(self.gpu.vast_names)
         query: dict[str, Any] = {
@@ -218,24 +237,25 @@ class OfferFilter:
         if self.hide_rented:
             query["rented"] = {"eq": False}
         query["direct_port_count"] = {"gte": 1}
-        bids = self.group.allocation.bids
-        query["type"] = "bid" if bids else "on-demand"
-        query["order"] = [["min_bid" if bids else "dph_total", "asc"]]
+        query["type"] = kind
+        query["order"] = [["min_bid" if kind == "bid" else "dph_total", "asc"]]
         query["limit"] = limit
         return query
 
-    def broad_query(self, *, limit: int = DEFAULT_SEARCH_LIMIT) -> dict[str, Any]:
-        """Only the accelerator and size: a search whose result lets :func:`explain` say which option emptied the
-        strict one, and how far it would have to move."""
+    def broad_queries(self, *, limit: int = DEFAULT_SEARCH_LIMIT) -> list[dict[str, Any]]:
+        """Only the accelerator: searches whose results let :func:`~skyward_ray.placement.explain.explain` say which
+        option emptied the strict search, and how far it would have to move."""
         names = list(self.gpu.vast_names)
-        return {
-            "gpu_name": {"eq": names[0]} if len(names) == 1 else {"in": names},
-            "num_gpus": {"gte": 1},
-            "rentable": {"eq": True},
-            "type": "bid" if self.group.allocation.bids else "on-demand",
-            "order": [["dph_total", "asc"]],
-            "limit": limit,
-        }
+        return [
+            {
+                "gpu_name": {"eq": names[0]} if len(names) == 1 else {"in": names},
+                "rentable": {"eq": True},
+                "type": kind,
+                "order": [["min_bid" if kind == "bid" else "dph_total", "asc"]],
+                "limit": limit,
+            }
+            for kind in self.search_types()
+        ]
 
 
 def build_queries(
@@ -245,9 +265,8 @@ def build_queries(
     (duplicates are fine) and pass them to :func:`~skyward_ray.placement.planner.plan`."""
     queries: list[dict[str, Any]] = []
     for offer_filter in OfferFilter.for_request(request, options):
-        query = offer_filter.broad_query(limit=limit) if broad else offer_filter.query(limit=limit)
-        if query not in queries:
-            queries.append(query)
+        found = offer_filter.broad_queries(limit=limit) if broad else offer_filter.queries(limit=limit)
+        queries.extend(query for query in found if query not in queries)
     return queries
 
 

@@ -1,6 +1,8 @@
 """What one node costs on one offer, per allocation kind (the one place that knows the bid rule).
 
-- on-demand: the offer's ``dph_total`` (searched with ``allocated_storage = disk_gb``, so it includes our disk).
+- on-demand: the offer's ``dph_total`` (searched with ``allocated_storage = disk_gb``, so it includes our disk). An
+  offer from a ``type: bid`` search has no on-demand price: Vast (and the emulator) put ``min_bid`` plus storage in
+  its ``dph_total`` and mark it ``is_bid``.
 - spot: a bid of ``min_bid * bid_multiplier``, capped at ``max_bid``. An offer whose ``min_bid`` is missing, or above
   ``max_bid``, cannot take our bid at all.
 - spot-if-available: the spot bid where the offer can take it, else on-demand.
@@ -32,13 +34,18 @@ def bid_price(offer: Offer, options: PlacementOptions) -> float | None:
     return min(bid, cap) if cap is not None else bid
 
 
+def on_demand_price(offer: Offer) -> float | None:
+    """``dph_total`` when it is an on-demand price (the offer came from an on-demand search), else None."""
+    return None if offer.is_bid else offer.dph_total
+
+
 def node_price(offer: Offer, allocation: Allocation, options: PlacementOptions) -> NodePrice | None:
     """The price of renting this offer for one node under ``allocation``, or None if that allocation cannot."""
-    if allocation is Allocation.ON_DEMAND:
-        return NodePrice(offer.dph_total, False)
-    bid = bid_price(offer, options)
-    if bid is not None:
-        return NodePrice(bid, True)
-    if allocation is Allocation.SPOT_IF_AVAILABLE:
-        return NodePrice(offer.dph_total, False)
-    return None
+    if allocation is not Allocation.ON_DEMAND:
+        bid = bid_price(offer, options)
+        if bid is not None:
+            return NodePrice(bid, True)
+        if allocation is Allocation.SPOT:
+            return None
+    on_demand = on_demand_price(offer)
+    return NodePrice(on_demand, False) if on_demand is not None else None

@@ -28,11 +28,11 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from skyward_ray.placement.filters import OfferFilter
-from skyward_ray.placement.options import PlacementOptions
+from skyward_ray.placement.options import Allocation, PlacementOptions
 from skyward_ray.placement.pricing import NodePrice, node_price
 from skyward_ray.placement.request import PlacementRequest, Scope
 from skyward_ray.vast.models import Offer
@@ -105,6 +105,9 @@ class Market:
         return sum(self.counts)
 
 
+_SharedCheck = tuple[int, Callable[[Offer], bool], list[tuple[Allocation, dict[int, Candidate]]]]
+
+
 def collect(
     request: PlacementRequest,
     options: PlacementOptions,
@@ -116,27 +119,33 @@ def collect(
     filters = OfferFilter.for_request(request, options)
     free_gpus: dict[int, int] = {}
     candidates: list[dict[int, Candidate]] = [{} for _ in filters]
-    plans = [
-        (filt.gpus, filt.recheck, group.allocation, candidates[index])
-        for index, (filt, group) in enumerate(zip(filters, request.groups, strict=True))
-    ]
+    # Groups with the same accelerator and size (a head and its workers) pass or fail the same offers: check once.
+    shared: dict[tuple[frozenset[str], int], _SharedCheck] = {}
+    for index, (offer_filter, group) in enumerate(zip(filters, request.groups, strict=True)):
+        entry = shared.setdefault(
+            (offer_filter.gpu.keys, offer_filter.gpus), (offer_filter.gpus, offer_filter.accepts, [])
+        )
+        entry[2].append((group.allocation, candidates[index]))
+    checks = list(shared.values())
+    free_of = free_gpus.get
     for offer in offers:
         machine = offer.machine_id
         size = offer.num_gpus
-        if size > free_gpus.get(machine, 0):
+        if size > free_of(machine, 0):
             free_gpus[machine] = size
-        for gpus, accepts, allocation, per_machine in plans:
+        for gpus, accepts, members in checks:
             if size != gpus or not accepts(offer):
                 continue
-            price = node_price(offer, allocation, options)
-            if price is None:
-                continue
-            candidate = make_candidate(offer, price)
-            if budget_micro is not None and candidate.price_micro > budget_micro:
-                continue
-            current = per_machine.get(machine)
-            if current is None or candidate.order < current.order:
-                per_machine[machine] = candidate
+            for allocation, per_machine in members:
+                price = node_price(offer, allocation, options)
+                if price is None:
+                    continue
+                candidate = make_candidate(offer, price)
+                if budget_micro is not None and candidate.price_micro > budget_micro:
+                    continue
+                current = per_machine.get(machine)
+                if current is None or candidate.order < current.order:
+                    per_machine[machine] = candidate
     return Market(
         filters=filters,
         counts=tuple(group.count for group in request.groups),
