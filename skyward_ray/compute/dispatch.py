@@ -175,11 +175,15 @@ class Dispatcher:
         return _future(self.submit_refs(items), list)
 
 
-def _cancel(refs: Sequence[ray.ObjectRef]) -> None:
-    """Best effort: stop calls still queued or running after their group failed or was abandoned."""
+def _cancel(refs: Sequence[ray.ObjectRef], force: bool = False) -> None:
+    """Best effort: stop calls still queued or running after their group failed or was abandoned.
+
+    ``force=False`` drops queued calls and interrupts running Python code at its next bytecode (a call blocked in C,
+    such as ``time.sleep``, finishes first); ``force=True`` kills the worker process running the call.
+    """
     for ref in refs:
         try:
-            ray.cancel(ref)
+            ray.cancel(ref, force=force)
         except Exception as error:  # a finished or already-cancelled task
             log.debug("cancel %s: %s", ref, error)
 
@@ -199,7 +203,8 @@ def _stream(refs: list[ray.ObjectRef]) -> Iterator[Any]:
 def _future(refs: list[ray.ObjectRef], combine: Callable[[list[Any]], Any]) -> Future[Any]:
     """A ``concurrent.futures.Future`` over ``refs``: the combined values, or the first failure (user's type).
 
-    Cancelling the future (possible until it completes) cancels the Ray tasks.
+    Cancelling the future (possible until it completes) kills the calls: Ray cannot interrupt a call blocked in C
+    code, and ``cancel()`` returning True promises the call will not finish.
     """
     future: Future[Any] = Future()
     values: list[Any] = [None] * len(refs)
@@ -228,7 +233,7 @@ def _future(refs: list[ray.ObjectRef], combine: Callable[[list[Any]], Any]) -> F
 
     def on_cancel(done: Future[Any]) -> None:
         if done.cancelled():
-            _cancel(refs)
+            _cancel(refs, force=True)
 
     future.add_done_callback(on_cancel)
     for index, ref in enumerate(refs):
