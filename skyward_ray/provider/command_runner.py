@@ -18,6 +18,7 @@ re-reads them, because Ray retries ``uptime`` while a node boots and the right e
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -33,8 +34,23 @@ class EndpointSource(Protocol):
         ...
 
 
+# RFC 5737 documentation networks: never routed, so never worth a connection attempt (the emulator's records-only
+# instances carry such addresses, and nothing may be sent towards them).
+_DOCUMENTATION_NETS = tuple(ipaddress.ip_network(net) for net in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"))
+
+
+def is_documentation_address(host: str) -> bool:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(address in net for net in _DOCUMENTATION_NETS)
+
+
 def tcp_accepts(endpoint: Endpoint, timeout_s: float = 3.0) -> bool:
     """Whether something accepts TCP connections at ``endpoint`` (sshd up, port mapped, route present)."""
+    if is_documentation_address(endpoint[0]):
+        return False
     try:
         with socket.create_connection(endpoint, timeout=timeout_s):
             return True

@@ -1,0 +1,526 @@
+"""VastNodeProvider against an in-memory Vast: the snapshot, tags, lifecycle rules, renting and teardown.
+
+The fake client checks on every call that the provider's state lock is free, so any API call made under the lock
+fails the test that provokes it. Time is a fake clock; nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from ray.autoscaler.node_launch_exception import NodeLaunchException
+from ray.autoscaler.tags import (
+    TAG_RAY_CLUSTER_NAME,
+    TAG_RAY_LAUNCH_CONFIG,
+    TAG_RAY_NODE_KIND,
+    TAG_RAY_NODE_STATUS,
+    TAG_RAY_USER_NODE_TYPE,
+)
+
+from skyward_ray.provider.node_provider import VastNodeProvider
+from skyward_ray.provider.tags import TAG_OVERLAY_SUBNET, TAG_PHYSICAL_CLUSTER, TAG_RENTAL, decode_label, encode_label
+from skyward_ray.vast.errors import OfferGoneError, ServerError
+from skyward_ray.vast.models import CreatedInstance, Instance, Offer, Overlay
+
+CLUSTER = "unit"
+PROVIDER = {"type": "external", "module": "skyward_ray.provider.VastNodeProvider"}
+WORKER_TAGS = {TAG_RAY_NODE_KIND: "worker", TAG_RAY_USER_NODE_TYPE: "gpu", TAG_RAY_NODE_STATUS: "uninitialized",
+               TAG_RAY_LAUNCH_CONFIG: "a" * 40}
+HEAD_TAGS = {TAG_RAY_NODE_KIND: "head", TAG_RAY_USER_NODE_TYPE: "head", TAG_RAY_NODE_STATUS: "uninitialized"}
+NODE_CONFIG = {"accelerator": "RTX 4090"}
+SUBNET = "10.7.0.0/24"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FakeVast:
+    """Enough of VastClient for the provider, in memory, counting calls and checking the lock is free."""
+
+    base_url = "http://vast.invalid"
+
+    def __init__(self) -> None:
+        self.instances: dict[int, dict[str, Any]] = {}
+        self.offers: list[Offer] = []
+        self.overlays: list[Overlay] = []
+        self.calls: list[tuple[str, Any]] = []
+        self.provider: VastNodeProvider | None = None
+        self.next_id = 5000
+        self.create_error: Exception | None = None
+        self.create_errors: list[Exception] = []
+        self.ssh_keys_attached: list[int] = []
+        self.lock = threading.Lock()
+
+    def _record(self, name: str, arg: Any = None) -> None:
+        if self.provider is not None:
+            assert not self.provider._lock.locked(), f"{name} called while the provider's state lock is held"
+        with self.lock:
+            self.calls.append((name, arg))
+
+    def count(self, name: str) -> int:
+        return sum(1 for call, _ in self.calls if call == name)
+
+    def add_instance(self, instance_id: int, label: str | None, **fields: Any) -> None:
+        row = {"id": instance_id, "label": label, "actual_status": "running", "machine_id": instance_id // 10,
+               "public_ipaddr": "198.51.100.4", "ports": {"22/tcp": [{"HostIp": "0.0.0.0", "HostPort": "40022"}]},
+               "ssh_host": "203.0.113.9", "ssh_port": 20000 + instance_id % 1000,
+               "local_ipaddrs": "10.7.0.5 172.17.0.2", "dph_total": 0.4}
+        row.update(fields)
+        self.instances[instance_id] = row
+
+    # --- the client API the provider uses ---
+    def list_instances(self, select_filters: Any = None) -> list[Instance]:
+        self._record("list_instances")
+        return [Instance.model_validate(row) for row in self.instances.values()]
+
+    def get_instance(self, instance_id: int) -> Instance | None:
+        self._record("get_instance", instance_id)
+        row = self.instances.get(instance_id)
+        return Instance.model_validate(row) if row else None
+
+    def set_label(self, instance_id: int, label: str) -> None:
+        self._record("set_label", (instance_id, label))
+        self.instances[instance_id]["label"] = label
+
+    def destroy_instance(self, instance_id: int) -> bool:
+        self._record("destroy_instance", instance_id)
+        return self.instances.pop(instance_id, None) is not None
+
+    def destroy_instances(self, ids: list[int]) -> None:
+        self._record("destroy_instances", list(ids))
+        for instance_id in ids:
+            self.instances.pop(instance_id, None)
+
+    def change_bid(self, instance_id: int, price: float) -> None:
+        self._record("change_bid", (instance_id, price))
+
+    def search_offers(self, query: dict[str, Any]) -> list[Offer]:
+        self._record("search_offers", query)
+        return list(self.offers)
+
+    def create_instance(self, offer_id: int, **kwargs: Any) -> CreatedInstance:
+        self._record("create_instance", (offer_id, kwargs))
+        if self.create_errors:
+            raise self.create_errors.pop(0)
+        if self.create_error is not None:
+            raise self.create_error
+        with self.lock:
+            self.next_id += 1
+            new_id = self.next_id
+        offer = next(o for o in self.offers if o.id == offer_id)
+        self.add_instance(new_id, kwargs["label"], actual_status="loading", machine_id=offer.machine_id, ports=None)
+        return CreatedInstance(new_contract=new_id)
+
+    def attach_ssh_key(self, instance_id: int, public_key: str) -> None:
+        self._record("attach_ssh_key", instance_id)
+        self.ssh_keys_attached.append(instance_id)
+
+    def list_overlays(self) -> list[Overlay]:
+        self._record("list_overlays")
+        return list(self.overlays)
+
+    def create_overlay(self, cluster_id: int, name: str) -> None:
+        self._record("create_overlay", (cluster_id, name))
+        self.overlays.append(Overlay(overlay_id=len(self.overlays) + 1, name=name, cluster_id=cluster_id,
+                                     internal_subnet=SUBNET))
+
+    def delete_overlay(self, overlay_id: int | None = None, name: str | None = None) -> bool:
+        self._record("delete_overlay", name)
+        before = len(self.overlays)
+        self.overlays = [o for o in self.overlays if o.name != name]
+        return len(self.overlays) < before
+
+
+def offer(offer_id: int, machine_id: int, *, cluster_id: int | None = 7, price: float = 0.4,
+          min_bid: float | None = 0.2, num_gpus: int = 1) -> Offer:
+    return Offer.model_validate({
+        "id": offer_id, "machine_id": machine_id, "cluster_id": cluster_id, "gpu_name": "RTX 4090",
+        "num_gpus": num_gpus, "dph_total": price, "min_bid": min_bid, "reliability2": 0.99,
+        "verification": "verified", "cuda_max_good": 12.4, "geolocation": "California, US", "rentable": True,
+        "rented": False, "disk_space": 500, "direct_port_count": 100, "inet_down": 900,
+    })
+
+
+def make_provider(fake: FakeVast, clock: FakeClock, **config: Any) -> VastNodeProvider:
+    provider = VastNodeProvider({**PROVIDER, **config}, CLUSTER, client=fake, clock=clock,  # type: ignore[arg-type]
+                                start_threads=False)
+    fake.provider = provider
+    return provider
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def fake() -> FakeVast:
+    return FakeVast()
+
+
+def worker_label(**extra: str) -> str:
+    return encode_label(CLUSTER, {**WORKER_TAGS, **extra})
+
+
+# --- the snapshot ---------------------------------------------------------------------------------------------------
+
+
+def test_one_list_serves_every_getter_and_filters_foreign_instances(fake: FakeVast, clock: FakeClock) -> None:
+    fake.add_instance(11, worker_label())
+    fake.add_instance(12, encode_label("other-cluster", WORKER_TAGS))
+    fake.add_instance(13, "someone's own label")
+    fake.add_instance(14, None)
+    fake.add_instance(15, encode_label(CLUSTER, HEAD_TAGS))
+    provider = make_provider(fake, clock)
+    assert sorted(provider.non_terminated_nodes({})) == ["11", "15"]
+    assert provider.non_terminated_nodes({TAG_RAY_NODE_KIND: "head"}) == ["15"]
+    for node_id in ("11", "15"):
+        assert provider.node_tags(node_id)[TAG_RAY_CLUSTER_NAME] == CLUSTER
+        assert provider.is_running(node_id)
+        assert not provider.is_terminated(node_id)
+        assert provider.external_ip(node_id) == "198.51.100.4"
+        assert provider.internal_ip(node_id) == "10.7.0.5"
+    assert [name for name, _ in fake.calls] == ["list_instances"]
+
+
+def test_list_is_refreshed_at_most_once_per_ttl(fake: FakeVast, clock: FakeClock) -> None:
+    fake.add_instance(11, worker_label())
+    provider = make_provider(fake, clock, cache_ttl_s=4.0)
+    for _ in range(5):
+        provider.non_terminated_nodes({})
+    clock.advance(3.9)
+    provider.non_terminated_nodes({})
+    assert fake.count("list_instances") == 1
+    clock.advance(0.2)
+    provider.non_terminated_nodes({})
+    assert fake.count("list_instances") == 2
+
+
+def test_concurrent_refreshes_share_one_list(fake: FakeVast, clock: FakeClock) -> None:
+    release = threading.Event()
+    original = fake.list_instances
+
+    def slow_list(select_filters: Any = None) -> list[Instance]:
+        release.wait(5)
+        return original()
+
+    fake.list_instances = slow_list  # type: ignore[method-assign]
+    provider = make_provider(fake, clock)
+    threads = [threading.Thread(target=provider.non_terminated_nodes, args=({},)) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    release.set()
+    for thread in threads:
+        thread.join(5)
+    assert fake.count("list_instances") == 1
+
+
+def test_a_node_missing_from_the_snapshot_costs_one_get_at_most(fake: FakeVast, clock: FakeClock) -> None:
+    provider = make_provider(fake, clock)
+    provider.non_terminated_nodes({})
+    fake.add_instance(21, worker_label())  # appeared after the list (another process rented it)
+    for _ in range(3):
+        assert provider.node_tags("21")[TAG_RAY_USER_NODE_TYPE] == "gpu"
+        assert provider.is_running("21")
+    for _ in range(3):
+        assert provider.is_terminated("999")  # unknown id: one GET says it does not exist
+        assert provider.node_tags("999") == {}
+    assert fake.count("get_instance") == 2
+
+
+def test_list_failure_serves_the_stale_snapshot(fake: FakeVast, clock: FakeClock) -> None:
+    fake.add_instance(11, worker_label())
+    provider = make_provider(fake, clock)
+    assert provider.non_terminated_nodes({}) == ["11"]
+
+    def broken(select_filters: Any = None) -> list[Instance]:
+        raise ServerError("503", status=503)
+
+    fake.list_instances = broken  # type: ignore[method-assign]
+    clock.advance(10)
+    assert provider.non_terminated_nodes({}) == ["11"]
+
+
+# --- tags -----------------------------------------------------------------------------------------------------------
+
+
+def test_set_node_tags_is_immediate_and_flushes_coalesced_into_one_label_write(fake: FakeVast,
+                                                                               clock: FakeClock) -> None:
+    fake.add_instance(11, worker_label())
+    provider = make_provider(fake, clock)
+    provider.non_terminated_nodes({})
+    for status in ("waiting-for-ssh", "syncing-files", "setting-up", "up-to-date"):
+        provider.set_node_tags("11", {TAG_RAY_NODE_STATUS: status})
+        assert provider.node_tags("11")[TAG_RAY_NODE_STATUS] == status
+    assert fake.count("set_label") == 0
+    assert provider.flush_tags()
+    assert fake.count("set_label") == 1
+    assert decode_label(fake.instances[11]["label"])[1][TAG_RAY_NODE_STATUS] == "up-to-date"  # type: ignore[index]
+
+
+def test_a_new_provider_rebuilds_every_tag_from_vast(fake: FakeVast, clock: FakeClock) -> None:
+    fake.add_instance(11, worker_label())
+    first = make_provider(fake, clock)
+    first.non_terminated_nodes({})
+    first.set_node_tags("11", {TAG_RAY_NODE_STATUS: "up-to-date", "ray-runtime-config": "b" * 40})
+    first.flush_tags()
+    expected = first.node_tags("11")
+    second = make_provider(fake, clock)
+    assert second.non_terminated_nodes({}) == ["11"]
+    assert second.node_tags("11") == expected
+
+
+def test_an_older_label_never_overwrites_newer_memory(fake: FakeVast, clock: FakeClock) -> None:
+    fake.add_instance(11, worker_label())
+    provider = make_provider(fake, clock, cache_ttl_s=1.0)
+    provider.non_terminated_nodes({})
+    provider.set_node_tags("11", {TAG_RAY_NODE_STATUS: "setting-up"})
+    clock.advance(2)
+    provider.non_terminated_nodes({})  # the label still says uninitialized: the write is pending
+    assert provider.node_tags("11")[TAG_RAY_NODE_STATUS] == "setting-up"
+    provider.flush_tags()
+    # Another process changes the label later: a list after our write shows it, and it wins.
+    fake.instances[11]["label"] = worker_label(**{TAG_RAY_NODE_STATUS: "up-to-date"})
+    clock.advance(2)
+    provider.non_terminated_nodes({})
+    assert provider.node_tags("11")[TAG_RAY_NODE_STATUS] == "up-to-date"
+
+
+# --- lifecycle rules ------------------------------------------------------------------------------------------------
+
+
+def _wait_for(predicate: Any, what: str) -> None:
+    for _ in range(500):
+        if predicate():
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_outbid_worker_is_destroyed_and_reported_terminated(fake: FakeVast, clock: FakeClock) -> None:
+    fake.add_instance(11, worker_label(), is_bid=True, actual_status="stopped", cur_state="stopped",
+                      intended_status="stopped", next_state="stopped")
+    provider = make_provider(fake, clock)
+    assert provider.non_terminated_nodes({}) == []
+    assert provider.is_terminated("11")
+    _wait_for(lambda: 11 not in fake.instances, "the destroy")
+    assert 1 not in provider._excluded_machines  # an outbid says nothing about the machine
+
+
+def test_rebid_policy_raises_the_bid_up_to_max_bid(fake: FakeVast, clock: FakeClock) -> None:
+    fake.add_instance(11, worker_label(), is_bid=True, actual_status="stopped", cur_state="stopped",
+                      intended_status="stopped", next_state="stopped", min_bid=0.3, dph_total=0.25)
+    provider = make_provider(fake, clock, interrupted_policy="rebid", max_bid=0.33, bid_multiplier=1.2)
+    assert provider.non_terminated_nodes({}) == ["11"]
+    _wait_for(lambda: fake.count("change_bid") == 1, "the rebid")
+    assert fake.calls[-1] == ("change_bid", (11, pytest.approx(0.33)))  # 0.3 * 1.2 capped at max_bid
+
+
+def test_failed_instance_is_destroyed_and_its_machine_avoided(fake: FakeVast, clock: FakeClock) -> None:
+    fake.add_instance(11, worker_label(), actual_status="exited", machine_id=77)
+    provider = make_provider(fake, clock)
+    assert provider.non_terminated_nodes({}) == []
+    assert 77 in provider._excluded_machines
+    _wait_for(lambda: 11 not in fake.instances, "the destroy")
+
+
+def test_stuck_loading_is_ended_after_the_deadline(fake: FakeVast, clock: FakeClock) -> None:
+    fake.add_instance(11, worker_label(), actual_status="loading", machine_id=78, ports=None)
+    provider = make_provider(fake, clock, loading_timeout_s=300)
+    assert provider.non_terminated_nodes({}) == ["11"]
+    assert not provider.is_running("11")
+    clock.advance(299)
+    assert provider.non_terminated_nodes({}) == ["11"]
+    clock.advance(5)  # past the deadline and past the snapshot's TTL: the next refresh judges it
+    assert provider.non_terminated_nodes({}) == []
+    assert 78 in provider._excluded_machines
+
+
+def test_node_ray_cannot_ssh_into_is_ended(fake: FakeVast, clock: FakeClock) -> None:
+    fake.add_instance(11, worker_label(), machine_id=79)
+    provider = make_provider(fake, clock, ssh_timeout_s=120)
+    provider.non_terminated_nodes({})
+    provider.set_node_tags("11", {TAG_RAY_NODE_STATUS: "waiting-for-ssh"})
+    clock.advance(100)
+    assert provider.non_terminated_nodes({}) == ["11"]
+    clock.advance(30)
+    assert provider.non_terminated_nodes({}) == []
+    assert 79 in provider._excluded_machines
+
+
+def test_overlay_node_is_not_running_until_its_overlay_address_shows(fake: FakeVast, clock: FakeClock) -> None:
+    fake.add_instance(11, worker_label(**{TAG_OVERLAY_SUBNET: "10.9.0.0/24"}), local_ipaddrs="172.17.0.2")
+    provider = make_provider(fake, clock)
+    provider.non_terminated_nodes({})
+    assert not provider.is_running("11") and provider.internal_ip("11") is None
+    fake.instances[11]["local_ipaddrs"] = "10.9.0.3 172.17.0.2"
+    clock.advance(10)
+    provider.non_terminated_nodes({})
+    assert provider.is_running("11") and provider.internal_ip("11") == "10.9.0.3"
+    assert provider.ssh_endpoints("11", use_internal_ip=True)[0] == ("10.9.0.3", 22)
+    assert provider.ssh_endpoints("11", use_internal_ip=False)[0] == ("198.51.100.4", 40022)
+
+
+# --- terminating ----------------------------------------------------------------------------------------------------
+
+
+def test_terminate_nodes_is_one_bulk_call_hides_at_once_and_is_idempotent(fake: FakeVast, clock: FakeClock) -> None:
+    for instance_id in (11, 12, 13):
+        fake.add_instance(instance_id, worker_label())
+    provider = make_provider(fake, clock)
+    provider.non_terminated_nodes({})
+    provider.terminate_nodes(["11", "12"])
+    assert fake.calls[-1] == ("destroy_instances", [11, 12])
+    assert provider.non_terminated_nodes({}) == ["13"]
+    assert provider.is_terminated("11")
+    provider.terminate_nodes(["11"])  # gone already: fine, no error
+    provider.terminate_node("404")  # never existed: nothing to do
+
+
+# --- renting --------------------------------------------------------------------------------------------------------
+
+
+def test_workers_rent_concurrently_on_the_heads_cluster_and_are_visible_at_once(fake: FakeVast,
+                                                                               clock: FakeClock) -> None:
+    fake.offers = [offer(100 + i, 10 + i) for i in range(4)] + [offer(200, 30, cluster_id=8, price=0.1)]
+    fake.add_instance(1, encode_label(CLUSTER, {**HEAD_TAGS, TAG_PHYSICAL_CLUSTER: "7", TAG_OVERLAY_SUBNET: SUBNET}))
+    provider = make_provider(fake, clock, ssh_public_key="ssh-ed25519 AAAA test")
+    created = provider.create_node_with_resources_and_labels(NODE_CONFIG, WORKER_TAGS, 3, {"GPU": 1}, {})
+    assert created is not None and len(created) == 3
+    assert sorted(provider.non_terminated_nodes({TAG_RAY_NODE_KIND: "worker"})) == sorted(created)
+    search = next(arg for name, arg in fake.calls if name == "search_offers")
+    assert search["cluster_id"] == {"eq": 7}
+    for _, (offer_id, kwargs) in (c for c in fake.calls if c[0] == "create_instance"):
+        assert offer_id != 200  # cheaper, but on another physical cluster
+        assert kwargs["env"][f"-n {provider._overlay_name}"] == "1"
+        assert kwargs["env"]["SKYWARD_OVERLAY_SUBNET"] == SUBNET
+        assert kwargs["price"] is not None  # workers default to spot-if-available: a bid
+        tags = decode_label(kwargs["label"])[1]  # type: ignore[index]
+        assert tags[TAG_RAY_USER_NODE_TYPE] == "gpu" and tags[TAG_RAY_NODE_KIND] == "worker"
+        assert "key" not in str(kwargs["env"]).lower()
+    assert sorted(fake.ssh_keys_attached) == sorted(int(i) for i in created)
+
+
+def test_head_picks_the_cluster_for_head_and_workers_and_creates_the_overlay(fake: FakeVast,
+                                                                           clock: FakeClock) -> None:
+    # Cluster 8 is cheaper for one node but has room for two; cluster 7 fits head + 3 workers.
+    fake.offers = [offer(100 + i, 10 + i, cluster_id=7, price=0.5) for i in range(4)]
+    fake.offers += [offer(200 + i, 20 + i, cluster_id=8, price=0.1) for i in range(2)]
+    node_types = {
+        "head": {"kind": "head", "node_config": NODE_CONFIG},
+        "gpu": {"kind": "worker", "max_workers": 3, "node_config": NODE_CONFIG},
+    }
+    provider = make_provider(fake, clock, node_types=node_types)
+    created = provider.create_node(NODE_CONFIG, HEAD_TAGS, 1)
+    assert created is not None and len(created) == 1
+    assert ("create_overlay", (7, provider._overlay_name)) in fake.calls
+    (head_id,) = created
+    tags = provider.node_tags(head_id)
+    assert tags[TAG_PHYSICAL_CLUSTER] == "7" and tags[TAG_OVERLAY_SUBNET] == SUBNET
+    rent = next(arg for name, arg in fake.calls if name == "create_instance")
+    assert rent[1]["price"] is None  # the head is on-demand by default
+    assert provider.non_terminated_nodes(HEAD_TAGS) == [head_id]
+
+
+def test_taken_offer_moves_on_to_a_new_search(fake: FakeVast, clock: FakeClock) -> None:
+    fake.offers = [offer(100, 10), offer(101, 11)]
+    fake.create_errors = [OfferGoneError("gone", status=404, error_code="no_such_ask")]
+    provider = make_provider(fake, clock, use_overlay=False)
+    on_demand = {**NODE_CONFIG, "allocation": "on-demand"}  # one search per round
+    created = provider.create_node_with_resources_and_labels(on_demand, WORKER_TAGS, 1, {}, {})
+    assert created is not None and len(created) == 1
+    assert fake.count("search_offers") == 2 and fake.count("create_instance") == 2
+
+
+def test_ambiguous_rental_is_not_retried_and_its_ghost_is_destroyed(fake: FakeVast, clock: FakeClock) -> None:
+    fake.offers = [offer(100, 10)]
+    error = ServerError("504 after sending", status=504)
+    error.outcome_unknown = True
+    fake.create_error = error
+    provider = make_provider(fake, clock, use_overlay=False)
+    with pytest.raises(NodeLaunchException) as info:
+        provider.create_node_with_resources_and_labels(NODE_CONFIG, WORKER_TAGS, 1, {}, {})
+    assert info.value.category == "rental-failed"
+    assert fake.count("create_instance") == 1
+    sent_label = fake.calls[-1][1][1]["label"]
+    fake.add_instance(9999, sent_label, actual_status="loading")  # the rental happened after all
+    clock.advance(10)
+    assert provider.non_terminated_nodes({}) == []
+    _wait_for(lambda: 9999 not in fake.instances, "the ghost's destroy")
+
+
+def test_failed_create_that_names_an_instance_destroys_it(fake: FakeVast, clock: FakeClock) -> None:
+    fake.offers = [offer(100, 10)]
+    fake.add_instance(4242, None, actual_status="stopped")
+    error = ServerError("bid too low", status=400)
+    error.new_contract = 4242
+    fake.create_error = error
+    provider = make_provider(fake, clock, use_overlay=False)
+    with pytest.raises(NodeLaunchException):
+        provider.create_node_with_resources_and_labels(NODE_CONFIG, WORKER_TAGS, 1, {}, {})
+    assert ("destroy_instance", 4242) in fake.calls
+
+
+def test_nothing_fits_raises_node_launch_exception_with_the_explanation(fake: FakeVast, clock: FakeClock) -> None:
+    fake.offers = [offer(100, 10, price=0.4)]
+    provider = make_provider(fake, clock, use_overlay=False, min_reliability=0.999)
+    with pytest.raises(NodeLaunchException) as info:
+        provider.create_node_with_resources_and_labels(NODE_CONFIG, WORKER_TAGS, 1, {}, {})
+    assert info.value.category == "no-placement"
+    assert "reliability" in info.value.description
+    assert fake.count("create_instance") == 0
+
+
+def test_max_hourly_cost_counts_live_nodes(fake: FakeVast, clock: FakeClock) -> None:
+    fake.offers = [offer(100 + i, 10 + i, price=0.4, min_bid=None) for i in range(4)]
+    fake.add_instance(1, worker_label(), dph_total=0.5)
+    provider = make_provider(fake, clock, use_overlay=False, max_hourly_cost=1.0)
+    provider.non_terminated_nodes({})
+    created = provider.create_node_with_resources_and_labels(NODE_CONFIG, WORKER_TAGS, 1, {}, {})
+    assert created is not None and len(created) == 1  # 0.5 + 0.4 <= 1.0
+    with pytest.raises(NodeLaunchException) as info:  # 0.9 + 0.4 > 1.0
+        provider.create_node_with_resources_and_labels(NODE_CONFIG, WORKER_TAGS, 1, {}, {})
+    assert "max_hourly_cost" in info.value.description
+
+
+def test_rental_nonces_hide_instances_until_their_rental_returns(fake: FakeVast, clock: FakeClock) -> None:
+    fake.offers = [offer(100, 10)]
+    provider = make_provider(fake, clock, use_overlay=False)
+    seen_during_rent: list[list[str]] = []
+    original = fake.create_instance
+
+    def create_and_list(offer_id: int, **kwargs: Any) -> CreatedInstance:
+        created = original(offer_id, **kwargs)
+        clock.advance(10)  # a refresh lands while the PUT is still "in flight"
+        seen_during_rent.append(provider.non_terminated_nodes({}))
+        return created
+
+    fake.create_instance = create_and_list  # type: ignore[method-assign]
+    created = provider.create_node_with_resources_and_labels(NODE_CONFIG, WORKER_TAGS, 1, {}, {})
+    assert seen_during_rent == [[]]
+    assert provider.non_terminated_nodes({}) == list(created or {})
+    assert provider.node_tags(next(iter(created or {})))[TAG_RENTAL]
+
+
+# --- teardown -------------------------------------------------------------------------------------------------------
+
+
+def test_cleanup_destroys_labelled_leftovers_and_the_overlay(fake: FakeVast, clock: FakeClock) -> None:
+    provider = make_provider(fake, clock)
+    fake.add_instance(31, worker_label())
+    fake.add_instance(32, "not ours")
+    fake.overlays = [Overlay(overlay_id=1, name=provider._overlay_name, cluster_id=7, internal_subnet=SUBNET),
+                     Overlay(overlay_id=2, name="someone-else", cluster_id=7, internal_subnet="10.1.0.0/24")]
+    provider.cleanup_cluster_resources()
+    assert set(fake.instances) == {32}
+    assert [o.name for o in fake.overlays] == ["someone-else"]
