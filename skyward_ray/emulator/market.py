@@ -586,10 +586,8 @@ class Market:
         matched = rows
         for check in plan.checks:
             matched = [row for row in matched if check(row, ctx)]
-        if plan.order:
-            matched = sort_rows(list(matched), plan.order, ctx)
-        return {"offers": [finish_offer(row, ctx, rank, plan.reserved)
-                           for rank, row in enumerate(matched[:plan.limit], start=1)]}
+        top = sort_rows(matched, plan.order, ctx, plan.limit)
+        return {"offers": [finish_offer(row, ctx, rank, plan.reserved) for rank, row in enumerate(top, start=1)]}
 
     def offer_count(self) -> int:
         with self._lock:
@@ -1109,7 +1107,7 @@ class Market:
     def list_ssh_keys(self, caller: Caller) -> list[dict[str, Any]]:
         caller.require_account_key()
         with self._lock:
-            return [{"id": k.key_id, "user_id": k.user_id, "key": k.public_key, "public_key": k.public_key,
+            return [{"id": k.key_id, "user_id": k.user_id, "key": k.public_key,
                      "created_at": k.created_at, "deleted_at": None} for k in caller.user.ssh_keys.values()]
 
     def create_ssh_key(self, caller: Caller, body: dict[str, Any]) -> dict[str, Any]:

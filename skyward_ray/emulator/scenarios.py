@@ -73,7 +73,7 @@ class _Generator:
         else:
             verification = "verified" if verified else "unverified"
         low, high = model.price_per_gpu
-        gpu_price = round(rng.uniform(low, high) * (1.08 if dc else 1.0), 4)
+        gpu_price = round(rng.uniform(low, high), 4)
         bid_price = round(gpu_price * rng.uniform(0.3, 0.7), 4)
         driver = rng.choice(DRIVERS)
         cpu_name, cpu_cores, cpu_ghz = rng.choice(CPU_MODELS)
