@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from skyward_ray.errors import SkywardError
 from skyward_ray.placement.filters import Check, OfferFilter
-from skyward_ray.placement.gpus import known_gpu_names
+from skyward_ray.placement.gpus import gpu_key, known_gpu_names
 from skyward_ray.placement.options import Allocation, PlacementOptions
 from skyward_ray.placement.pricing import node_price
 from skyward_ray.placement.request import NodeGroup, PlacementRequest, Scope
@@ -36,6 +36,7 @@ from skyward_ray.placement.solver import (
 from skyward_ray.vast.models import Offer
 
 MAX_ALTERNATIVE_GPUS = 5
+MAX_ALTERNATIVE_SIZES = 6
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,29 @@ def _plural(count: int, word: str) -> str:
     return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
 
+def _verb(count: int, singular: str, plural: str) -> str:
+    return singular if count == 1 else plural
+
+
+def _chosen_filters(checks: Iterable[Check], options: PlacementOptions) -> list[str]:
+    """Labels of the filters the user set away from their defaults: the ones worth naming in a message."""
+    defaults = PlacementOptions.model_fields
+    return [
+        check.label
+        for check in checks
+        if check.option in defaults and getattr(options, check.option) != defaults[check.option].default
+    ]
+
+
+def _matching(count: int, noun: str, label: str, checks: Iterable[Check], options: PlacementOptions) -> str:
+    """e.g. "12 offers of RTX 4090 match reliability >= 0.98" (just "12 offers of RTX 4090" when all is default)."""
+    chosen = _chosen_filters(checks, options)
+    text = f"{_plural(count, noun)} of {label}"
+    if chosen:
+        return f"{text} {_verb(count, 'matches', 'match')} {', '.join(chosen)}"
+    return text
+
+
 def _countries(offers: Iterable[Offer]) -> str:
     counts = Counter(offer.country_code or "unknown" for offer in offers)
     return ", ".join(f"{code} ({count})" for code, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:6])
@@ -93,11 +117,7 @@ def _filter_reason(check: Check, offer_filter: OfferFilter, before: Sequence[Off
     """Why ``check`` left none of ``before``, with the best value that was on offer."""
     options = offer_filter.options
     label = offer_filter.gpu.label
-    what = f"{_plural(len(before), 'offer')} of {label}"
-    if passed:
-        matched = [c.label for c in passed if c.option not in {"accelerator", "gpus_per_node", "rentable"}]
-        if matched:
-            what += " match " + ", ".join(matched)
+    what = _matching(len(before), "offer", label, passed, options)
     option = check.option
     if option == "accelerator":
         text = f"the search result has no offers of {' or '.join(offer_filter.gpu.vast_names)}"
@@ -164,14 +184,15 @@ def _group_stage(
     if not exact:
         sizes = sorted({offer.num_gpus for offer in survivors})
         return "gpus_per_node", (
-            f"{_plural(len(survivors), 'offer')} of {label} pass every filter, but none is for exactly "
+            f"{_plural(len(survivors), 'offer')} of {label} {_verb(len(survivors), 'passes', 'pass')} every filter, "
+            f"but none is for exactly "
             f"{group.gpus_per_node} GPUs (sizes on offer: {', '.join(map(str, sizes))}; a machine offers 1, 2, 4, 8... "
             "GPUs and all its free GPUs)"
         )
     priced = [(offer, node_price(offer, group.allocation, options)) for offer in exact]
     usable = [(offer, price) for offer, price in priced if price is not None]
     if not usable:
-        fit = f"{_plural(len(exact), 'offer')} of {label} fit"
+        fit = f"{_plural(len(exact), 'offer')} of {label} {_verb(len(exact), 'fits', 'fit')}"
         if group.allocation is Allocation.ON_DEMAND:
             return "allocation", f"{fit}, but none has an on-demand price (they come from a bid search)"
         with_bid = [offer.min_bid for offer in exact if offer.min_bid is not None]
@@ -262,7 +283,26 @@ def _relaxations(
         most = _most_nodes(request, options, offers, committed)
         if most:
             found.append(("nodes", f"nodes: {most}"))
+    if len(request.groups) == 1:
+        size = _other_size(request, options, offers, committed)
+        if size:
+            found.append(("gpus_per_node", f"gpus_per_node: {size}"))
     return found
+
+
+def _other_size(
+    request: PlacementRequest, options: PlacementOptions, offers: Sequence[Offer], committed: float
+) -> int | None:
+    """The largest other GPU count per node that would fit, among the sizes on offer for this accelerator."""
+    group = request.groups[0]
+    keys = group.gpu.keys
+    sizes = sorted({o.num_gpus for o in offers if gpu_key(o.gpu_name) in keys and o.num_gpus != group.gpus_per_node},
+                   reverse=True)
+    for size in sizes[:MAX_ALTERNATIVE_SIZES]:
+        resized = request.model_copy(update={"groups": (group.model_copy(update={"gpus_per_node": size}),)})
+        if _solve_one(resized, options, offers, committed) is not None:
+            return size
+    return None
 
 
 def _most_nodes(
@@ -323,7 +363,8 @@ def _capacity_reason(request: PlacementRequest, options: PlacementOptions, offer
         if best_room >= group.count:
             continue
         matching = sum(len(bucket.candidates[index]) for bucket in all_buckets)
-        what = f"{_plural(matching, 'machine')} offer {market.filters[index].gpu.label} within every filter"
+        offer_filter = market.filters[index]
+        what = _matching(matching, "offer", offer_filter.gpu.label, offer_filter.checks, options)
         if scope is Scope.FREE:
             reason = f"{what}, but together they have room for only {best_room} of {group.count} nodes"
         else:
@@ -389,12 +430,19 @@ def explain(
 
 def _generic_advice(stage: str, scope: Scope) -> str:
     """When no single change helps with these offers (often: only the strict search result was passed)."""
+    specific = {
+        "rentable": "retry later: other renters hold these offers right now",
+        "excluded_machines": "other hosts: every matching machine is excluded (by options or after failing before)",
+        "direct_port": "other hosts: these have no direct port to reach them by",
+        "cluster_id": "wait for capacity on this cluster, or place a new cluster",
+        "allocation": "search with type on-demand for on-demand prices, or another allocation",
+        "accelerator": "another GPU (see `skyward-ray offers`), or retry later: the marketplace changes by the minute",
+    }
     if stage == "capacity" and scope is Scope.PINNED:
-        return "wait for capacity on this cluster, or place a new cluster"
+        return specific["cluster_id"]
     if stage == "capacity" and scope is Scope.ONE_CLUSTER:
         return "fewer nodes, another GPU with cluster capacity, or use_overlay: false (no NCCL across nodes)"
-    if stage == "accelerator":
-        return "another GPU (see `skyward-ray offers`), or retry later: the marketplace changes by the minute"
+    if stage in specific:
+        return specific[stage]
     return ("relaxing the filters (lower min_reliability, no geolocation), another GPU, or retrying later; "
             "search more broadly to see how far each filter would have to move")
-
