@@ -43,6 +43,7 @@ _ANONYMOUS_OK = frozenset({"POST /api/v0/bundles/", "GET /api/v0/bundles/", "PUT
 _SEARCH_ENDPOINTS = frozenset({"POST /api/v0/bundles/", "GET /api/v0/bundles/", "PUT /api/v0/search/asks/"})
 _MARKET = web.AppKey("market", Market)
 _STATE = web.AppKey("state", object)
+_CALLER = web.RequestKey("caller", object)
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -153,7 +154,7 @@ async def _api_request(request: web.Request, handler: Handler, market: Market, s
     caller = market.authenticate(key)
     if (key is not None and caller is None) or (caller is None and endpoint not in _ANONYMOUS_OK):
         return json_response(AUTH_ERROR, 401)
-    request["caller"] = caller
+    request[_CALLER] = caller
     identity = key or (request.remote or "anonymous")
     limits = faults.rate_limit
     if limits.enabled:
@@ -219,7 +220,7 @@ async def _body(request: web.Request) -> dict[str, Any]:
 
 
 def _caller(request: web.Request) -> Caller:
-    caller = request.get("caller")
+    caller = request.get(_CALLER)
     if caller is None:
         raise MarketError(401, AUTH_ERROR)
     return caller
@@ -255,8 +256,8 @@ async def _search(request: web.Request, market: Market) -> Any:
         query = await _body(request)
         if request.method == "PUT" and isinstance(query.get("q"), dict):  # PUT /search/asks/ wraps it
             query = query["q"]
-    caller = request.get("caller")
-    return await _call(request, lambda: market.search(query, caller))
+    caller = request.get(_CALLER)
+    return await _call(request, lambda: market.search(query, caller))  # type: ignore[arg-type]
 
 
 async def _create(request: web.Request, market: Market) -> Any:

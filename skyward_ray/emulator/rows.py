@@ -23,6 +23,10 @@ STORED_COLUMNS = frozenset({
     "is_bid", "geolocation", "template_id", "template_hash_id", "public_ipaddr", "ssh_host", "ssh_port",
     "disk_space", "onstart",
 })
+_TEXT_COLUMNS = frozenset({
+    "actual_status", "intended_status", "cur_state", "next_state", "status_msg", "label", "gpu_name", "verification",
+    "image_uuid", "image_runtype", "geolocation", "template_hash_id", "public_ipaddr", "ssh_host", "onstart",
+})
 V1_MAX_LIMIT = 25
 
 
@@ -138,6 +142,24 @@ def instance_row(inst: Instance, *, now: float, epoch_of: Any, overlay_addresses
     }
 
 
+def _coerce_column(field: str, value: Any) -> Any:
+    """Instance columns: text stays text, ``is_bid`` is boolean, the rest numeric (numeric strings coerced)."""
+    if value is None or field in _TEXT_COLUMNS:
+        return value if value is None else str(value)
+    if field == "is_bid":
+        if isinstance(value, bool):
+            return value
+        if str(value).strip().lower() in ("true", "1", "false", "0"):
+            return str(value).strip().lower() in ("true", "1")
+        raise QueryError(f"{field}: {value!r} is not a boolean; allowed: true, false")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return value
+    try:
+        return float(str(value))
+    except ValueError:
+        raise QueryError(f"{field}: {value!r} is not a number") from None
+
+
 def _stored_getter(name: str) -> tuple[str, Any]:
     if name not in STORED_COLUMNS:
         raise QueryError(f"Error in query parameters: {name} is not a valid search key", "invalid_request")
@@ -218,7 +240,7 @@ def list_page(rows: list[dict[str, Any]], params: dict[str, str]) -> dict[str, A
     if not any(col == "id" for col, _ in order):
         order.append(("id", False))  # the tiebreaker Vast always appends
     select_cols = parse_json_param("select_cols", params.get("select_cols"), ["*"])
-    checks = compile_filters(filters, _stored_getter)
+    checks = compile_filters(filters, _stored_getter, _coerce_column)
     matched = [row for row in rows if all(check(row, None) for check in checks)]
     matched = sort_rows(matched, [(lambda r, c, k=col: r.get(k), desc) for col, desc in order], None)
     token = params.get("after_token")

@@ -284,12 +284,11 @@ def _predicate(op: str, expected: Any) -> Callable[[Any], bool]:
 
 
 def compile_filters(query: dict[str, Any], getter_for: Callable[[str], tuple[str, Getter]],
-                    skip: frozenset[str] = frozenset()) -> list[Callable[[dict[str, Any], Any], bool]]:
-    """Turn ``{field: {op: value}}`` into predicates on (row, context). Shared by bundles and the v1 instance list."""
+                    coerce: Callable[[str, Any], Any] = _coerce) -> list[Callable[[dict[str, Any], Any], bool]]:
+    """Turn ``{field: {op: value}}`` into predicates on (row, context). Shared by bundles and the v1 instance list
+    (each with its own ``coerce``: the columns differ)."""
     checks: list[Callable[[dict[str, Any], Any], bool]] = []
     for name, spec in query.items():
-        if name in skip:
-            continue
         field, getter = getter_for(name)
         if not isinstance(spec, dict):
             spec = {"eq": spec}  # a bare value means equality (some hand-written clients send it)
@@ -299,11 +298,11 @@ def compile_filters(query: dict[str, Any], getter_for: Callable[[str], tuple[str
             if op in ("in", "notin"):
                 if not isinstance(raw, list | tuple):
                     raw = [raw]
-                expected: Any = [_coerce(field, item) for item in raw]
+                expected: Any = [coerce(field, item) for item in raw]
             else:
                 if isinstance(raw, list | dict):
                     raise QueryError(f"{name}: operator {op} takes one value, got {raw!r}")
-                expected = _coerce(field, raw)
+                expected = coerce(field, raw)
             test = _predicate(op, expected)
             checks.append(lambda row, ctx, g=getter, t=test: t(g(row, ctx)))
     return checks

@@ -1,0 +1,37 @@
+"""Small wire helpers shared by the emulator tests (raw httpx, so they check what is on the wire)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+
+def set_faults(client: httpx.Client, **patch: Any) -> dict[str, Any]:
+    response = client.put("/_emulator/faults/", json=patch)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def advance(client: httpx.Client, seconds: float) -> None:
+    response = client.post("/_emulator/clock/", json={"advance": seconds})
+    assert response.status_code == 200, response.text
+
+
+def first_offer(client: httpx.Client, **filters: Any) -> dict[str, Any]:
+    query = {key: {"eq": value} for key, value in filters.items()}
+    response = client.post("/api/v0/bundles/", json={**query, "order": [["dph_total", "asc"]], "limit": 1})
+    assert response.status_code == 200, response.text
+    return response.json()["offers"][0]
+
+
+def rent(client: httpx.Client, offer: dict[str, Any], **body: Any) -> int:
+    response = client.put(f"/api/v0/asks/{offer['id']}/", json={"image": "vastai/base-image", **body})
+    assert response.status_code == 200, response.text
+    return int(response.json()["new_contract"])
+
+
+def instance(client: httpx.Client, instance_id: int) -> dict[str, Any] | None:
+    response = client.get(f"/api/v0/instances/{instance_id}/")
+    assert response.status_code == 200, response.text
+    return response.json()["instances"]
