@@ -6,12 +6,11 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from emulator_wire import FROZEN_BOOT_S
 
 from skyward_ray.emulator.clock import Clock
 from skyward_ray.emulator.server import EmulatorServer
 from skyward_ray.emulator.testing import running_emulator
-
-FROZEN_BOOT_S = 30.0
 
 
 @pytest.fixture

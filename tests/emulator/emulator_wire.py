@@ -6,6 +6,8 @@ from typing import Any
 
 import httpx
 
+FROZEN_BOOT_S = 30.0  # boot delay of the frozen-clock emulator fixture
+
 
 def set_faults(client: httpx.Client, **patch: Any) -> dict[str, Any]:
     response = client.put("/_emulator/faults/", json=patch)
