@@ -55,6 +55,7 @@ from ray.autoscaler.tags import (
     NODE_KIND_HEAD,
     NODE_KIND_WORKER,
     STATUS_WAITING_FOR_SSH,
+    TAG_RAY_CLUSTER_NAME,
     TAG_RAY_NODE_KIND,
     TAG_RAY_NODE_STATUS,
     TAG_RAY_USER_NODE_TYPE,
@@ -403,13 +404,28 @@ class VastNodeProvider(NodeProvider):
                         action.node_id, exc)
 
     def _node(self, node_id: str) -> _Node | None:
-        """The node, or after one GET for an id the snapshot lacks (never more than one per absence)."""
+        """The node, or after one GET for an id the snapshot lacks (never more than one per absence).
+
+        A node that is not ready yet (rented but unlisted, loading, no overlay address) refreshes the snapshot first
+        (at most once per TTL, shared): between autoscaler ticks, ``ray up``'s updater waits on these getters alone.
+        Ready nodes never cause a refresh, so a steady tick still costs the list pages only."""
+        with self._lock:
+            node = self._nodes.get(node_id)
+            pending = node is not None and not node.terminated and not self._ready(node)
+        if pending:
+            self.refresh()
         with self._lock:
             node = self._nodes.get(node_id)
             if node is not None or node_id in self._looked_up:
                 return node
             self._looked_up.add(node_id)
         return self._lookup(node_id)
+
+    def _ready(self, node: _Node) -> bool:
+        """Running with an SSH endpoint and, on an overlay, with its overlay address (lock held)."""
+        if node.instance is None or not node.instance.ready:
+            return False
+        return not node.tags.get(TAG_OVERLAY_SUBNET) or self._overlay_ip(node) is not None
 
     def _lookup(self, node_id: str) -> _Node | None:
         """One ``GET /instances/{id}/``: adopt the instance if it is ours, forget it if it is gone."""
@@ -456,10 +472,8 @@ class VastNodeProvider(NodeProvider):
     def is_running(self, node_id: str) -> bool:
         node = self._node(node_id)
         with self._lock:
-            if node is None or node.terminated or node.instance is None or not node.instance.ready:
-                return False
             # Ray installs over SSH to the overlay address as soon as this is true: it must be known by then.
-            return not node.tags.get(TAG_OVERLAY_SUBNET) or self._overlay_ip(node) is not None
+            return node is not None and not node.terminated and self._ready(node)
 
     def is_terminated(self, node_id: str) -> bool:
         node = self._node(node_id)
@@ -839,7 +853,7 @@ class VastNodeProvider(NodeProvider):
     def _rent_one(self, node: VastNodeConfig, tags: Mapping[str, str], rental: _Rental, site: _Site) -> str | Exception:
         """One ``PUT /asks``; returns the new node id, or the error. Never retried here."""
         assignment = rental.assignment
-        node_tags = {**tags, TAG_RENTAL: rental.nonce}
+        node_tags = {**tags, TAG_RAY_CLUSTER_NAME: self.cluster_name, TAG_RENTAL: rental.nonce}
         if site.cluster_id is not None:
             node_tags[TAG_PHYSICAL_CLUSTER] = str(site.cluster_id)
         if site.subnet:

@@ -1,0 +1,278 @@
+"""VastNodeProvider against the running emulator (records-only hosts), driven the way Ray drives it.
+
+The call patterns follow the reference (ray-node-provider.md 1.4, 3.2, 3.4): ``ray up`` creates the head with
+``create_node`` and polls ``non_terminated_nodes(head tags)``, its updater writes the head's status tags; the head's
+own provider (a new instance, as in the head's monitor) launches workers with
+``create_node_with_resources_and_labels`` from two launcher threads, and every reconcile lists
+``non_terminated_nodes({})`` then ``node_tags``/``is_running`` per node; ``ray down`` terminates through
+``nodes_for_teardown`` until nothing is left, then calls ``cleanup_cluster_resources``. What happened on the market is
+checked through the emulator's own state, not through the provider.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from ray.autoscaler.node_launch_exception import NodeLaunchException
+from ray.autoscaler.tags import (
+    TAG_RAY_LAUNCH_CONFIG,
+    TAG_RAY_LAUNCH_REQUEST,
+    TAG_RAY_NODE_KIND,
+    TAG_RAY_NODE_NAME,
+    TAG_RAY_NODE_STATUS,
+    TAG_RAY_USER_NODE_TYPE,
+)
+
+from skyward_ray.emulator.server import EmulatorServer
+from skyward_ray.emulator.testing import running_emulator, wait_until
+from skyward_ray.provider.node_provider import VastNodeProvider
+from skyward_ray.provider.tags import TAG_RENTAL, decode_label, is_cluster_label
+
+pytestmark = pytest.mark.emulator
+
+CLUSTER = "emu-test"
+HEAD_CONFIG = {"accelerator": "RTX 4090"}
+WORKER_CONFIG = {"accelerator": "RTX 4090", "allocation": "spot"}
+NODE_TYPES = {
+    "head": {"kind": "head", "node_config": HEAD_CONFIG},
+    "gpu": {"kind": "worker", "min_workers": 0, "max_workers": 3, "node_config": WORKER_CONFIG},
+}
+HEAD_TAGS = {TAG_RAY_NODE_KIND: "head", TAG_RAY_USER_NODE_TYPE: "head", TAG_RAY_NODE_STATUS: "uninitialized",
+             TAG_RAY_LAUNCH_CONFIG: "1" * 40, TAG_RAY_NODE_NAME: f"ray-{CLUSTER}-head"}
+
+
+def worker_tags(request_id: str = "00000000-0000-0000-0000-000000000001") -> dict[str, str]:
+    return {TAG_RAY_NODE_KIND: "worker", TAG_RAY_USER_NODE_TYPE: "gpu", TAG_RAY_NODE_STATUS: "uninitialized",
+            TAG_RAY_LAUNCH_CONFIG: "2" * 40, TAG_RAY_LAUNCH_REQUEST: request_id,
+            TAG_RAY_NODE_NAME: f"ray-{CLUSTER}-worker"}
+
+
+@pytest.fixture
+def emulator() -> Iterator[EmulatorServer]:
+    with running_emulator(boot_delay_s=0.3, seed=3) as emu:
+        yield emu
+
+
+@pytest.fixture
+def provider_config(emulator: EmulatorServer, tmp_path: Path) -> dict[str, Any]:
+    key_file = tmp_path / "vast_api_key"
+    key_file.write_text(emulator.api_key + "\n")
+    key_file.chmod(0o600)
+    return {
+        "type": "external", "module": "skyward_ray.provider.VastNodeProvider", "api_url": emulator.url,
+        "api_key_file": str(key_file), "cache_ttl_s": 0.2, "tag_flush_delay_s": 0.05, "ssh_proxy": False,
+        "min_reliability": 0.9, "node_types": NODE_TYPES,
+    }
+
+
+class Providers:
+    """Every provider a test makes, closed at the end (their flush threads and pools stop)."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self.made: list[VastNodeProvider] = []
+
+    def new(self, **overrides: Any) -> VastNodeProvider:
+        provider = VastNodeProvider({**self.config, **overrides}, CLUSTER)
+        self.made.append(provider)
+        return provider
+
+
+@pytest.fixture
+def providers(provider_config: dict[str, Any]) -> Iterator[Providers]:
+    made = Providers(provider_config)
+    yield made
+    for provider in made.made:
+        provider.close()
+
+
+def state(emulator: EmulatorServer) -> dict[str, Any]:
+    return httpx.get(f"{emulator.admin_url}/state/", timeout=10).json()
+
+
+def our_instances(emulator: EmulatorServer) -> list[dict[str, Any]]:
+    return [i for i in state(emulator)["instances"] if is_cluster_label(i.get("label"), CLUSTER)]
+
+
+def reconcile(provider: VastNodeProvider) -> dict[str, tuple[dict[str, str], bool]]:
+    """One v2 reconcile's provider calls: the list, then tags and running state per node."""
+    return {node_id: (provider.node_tags(node_id), provider.is_running(node_id))
+            for node_id in provider.non_terminated_nodes({})}
+
+
+def ray_up_head(provider: VastNodeProvider) -> str:
+    """What ``ray up`` does with the provider for a new head, and its updater's tag writes."""
+    assert provider.non_terminated_nodes({TAG_RAY_NODE_KIND: "head"}) == []
+    provider.create_node(HEAD_CONFIG, dict(HEAD_TAGS), 1)
+    heads = wait_until(lambda: provider.non_terminated_nodes(HEAD_TAGS), timeout_s=10, what="the head listed")
+    assert len(heads) == 1
+    head = heads[0]
+    wait_until(lambda: provider.is_running(head), timeout_s=10, what="the head running")
+    for status in ("waiting-for-ssh", "syncing-files", "setting-up", "up-to-date"):
+        provider.set_node_tags(head, {TAG_RAY_NODE_STATUS: status})
+    assert provider.flush_tags()
+    return head
+
+
+def launch_workers(provider: VastNodeProvider, count: int) -> list[str]:
+    """v2's NodeLauncherPool: one create call per node, from concurrent threads."""
+    results: list[dict[str, Any] | None] = []
+    errors: list[BaseException] = []
+
+    def launch(index: int) -> None:
+        try:
+            results.append(provider.create_node_with_resources_and_labels(
+                WORKER_CONFIG, worker_tags(f"00000000-0000-0000-0000-00000000000{index}"), 1, {"GPU": 1}, {}))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=launch, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
+    return [node_id for result in results for node_id in (result or {})]
+
+
+def test_head_and_workers_share_one_physical_cluster_and_one_overlay(emulator: EmulatorServer,
+                                                                     providers: Providers) -> None:
+    laptop = providers.new()
+    head = ray_up_head(laptop)
+
+    monitor = providers.new()  # the head's autoscaler: a fresh process, state from Vast alone
+    assert monitor.node_tags(head)[TAG_RAY_NODE_STATUS] == "up-to-date"
+    workers = launch_workers(monitor, 2)
+    assert len(workers) == 2
+    wait_until(lambda: all(running for _, running in reconcile(monitor).values()) and len(reconcile(monitor)) == 3,
+               timeout_s=15, what="head and 2 workers running")
+
+    dump = state(emulator)
+    ours = [i for i in dump["instances"] if is_cluster_label(i.get("label"), CLUSTER)]
+    assert sorted(str(i["id"]) for i in ours) == sorted([head, *workers])
+    assert len({i["cluster_id"] for i in ours}) == 1 and ours[0]["cluster_id"] is not None
+    overlays = [o for o in dump["overlays"] if o["name"] == monitor._overlay_name]
+    assert len(overlays) == 1 and overlays[0]["cluster_id"] == ours[0]["cluster_id"]
+    assert sorted(overlays[0]["members"]) == sorted([head, *workers])
+    for node_id in (head, *workers):
+        assert monitor.internal_ip(node_id) == overlays[0]["members"][node_id]
+    # Workers are bids (allocation spot), the head is on-demand.
+    by_id = {str(i["id"]): i for i in ours}
+    assert not by_id[head]["is_bid"] and all(by_id[w]["is_bid"] for w in workers)
+
+
+def test_tags_survive_a_new_provider_instance(emulator: EmulatorServer, providers: Providers) -> None:
+    laptop = providers.new()
+    head = ray_up_head(laptop)
+    monitor = providers.new()
+    (worker,) = launch_workers(monitor, 1)
+    monitor.set_node_tags(worker, {TAG_RAY_NODE_STATUS: "up-to-date", "ray-runtime-config": "3" * 40})
+    assert monitor.flush_tags()
+    expected = {node_id: monitor.node_tags(node_id) for node_id in (head, worker)}
+
+    restarted = providers.new()  # the monitor restarted: nothing in memory
+    assert sorted(restarted.non_terminated_nodes({})) == sorted(expected)
+    for node_id, tags in expected.items():
+        assert restarted.node_tags(node_id) == tags
+
+
+def test_outbid_worker_is_replaced(emulator: EmulatorServer, providers: Providers) -> None:
+    laptop = providers.new()
+    ray_up_head(laptop)
+    monitor = providers.new()
+    (worker,) = launch_workers(monitor, 1)
+    wait_until(lambda: monitor.is_running(worker), timeout_s=10, what="the worker running")
+
+    response = httpx.post(f"{emulator.admin_url}/instances/{worker}/outbid/", json={}, timeout=10)
+    assert response.status_code == 200, response.text
+    wait_until(lambda: worker not in reconcile(monitor), timeout_s=10, what="the outbid worker dropped")
+    assert monitor.is_terminated(worker)
+    wait_until(lambda: all(str(i["id"]) != worker for i in our_instances(emulator)), timeout_s=10,
+               what="the outbid worker destroyed on the market")
+    # The autoscaler asks for a replacement: it rents on the same physical cluster.
+    (replacement,) = launch_workers(monitor, 1)
+    assert replacement != worker
+    assert len({i["cluster_id"] for i in our_instances(emulator)}) == 1
+
+
+def test_stuck_host_is_ended_and_its_machine_avoided(emulator: EmulatorServer, providers: Providers) -> None:
+    laptop = providers.new()
+    ray_up_head(laptop)
+    monitor = providers.new(loading_timeout_s=1.5)
+    (stuck,) = launch_workers(monitor, 1)
+    stuck_machine = next(i["machine_id"] for i in our_instances(emulator) if str(i["id"]) == stuck)
+    response = httpx.post(f"{emulator.admin_url}/instances/{stuck}/fail/", json={"kind": "stuck_loading"},
+                          timeout=10)
+    assert response.status_code == 200, response.text
+
+    wait_until(lambda: stuck not in reconcile(monitor), timeout_s=15, what="the stuck worker ended")
+    wait_until(lambda: all(str(i["id"]) != stuck for i in our_instances(emulator)), timeout_s=10,
+               what="the stuck worker destroyed")
+    replacements = launch_workers(monitor, 2)
+    machines = {i["machine_id"] for i in our_instances(emulator) if str(i["id"]) in replacements}
+    assert stuck_machine not in machines
+
+
+def test_ghost_of_a_lost_rental_response_is_swept(emulator: EmulatorServer, providers: Providers,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    laptop = providers.new()
+    ray_up_head(laptop)
+    monitor = providers.new()
+    before = {i["id"] for i in our_instances(emulator)}
+    faults = f"{emulator.admin_url}/faults/"
+    rent = monitor.client.create_instance
+
+    def rent_with_lost_response(*args: Any, **kwargs: Any) -> Any:
+        # Only the rental loses its response (the search before it must work): the PUT takes effect, the answer is
+        # a 504, and the client must not send it again.
+        httpx.put(faults, json={"lost_response_rate": 1.0}, timeout=10).raise_for_status()
+        try:
+            return rent(*args, **kwargs)
+        finally:
+            httpx.put(faults, json={"lost_response_rate": 0.0}, timeout=10).raise_for_status()
+
+    monkeypatch.setattr(monitor.client, "create_instance", rent_with_lost_response)
+    httpx.delete(f"{emulator.admin_url}/counters/", timeout=10).raise_for_status()
+    with pytest.raises(NodeLaunchException):
+        monitor.create_node_with_resources_and_labels(WORKER_CONFIG, worker_tags(), 1, {"GPU": 1}, {})
+    counters = httpx.get(f"{emulator.admin_url}/counters/", timeout=10).json()["requests"]
+    assert counters["PUT /api/v0/asks/{id}/"] == 1, "a rental with an unknown outcome must not be sent again"
+    ledger = state(emulator)["ledger"]
+    ghosts = [e for e in ledger if e["instance_id"] not in before and is_cluster_label(e["label"], CLUSTER)]
+    assert len(ghosts) == 1, "the rental took effect although its response was lost"
+    ghost = ghosts[0]["instance_id"]
+    assert decode_label(ghosts[0]["label"])[1][TAG_RENTAL]  # type: ignore[index]
+
+    wait_until(lambda: reconcile(monitor) is not None and all(i["id"] != ghost for i in our_instances(emulator)),
+               timeout_s=10, what="the ghost destroyed")
+    assert str(ghost) not in monitor.non_terminated_nodes({})
+    ledger = {e["instance_id"]: e for e in state(emulator)["ledger"]}
+    assert ledger[ghost]["destroyed_at"] is not None
+
+
+def test_ray_down_leaves_no_instance_and_no_overlay(emulator: EmulatorServer, providers: Providers) -> None:
+    laptop = providers.new()
+    ray_up_head(laptop)
+    monitor = providers.new()
+    launch_workers(monitor, 2)
+    assert len(our_instances(emulator)) == 3
+
+    down = providers.new()  # ray down runs in a fresh process on the laptop
+    for _ in range(20):  # ray down: terminate until nothing is left, then clean up
+        remaining = down.nodes_for_teardown({TAG_RAY_NODE_KIND: "worker"}) + down.nodes_for_teardown(
+            {TAG_RAY_NODE_KIND: "head"})
+        if not remaining:
+            break
+        down.terminate_nodes(remaining)
+    down.cleanup_cluster_resources()
+
+    dump = state(emulator)
+    assert [i for i in dump["instances"] if is_cluster_label(i.get("label"), CLUSTER)] == []
+    assert dump["instances"] == []
+    assert dump["overlays"] == []
+    assert all(entry["destroyed_at"] is not None for entry in dump["ledger"])
