@@ -1,0 +1,106 @@
+"""Search latency of the emulator over HTTP on the 10,000+ offer ``bench`` market (goal: median < 100 ms).
+
+The emulator runs as its own process (``skyward-ray emulator serve --scenario bench``) so the client's work does not
+share its interpreter; the client sends the searches real clients send (the SDK's defaults, a placement-style
+filtered bid search, a physical-cluster search, a wide 500-offer page) and times each round trip.
+Ends with ONE JSON line of its figures.
+
+    .venv/bin/python benchmarks/bench_emulator_search.py [--rounds 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import selectors
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+import httpx
+
+QUERIES: dict[str, dict[str, Any]] = {
+    "sdk_defaults": {"verified": {"eq": True}, "external": {"eq": False}, "rentable": {"eq": True},
+                     "rented": {"eq": False}, "order": [["score", "desc"]], "type": "on-demand",
+                     "allocated_storage": 5.0},
+    "placement_bid": {"gpu_name": {"in": ["RTX 4090"]}, "num_gpus": {"gte": 1}, "reliability2": {"gte": 0.95},
+                      "geolocation": {"in": ["US", "CA"]}, "verified": {"eq": True}, "rentable": {"eq": True},
+                      "order": [["dph_total", "asc"]], "type": "bid", "allocated_storage": 100, "limit": 64},
+    "clusters": {"cluster_id": {"neq": None}, "gpu_name": {"in": ["H100 SXM", "A100 SXM4", "RTX 4090"]},
+                 "num_gpus": {"eq": "1"}, "order": [["dph_total", "asc"]], "limit": 200},
+    "wide_page": {"rentable": {"eq": True}, "dph_total": {"lt": 3}, "order": [["dph_total", "asc"]], "limit": 500},
+}
+GOAL_MEDIAN_MS = 100.0
+
+
+def _start_emulator() -> tuple[subprocess.Popen[str], dict[str, str]]:
+    proc = subprocess.Popen([sys.executable, "-m", "skyward_ray.cli", "emulator", "serve", "--scenario", "bench",
+                             "--port", "0", "--seed", "0"], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            text=True)
+    assert proc.stdout is not None
+    selector = selectors.DefaultSelector()
+    selector.register(proc.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if selector.select(timeout=1.0):
+            line = proc.stdout.readline()
+            if not line:
+                break
+            return proc, json.loads(line)
+    proc.kill()
+    proc.wait(timeout=30)
+    raise SystemExit("the bench emulator did not start within 120 s")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=40, help="timed searches per query (default 40)")
+    args = parser.parse_args()
+    proc, ready = _start_emulator()
+    try:
+        with httpx.Client(base_url=ready["url"], headers={"Authorization": f"Bearer {ready['api_key']}"},
+                          timeout=60) as client:
+            offers = client.get("/_emulator/state/").json()["market"]["offers"]
+            for query in QUERIES.values():  # warm-up: connection, caches
+                client.post("/api/v0/bundles/", json=query).raise_for_status()
+            timings: dict[str, list[float]] = {name: [] for name in QUERIES}
+            returned: dict[str, int] = {}
+            for _ in range(args.rounds):
+                for name, query in QUERIES.items():
+                    started = time.perf_counter()
+                    response = client.post("/api/v0/bundles/", json=query)
+                    elapsed = (time.perf_counter() - started) * 1000
+                    response.raise_for_status()
+                    returned[name] = len(response.json()["offers"])
+                    timings[name].append(elapsed)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+    every = [t for series in timings.values() for t in series]
+    figures = {
+        "bench": "emulator_search",
+        "offers": offers,
+        "requests": len(every),
+        "median_ms": round(statistics.median(every), 2),
+        "p95_ms": round(statistics.quantiles(every, n=20)[-1], 2),
+        "per_query_median_ms": {name: round(statistics.median(series), 2) for name, series in timings.items()},
+        "per_query_offers_returned": returned,
+        "goal_median_ms": GOAL_MEDIAN_MS,
+        "goal_met": statistics.median(every) < GOAL_MEDIAN_MS and offers >= 10_000,
+    }
+    for name, series in timings.items():
+        print(f"{name:14s} median {statistics.median(series):7.2f} ms  max {max(series):7.2f} ms  "
+              f"({returned[name]} offers)", file=sys.stderr)
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
