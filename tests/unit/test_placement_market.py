@@ -89,9 +89,10 @@ def machine(
 
 
 def oracle_passes(o: Offer, options: PlacementOptions, accelerator: str, gpus: int, *, cluster: str,
-                  pinned: int | None = None, excluded: frozenset[int] = frozenset()) -> bool:
+                  pinned: int | None = None, excluded: frozenset[int] = frozenset(),
+                  include_variants: bool = False) -> bool:
     """Every filter, from the option semantics. ``cluster``: "free", "one" or "pinned"."""
-    selection = resolve_gpu(accelerator)
+    selection = resolve_gpu(accelerator, include_variants=include_variants)
     names = {name.upper().replace(" ", "") for name in selection.vast_names}
     if o.gpu_name.upper().replace(" ", "").replace("_", "") not in names or o.num_gpus != gpus:
         return False
@@ -156,7 +157,8 @@ def brute_force(request: PlacementRequest, options: PlacementOptions, offers: li
         eligible = {}
         for o in offers:
             if not oracle_passes(o, options, group.accelerator, group.gpus_per_node, cluster=cluster,
-                                 pinned=request.cluster_id, excluded=request.excluded_machines):
+                                 pinned=request.cluster_id, excluded=request.excluded_machines,
+                                 include_variants=group.include_variants):
                 continue
             priced = oracle_price(o, group.allocation, options)
             if priced is not None:
