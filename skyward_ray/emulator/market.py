@@ -178,6 +178,12 @@ def parse_env(env: Any) -> EnvRequest:
     return request
 
 
+def _key_name(public_key: str) -> str:
+    """The comment of an OpenSSH public key, which Vast shows as the key's name."""
+    parts = public_key.split()
+    return parts[2][:64] if len(parts) > 2 else ""
+
+
 def _normalize_runtype(runtype: Any, has_args: bool) -> str:
     if runtype in (None, ""):
         return "args" if has_args else "ssh"
@@ -689,6 +695,8 @@ class Market:
             runtype=runtype, args=args, api_key=secrets.token_hex(32), created_at=now,
             hostname=env.hostname or f"C.{instance_id}",
             authorized_keys=[key.public_key for key in user.ssh_keys.values()],
+            instance_keys=[{"id": key.key_id, "name": _key_name(key.public_key), "public_key": key.public_key}
+                           for key in user.ssh_keys.values()],
             loading_at=now + self.boot_delay_s * 0.2, ready_at=now + self.boot_delay_s,
         )
         inst.ssh_host, inst.ssh_port = machine.public_ipaddr, port_map["22/tcp"]
@@ -948,11 +956,11 @@ class Market:
         actions: list[Callable[[], None]] = []
         with self._lock:
             inst = self._owned_locked(caller, instance_id)
+            if all(entry["public_key"] != key for entry in inst.instance_keys):
+                self._next_ssh_key_id += 1
+                inst.instance_keys.append({"id": self._next_ssh_key_id, "name": _key_name(key), "public_key": key})
             if key not in inst.authorized_keys:
                 inst.authorized_keys.append(key)
-                self._next_ssh_key_id += 1
-                inst.instance_keys.append({"id": self._next_ssh_key_id, "name": key.split()[-1][:64],
-                                           "public_key": key})
                 if inst.actual_status == "running" and not inst.booting:
                     inst.keys_applied = len(inst.authorized_keys)
                     actions.append(lambda: self.runtime.add_authorized_key(instance_id, key))
