@@ -12,6 +12,9 @@ first that accepts a TCP connection, then drives Ray's own machinery with ``-o P
   ``auth.ssh_private_key``);
 * ``remote_shell_command_str`` carries ``-p <port>``.
 
+Ray copies file mounts with rsync before it runs a single setup command, and many images lack rsync, so the first
+rsync of a runner makes sure the node has it (installing it with the image's package manager when it does not).
+
 Endpoints come from the provider's snapshot (no API call per SSH command). Until one answers, every attempt
 re-reads them, because Ray retries ``uptime`` while a node boots and the right endpoint may only then appear.
 """
@@ -26,6 +29,15 @@ from typing import Any, Protocol
 from ray.autoscaler._private.command_runner import SSHCommandRunner
 
 Endpoint = tuple[str, int]
+
+# Runs before the first rsync: nothing when rsync is there, else the image's package manager installs it.
+ENSURE_RSYNC = (
+    "command -v rsync >/dev/null 2>&1 || { "
+    "(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rsync) >/dev/null 2>&1 || "
+    "apk add --no-cache rsync >/dev/null 2>&1 || yum install -y -q rsync >/dev/null 2>&1 || "
+    "dnf install -y -q rsync >/dev/null 2>&1; command -v rsync >/dev/null 2>&1 || "
+    "{ echo 'rsync is missing on this node and could not be installed' >&2; exit 1; }; }"
+)
 
 
 class EndpointSource(Protocol):
@@ -72,6 +84,7 @@ class VastSSHCommandRunner(SSHCommandRunner):
         self._endpoints = endpoints
         self._probe = probe
         self._endpoint: Endpoint | None = None
+        self._has_rsync = False
 
     # --- endpoint choice -------------------------------------------------------------------------------------------
 
@@ -116,6 +129,19 @@ class VastSSHCommandRunner(SSHCommandRunner):
         # and the fresh SSHOptions it would build has no Port. Keep ours.
         kwargs["ssh_options_override_ssh_key"] = ""
         return super().run(cmd, **kwargs)
+
+    def run_rsync_up(self, source: str, target: str, options: dict[str, Any] | None = None) -> None:
+        self._ensure_rsync()
+        super().run_rsync_up(source, target, options)
+
+    def run_rsync_down(self, source: str, target: str, options: dict[str, Any] | None = None) -> None:
+        self._ensure_rsync()
+        super().run_rsync_down(source, target, options)
+
+    def _ensure_rsync(self) -> None:
+        if not self._has_rsync:
+            self.run(ENSURE_RSYNC, run_env="host")
+            self._has_rsync = True
 
     def remote_shell_command_str(self) -> str:
         target = self._get_ssh_target()

@@ -116,7 +116,10 @@ class VastNodeConfig(BaseModel):
 
 
 class NodeTypeShape(BaseModel):
-    """One node type as the head's placement needs it (copied from ``available_node_types`` by bootstrap_config)."""
+    """One node type as the head's placement needs it (copied from ``available_node_types`` by bootstrap_config).
+
+    ``kind`` says whether it is the head's type; ``min_workers``/``max_workers`` count *workers* of the type, so a
+    single node type can serve as the head and as its workers."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -272,7 +275,9 @@ def validate_cluster_config(cluster_config: Mapping[str, Any]) -> tuple[VastProv
             raise ConfigError(f"available_node_types.{name}: {settings!r} is not allowed (use a mapping)")
         node_config = VastNodeConfig.from_config(settings.get("node_config"), section=node_config_section(name))
         kind = HEAD_KIND if name == head_type else WORKER_KIND
-        max_workers = int(settings.get("max_workers", 0 if kind == HEAD_KIND else cluster_config.get("max_workers", 0)))
+        cluster_max = int(cluster_config.get("max_workers", 0))
+        # Ray's defaults: a worker type may use the whole cluster's max_workers, the head's type none of it.
+        max_workers = min(int(settings.get("max_workers", 0 if kind == HEAD_KIND else cluster_max)), cluster_max)
         shapes[name] = NodeTypeShape(
             kind=kind,  # type: ignore[arg-type]
             min_workers=int(settings.get("min_workers", 0)),

@@ -666,7 +666,7 @@ class VastNodeProvider(NodeProvider):
             return False
         if not self.config.node_types:
             return True  # unknown shape: assume workers will come
-        return sum(s.max_workers for s in self.config.node_types.values() if s.kind != HEAD_KIND) > 0
+        return sum(shape.max_workers for shape in self.config.node_types.values()) > 0
 
     def _head_site(self, node: VastNodeConfig, group_name: str) -> tuple[_Site, list[_Rental] | None]:
         """Choose the physical cluster for the head and the cluster's workers, and create the overlay there.
@@ -706,10 +706,11 @@ class VastNodeProvider(NodeProvider):
         groups = [NodeGroup(name=head_group, accelerator=head.accelerator, gpus_per_node=head.gpus, count=1,
                             allocation=head.allocation_for(HEAD_KIND), include_variants=head.include_variants)]
         for name, shape in self.config.node_types.items():
-            if shape.kind == HEAD_KIND or shape.max_workers <= 0:
+            if shape.max_workers <= 0:
                 continue
             worker = shape.node_config
-            groups.append(NodeGroup(name=name, accelerator=worker.accelerator, gpus_per_node=worker.gpus,
+            group = f"{name} workers" if name == head_group else name  # the head's type may have workers too
+            groups.append(NodeGroup(name=group, accelerator=worker.accelerator, gpus_per_node=worker.gpus,
                                     count=shape.max_workers, allocation=worker.allocation_for(NODE_KIND_WORKER),
                                     include_variants=worker.include_variants))
         return groups

@@ -103,7 +103,11 @@ def test_initialization_commands_path_keeps_port_and_control_path() -> None:
 def test_rsync_carries_the_port_in_its_ssh_command() -> None:
     runner, process, _ = _runner(FakeEndpoints({False: [DIRECT]}), {DIRECT})
     runner.run_rsync_up("/local/dir/", "~/remote/")
-    cmd = process.commands[-1]
+    runner.run_rsync_up("/local/other/", "~/other/")
+    # The first rsync makes sure the node has rsync, once; both copies then go over the mapped port.
+    ensure = [cmd for cmd in process.commands if any("command -v rsync" in part for part in cmd)]
+    assert len(ensure) == 1 and _option(ensure[0], "Port") == str(DIRECT[1])
+    cmd = process.commands[-2]
     assert cmd[0] == "rsync"
     rsh = cmd[cmd.index("--rsh") + 1]
     assert f"Port={DIRECT[1]}" in rsh
