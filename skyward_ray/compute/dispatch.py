@@ -1,11 +1,13 @@
 """Pending calls as Ray tasks pinned to a pool's ranked nodes.
 
-One Ray remote function per ``@sky.compute`` function (built once, cached on it): a small trampoline that sets the
-node context (:func:`skyward_ray.compute.context.instance_info`) around the user's function. Each call is pinned to
-one node with ``NodeAffinitySchedulingStrategy(soft=False)``: broadcasts to every node, everything else round-robin.
-The per-node task options are built once per (function, node) and reused, so a call costs one ``.remote()`` and no
-more than raw Ray. A call asks for all of its node's GPUs, as the legacy did: the function sees every GPU of the
-node (``CUDA_VISIBLE_DEVICES``), and a GPU node runs one call at a time, like the legacy ``concurrency=1``.
+Per pool, per ``@sky.compute`` function and per node, one Ray remote function (built on first use, then reused): a
+small trampoline that sets the node context (:func:`skyward_ray.compute.context.instance_info`) around the user's
+function and is pinned to its node with ``NodeAffinitySchedulingStrategy(soft=False)``. Broadcasts go to every node,
+everything else round-robin. A call then costs one ``.remote()`` with the user's own arguments, as raw Ray does.
+
+A call asks for all of its node's GPUs, as the legacy did: the function sees every GPU of the node
+(``CUDA_VISIBLE_DEVICES``), and a GPU node runs one call at a time, like the legacy ``concurrency=1``. Calls are not
+retried (``max_retries=0``): an operator runs a call once, and a retry elsewhere would break a broadcast's ranks.
 
 Remote failures re-raise with the user's original exception type; the remote traceback rides along as its
 ``__cause__`` (the way ``concurrent.futures.ProcessPoolExecutor`` reports one).
@@ -25,7 +27,7 @@ import ray
 from ray.exceptions import RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from skyward_ray.compute.context import InstanceInfo, call_on_node
+from skyward_ray.compute.context import InstanceInfo, NodeContext, call_on_node, node_context
 from skyward_ray.compute.nodes import NodeInfo
 from skyward_ray.compute.pending import ComputeFunction, PendingCompute
 
@@ -74,16 +76,17 @@ def get(refs: Any) -> Any:
         raise user_error from user_error.__cause__
 
 
-def _make_remote(fn: Callable[..., Any]) -> Any:
-    def task(info: InstanceInfo, *args: Any, **kwargs: Any) -> Any:
-        return call_on_node(info, fn, args, kwargs)
+def _make_remote(fn: Callable[..., Any], context: NodeContext) -> Any:
+    # The node context is baked into the task rather than passed per call: on a loaded 2-core machine every extra
+    # task argument costs about as much as all the rest of this shim (measured by benchmarks/bench_sky_overhead.py).
+    def task(*args: Any, **kwargs: Any) -> Any:
+        return call_on_node(context, fn, args, kwargs)
 
     # The function's own name shows in `ray list tasks` and the dashboard. Only the name is copied: a __wrapped__
     # would make Ray validate arguments against the user's signature (without ``info``), and a matching __module__
     # would make cloudpickle look the task up by reference and find the user's wrapper instead.
     task.__name__ = getattr(fn, "__name__", "task")
     task.__qualname__ = getattr(fn, "__qualname__", task.__name__)
-    # max_retries=0: an operator runs the call once (a retry on another node would break a broadcast's ranks).
     return ray.remote(max_retries=0)(task)
 
 
@@ -95,13 +98,13 @@ class Dispatcher:
             raise ValueError("a pool needs at least one node")
         self.nodes = tuple(nodes)
         peers = tuple(node.ip for node in self.nodes)
-        self._info = {
-            (node.rank, broadcast): InstanceInfo(node.rank, peers, accelerators=node.gpus, broadcast=broadcast)
+        self._context = {
+            (node.rank, broadcast): node_context(InstanceInfo(node.rank, peers, node.gpus, broadcast))
             for node in self.nodes
             for broadcast in (False, True)
         }
         self._options = [self._node_options(node, runtime_env) for node in self.nodes]
-        self._handles: dict[tuple[ComputeFunction[..., Any], int], Any] = {}
+        self._handles: dict[tuple[ComputeFunction[..., Any], int, bool], Any] = {}
         self._lock = threading.Lock()
         self._round_robin = itertools.count()
 
@@ -117,19 +120,19 @@ class Dispatcher:
             options["runtime_env"] = runtime_env
         return options
 
-    def _handle(self, fn: ComputeFunction[..., Any], rank: int) -> Any:
-        key = (fn, rank)
+    def _handle(self, fn: ComputeFunction[..., Any], rank: int, broadcast: bool) -> Any:
+        key = (fn, rank, broadcast)
         handle = self._handles.get(key)
         if handle is None:
             with self._lock:
-                if fn._remote is None:
-                    fn._remote = _make_remote(fn.fn)
-                handle = self._handles.setdefault(key, fn._remote.options(**self._options[rank]))
+                handle = self._handles.get(key)
+                if handle is None:
+                    remote = _make_remote(fn.fn, self._context[rank, broadcast])
+                    handle = self._handles[key] = remote.options(**self._options[rank])
         return handle
 
     def _submit(self, pending: PendingCompute[Any], rank: int, broadcast: bool) -> ray.ObjectRef:
-        handle = self._handle(pending.fn, rank)
-        return handle.remote(self._info[rank, broadcast], *pending.args, **pending.kwargs)
+        return self._handle(pending.fn, rank, broadcast).remote(*pending.args, **pending.kwargs)
 
     def _next_ranks(self, count: int) -> Iterator[int]:
         size = len(self.nodes)

@@ -61,8 +61,7 @@ def resolve_target(target: object) -> Target:
 class ComputeFunction(Generic[P, T]):
     """A function whose calls are deferred: ``f(*a)`` returns a :class:`PendingCompute` instead of running.
 
-    The Ray remote handle is built lazily, once per function, and cached here (it is dropped when this object is
-    pickled, e.g. when another ``@sky.compute`` function refers to it from inside a task).
+    It holds no Ray state (each pool builds its own per-node tasks), so it pickles as the plain function it wraps.
     """
 
     def __init__(self, fn: Callable[P, T]) -> None:
@@ -71,16 +70,10 @@ class ComputeFunction(Generic[P, T]):
         if not callable(fn):
             raise TypeError(f"@sky.compute needs a function, got {fn!r}")
         self.fn: Callable[P, T] = fn
-        self._remote: Any = None
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> PendingCompute[T]:
         return PendingCompute(self, args, kwargs)
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_remote"] = None
-        return state
 
     def __repr__(self) -> str:
         return f"<sky.compute {getattr(self.fn, '__qualname__', self.fn)!r}>"
