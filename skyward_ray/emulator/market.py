@@ -13,7 +13,9 @@ Rules and [inferred] choices (no source settles them; see vast-api.md section 12
 * stop, start and label are idempotent; a second destroy answers 404 ``no_such_instance``;
 * overlay members get ``.1``, ``.2``, ... of the overlay's /24 in join order, shown first in ``local_ipaddrs``;
 * ``GET /clusters/`` is the host view (clusters the account owns): empty for the emulated renters;
-* the SSH proxy is not emulated: ``ssh_host``/``ssh_port`` name the direct endpoint.
+* the SSH proxy is not emulated: ``ssh_host``/``ssh_port`` name the direct endpoint;
+* [emulator only] a create request carrying an account API key (label, env, onstart, args) is counted in
+  ``dump()["account_key_leaks"]`` and the key is kept out of the instance environment.
 """
 
 from __future__ import annotations
@@ -230,6 +232,7 @@ class Market:
         self._next_overlay_id = 1
         self._next_ssh_key_id = self._rng.randrange(10_000, 20_000)
         self._all_rows: list[dict[str, Any]] | None = None
+        self.account_key_leaks = 0
         self._offer_fields = self._collect_offer_fields()
         self._last_tick = self.clock.now()
         self._next_drift = self._last_tick + DRIFT_STEP_S
@@ -648,6 +651,7 @@ class Market:
             if not 0.001 <= bid <= 128:
                 raise _error(400, "invalid_price", f"price: {bid} is outside the allowed 0.001-128 $/h")
         env = parse_env(body.get("env"))
+        self._guard_account_keys(env, label, onstart, args)
         machine_id, n = split_offer_id(int(ask_id))
         machine = self.machines.get(machine_id)
         if machine is None or not 1 <= n <= machine.num_gpus or not machine.listed or machine.free_gpus < n:
@@ -723,6 +727,19 @@ class Market:
                          f"instance {instance_id} was created stopped and starts once the bid wins.",
                          new_contract=instance_id, ask_id=int(ask_id))
         return {"success": True, "new_contract": instance_id, "instance_api_key": inst.api_key}
+
+    def _guard_account_keys(self, env: EnvRequest, label: Any, onstart: Any, args: Any) -> None:
+        """An account key must never reach an instance (DESIGN.md, Secrets). Count every request that tries, keep
+        such entries out of the instance's environment, and let tests assert ``account_key_leaks == 0``."""
+        keys = [user.api_key for user in self.users.values()]
+        texts = [str(t) for t in (label, onstart, *(args or [])) if t]
+        texts += [part for pair in env.pairs for part in pair]
+        if not any(key in text for key in keys for text in texts):
+            return
+        self.account_key_leaks += 1
+        log.warning("a create request carried an account API key (label, env, onstart or args); it is kept out of "
+                    "the instance environment")
+        env.variables = {k: v for k, v in env.variables.items() if not any(key in k or key in v for key in keys)}
 
     def create_instances_bulk(self, caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
         """``POST /asks/bulk/`` [inferred response shape]: one result per offer id, in order."""
@@ -1209,6 +1226,7 @@ class Market:
                 "market": {"scenario": self.scenario.name, "seed": self.scenario.seed,
                            "machines": len(self.machines), "clusters": len(self.clusters),
                            "offers": len(self._rows_locked())},
+                "account_key_leaks": self.account_key_leaks,
             }
 
     def close(self) -> None:

@@ -28,6 +28,8 @@ from skyward_ray.emulator.runtime import HostRuntime
 
 log = logging.getLogger(__name__)
 
+_WILDCARDS = ("", "0.0.0.0", "::")  # listening on every address already covers the runtime's bind address
+
 
 class EmulatorServer:
     """A running Vast emulator. ``url`` (the API base, like ``https://console.vast.ai``) and ``api_key`` point any
@@ -66,7 +68,7 @@ class EmulatorServer:
     def url(self) -> str:
         """The API base URL; on the runtime's bind address when it has one (so instances in namespaces reach it)."""
         bind = self.market.runtime.api_bind_host
-        host = bind or ("127.0.0.1" if self.host in ("", "0.0.0.0", "::") else self.host)
+        host = bind or ("127.0.0.1" if self.host in _WILDCARDS else self.host)
         return f"http://{_url_host(host)}:{self.port}"
 
     @property
@@ -123,7 +125,7 @@ class EmulatorServer:
         if sockets:
             self.port = sockets[0].getsockname()[1]
         bind = self.market.runtime.api_bind_host
-        if bind and bind != self.host:
+        if bind and bind != self.host and self.host not in _WILDCARDS:
             await web.TCPSite(self._runner, bind, self.port, reuse_address=True).start()
 
     def _tick_forever(self) -> None:

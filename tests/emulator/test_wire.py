@@ -168,3 +168,29 @@ def test_admin_key_guards_the_admin_api() -> None:
     with running_emulator(admin_key="sesame") as emu:
         assert httpx.get(f"{emu.admin_url}/state/").status_code == 401
         assert httpx.get(f"{emu.admin_url}/state/", headers={"Authorization": "Bearer sesame"}).status_code == 200
+
+
+def test_admin_clock_scale_speeds_the_market_up(frozen: EmulatorServer, frozen_api: httpx.Client) -> None:
+    from skyward_ray.emulator.testing import wait_until
+
+    iid = rent(frozen_api, first_offer(frozen_api, num_gpus=1))
+    assert frozen_api.post("/_emulator/clock/", json={"scale": 300}).json()["scale"] == 300
+    wait_until(lambda: instance(frozen_api, iid)["actual_status"] == "running", timeout_s=10,  # type: ignore[index]
+               what=f"a {FROZEN_BOOT_S} s boot at 300x")
+    assert frozen_api.post("/_emulator/clock/", json={"scale": -1}).status_code == 400
+
+
+def test_listens_on_the_runtime_bind_address_too() -> None:
+    from skyward_ray.emulator.runtime import NoneRuntime
+    from skyward_ray.emulator.testing import running_emulator
+
+    class BoundRuntime(NoneRuntime):
+        @property
+        def api_bind_host(self) -> str | None:
+            return "127.0.0.2"  # stands for the netns public bridge address
+
+    with running_emulator(runtime=BoundRuntime()) as emu:
+        assert emu.url == f"http://127.0.0.2:{emu.port}"
+        for host in ("127.0.0.1", "127.0.0.2"):
+            response = httpx.get(f"http://{host}:{emu.port}/api/v0/users/current/", params={"api_key": emu.api_key})
+            assert response.status_code == 200

@@ -253,3 +253,17 @@ def test_fault_config_patches_validate() -> None:
         FaultConfig().merged({"error_5xx_rate": 2})
     with pytest.raises(ValueError, match="nonsense"):
         FaultConfig().merged({"nonsense": 1})
+
+
+def test_account_keys_never_reach_an_instance(market: Market, me: Caller, runtime: RecordingRuntime) -> None:
+    account_key = market.default_user.api_key
+    clean = rent(market, me, M, 1, env={"A": "1"})
+    assert market.dump()["account_key_leaks"] == 0
+    leaky = rent(market, me, M, 2, env={"VAST_API_KEY": account_key, "B": "2"})
+    assert market.dump()["account_key_leaks"] == 1
+    market.clock.advance(BOOT * 2)
+    market.tick()
+    specs = {spec.instance_id: spec for spec in runtime.specs}
+    assert specs[clean].env["A"] == "1"
+    assert specs[leaky].env["B"] == "2" and "VAST_API_KEY" not in specs[leaky].env
+    assert all(account_key not in value for spec in specs.values() for value in spec.env.values())
