@@ -82,6 +82,11 @@ def _plural(count: int, word: str) -> str:
     return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
 
+def _distinct(offers: Iterable[Offer]) -> int:
+    """Offers counted once: the same offer comes back from a bid and an on-demand search, and from a broad one."""
+    return len({offer.id for offer in offers})
+
+
 def _verb(count: int, singular: str, plural: str) -> str:
     return singular if count == 1 else plural
 
@@ -106,7 +111,7 @@ def _matching(count: int, noun: str, label: str, checks: Iterable[Check], option
 
 
 def _countries(offers: Iterable[Offer]) -> str:
-    counts = Counter(offer.country_code or "unknown" for offer in offers)
+    counts = Counter(offer.country_code or "unknown" for offer in {o.id: o for o in offers}.values())
     return ", ".join(f"{code} ({count})" for code, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:6])
 
 
@@ -117,7 +122,7 @@ def _filter_reason(check: Check, offer_filter: OfferFilter, before: Sequence[Off
     """Why ``check`` left none of ``before``, with the best value that was on offer."""
     options = offer_filter.options
     label = offer_filter.gpu.label
-    what = _matching(len(before), "offer", label, passed, options)
+    what = _matching(_distinct(before), "offer", label, passed, options)
     option = check.option
     if option == "accelerator":
         text = f"the search result has no offers of {' or '.join(offer_filter.gpu.vast_names)}"
@@ -158,7 +163,7 @@ def _filter_reason(check: Check, offer_filter: OfferFilter, before: Sequence[Off
     if option == "direct_port":
         return f"{what}, but none has a direct port"
     if option == "cluster_id":
-        elsewhere = Counter(offer.cluster_id for offer in before)
+        elsewhere = Counter(offer.cluster_id for offer in {o.id: o for o in before}.values())
         shown = ", ".join(f"{cid if cid is not None else 'none'} ({n})" for cid, n in elsewhere.most_common(5))
         return f"{what}, but none is on physical cluster {offer_filter.cluster_id}; they are on clusters {shown}"
     if option == "physical_cluster":
@@ -184,7 +189,8 @@ def _group_stage(
     if not exact:
         sizes = sorted({offer.num_gpus for offer in survivors})
         return "gpus_per_node", (
-            f"{_plural(len(survivors), 'offer')} of {label} {_verb(len(survivors), 'passes', 'pass')} every filter, "
+            f"{_plural(_distinct(survivors), 'offer')} of {label} {_verb(_distinct(survivors), 'passes', 'pass')} "
+            "every filter, "
             f"but none is for exactly "
             f"{group.gpus_per_node} GPUs (sizes on offer: {', '.join(map(str, sizes))}; a machine offers 1, 2, 4, 8... "
             "GPUs and all its free GPUs)"
@@ -192,7 +198,7 @@ def _group_stage(
     priced = [(offer, node_price(offer, group.allocation, options)) for offer in exact]
     usable = [(offer, price) for offer, price in priced if price is not None]
     if not usable:
-        fit = f"{_plural(len(exact), 'offer')} of {label} {_verb(len(exact), 'fits', 'fit')}"
+        fit = f"{_plural(_distinct(exact), 'offer')} of {label} {_verb(_distinct(exact), 'fits', 'fit')}"
         if group.allocation is Allocation.ON_DEMAND:
             return "allocation", f"{fit}, but none has an on-demand price (they come from a bid search)"
         with_bid = [offer.min_bid for offer in exact if offer.min_bid is not None]

@@ -192,13 +192,15 @@ class OfferFilter:
 
     def search_types(self) -> tuple[str, ...]:
         """Vast's ``type`` per search. Spot-if-available needs both: bids come from a ``bid`` search, and only an
-        ``on-demand`` search carries the on-demand price of offers that take no bid."""
+        ``on-demand`` search carries the on-demand price of offers that take no bid. On-demand comes first, so a
+        caller that keeps the first row per offer id keeps the one with both prices (rows carry ``min_bid`` either
+        way)."""
         allocation = self.group.allocation
         if allocation is Allocation.ON_DEMAND:
             return ("on-demand",)
         if allocation is Allocation.SPOT:
             return ("bid",)
-        return ("bid", "on-demand")
+        return ("on-demand", "bid")
 
     def queries(self, *, limit: int = DEFAULT_SEARCH_LIMIT) -> list[dict[str, Any]]:
         """The ``POST /api/v0/bundles/`` bodies for this group, exactly as Vast expects them."""
@@ -261,13 +263,14 @@ class OfferFilter:
 def build_queries(
     request: PlacementRequest, options: PlacementOptions, *, limit: int = DEFAULT_SEARCH_LIMIT, broad: bool = False
 ) -> list[dict[str, Any]]:
-    """The distinct searches a request needs (groups with the same filters share one). Merge their results
-    (duplicates are fine) and pass them to :func:`~skyward_ray.placement.planner.plan`."""
+    """The distinct searches a request needs (groups with the same filters share one), on-demand ones first. Pass
+    every row they return to :func:`~skyward_ray.placement.planner.plan`: duplicates are fine, and the same offer id
+    from an on-demand and a bid search carries different ``dph_total`` values (the bid row's is not on-demand)."""
     queries: list[dict[str, Any]] = []
     for offer_filter in OfferFilter.for_request(request, options):
         found = offer_filter.broad_queries(limit=limit) if broad else offer_filter.queries(limit=limit)
         queries.extend(query for query in found if query not in queries)
-    return queries
+    return sorted(queries, key=lambda query: query["type"] == "bid")
 
 
 def recheck(offers: Iterable[Offer], group: NodeGroup, options: PlacementOptions, **scope: Any) -> list[Offer]:

@@ -231,26 +231,24 @@ def capacity(candidates: Sequence[Candidate], gpus: int, free_gpus: dict[int, in
 
 
 def _allocations(
-    options: list[Candidate | None], free: int, gpus: tuple[int, ...], counts: tuple[int, ...]
+    offered: list[Candidate | None], free: int, gpus: tuple[int, ...], counts: tuple[int, ...]
 ) -> list[tuple[tuple[int, ...], int]]:
-    """Every non-empty way to put nodes of several groups on one machine, with its cost."""
-    ranges = []
-    for index, candidate in enumerate(options):
-        if candidate is None:
-            ranges.append(range(1))
-        else:
-            ranges.append(range(min(machine_slots(free, gpus[index]), counts[index]) + 1))
+    """Every non-empty way to put nodes of several groups on one machine (``offered``: each group's candidate on it,
+    or None), with its cost."""
+    ranges = [
+        range(1) if candidate is None else range(min(machine_slots(free, gpus[index]), counts[index]) + 1)
+        for index, candidate in enumerate(offered)
+    ]
     result = []
     for vector in itertools.product(*ranges):
         total = sum(vector)
         if total == 0:
             continue
-        odd = [index for index, nodes in enumerate(vector) if nodes and not is_power_of_two(gpus[index])]
-        if odd and total > 1:
+        if total > 1 and any(nodes and not is_power_of_two(gpus[index]) for index, nodes in enumerate(vector)):
             continue  # a node of a non-power-of-two size must be alone on its machine
         if sum(nodes * gpus[index] for index, nodes in enumerate(vector)) > free:
             continue
-        cost = sum(nodes * options[index].key for index, nodes in enumerate(vector) if nodes)  # type: ignore[union-attr]
+        cost = sum(nodes * candidate.key for nodes, candidate in zip(vector, offered, strict=True) if candidate)
         result.append((vector, cost))
     return result
 
@@ -281,14 +279,12 @@ def exact(bucket: Bucket, market: Market) -> list[Pick] | None:
     done = states.get(tuple(0 for _ in counts))
     if done is None:
         return None
-    result = []
-    for machine, vector in done[1]:
-        for index, nodes in enumerate(vector):
-            if nodes:
-                candidate = per_machine[machine][index]
-                assert candidate is not None
-                result.append(Pick(index, candidate, nodes))
-    return result
+    return [
+        Pick(index, candidate, nodes)
+        for machine, vector in done[1]
+        for index, (nodes, candidate) in enumerate(zip(vector, per_machine[machine], strict=True))
+        if nodes and candidate is not None
+    ]
 
 
 def _solution(cluster_id: int | None, picks: list[Pick]) -> Solution:

@@ -89,7 +89,7 @@ def test_json_output(fake: type[FakeClient], capsys: pytest.CaptureFixture[str])
 
 def test_spot_if_available_searches_both_types(fake: type[FakeClient]) -> None:
     assert main(["offers", "--gpu", "RTX 4090", "--json"]) == 0
-    assert [q["type"] for q in fake.instances[0].queries] == ["bid", "on-demand"]
+    assert [q["type"] for q in fake.instances[0].queries] == ["on-demand", "bid"]
 
 
 def test_nothing_fits_searches_broadly_and_says_what_would_help(

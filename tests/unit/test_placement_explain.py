@@ -154,3 +154,11 @@ def test_a_broader_search_result_says_how_far_a_filter_would_have_to_move() -> N
 
 def test_explain_on_offers_that_fit_says_so() -> None:
     assert explain(ONE, PlacementOptions(), [offer(1, 1)]).stage == "none"
+
+
+def test_offers_seen_in_several_searches_are_counted_once() -> None:
+    rows = [offer(1, 1), offer(2, 2, geolocation="Hesse, DE", verification="unverified")]
+    from_both_searches = rows + [row.model_copy(update={"is_bid": True}) for row in rows] + rows
+    explanation = explain(ONE, PlacementOptions(geolocation="EU"), from_both_searches)
+    assert explanation.stage == "verified_only"
+    assert explanation.reason == "1 offer of RTX 4090 matches geolocation in EU, but none is on a verified host"

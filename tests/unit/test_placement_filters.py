@@ -84,7 +84,7 @@ def test_accelerator_cuda_floor_applies_when_higher_than_min_cuda() -> None:
 
 @pytest.mark.parametrize(
     ("allocation", "kinds"),
-    [("on-demand", ["on-demand"]), ("spot", ["bid"]), ("spot-if-available", ["bid", "on-demand"])],
+    [("on-demand", ["on-demand"]), ("spot", ["bid"]), ("spot-if-available", ["on-demand", "bid"])],
 )
 def test_each_allocation_searches_its_type(allocation: str, kinds: list[str]) -> None:
     offer_filter = OfferFilter(NodeGroup(accelerator="RTX 4090", allocation=allocation), PlacementOptions())
@@ -116,6 +116,7 @@ def test_groups_with_the_same_filters_share_a_search() -> None:
     ))
     queries = build_queries(request, PlacementOptions(), limit=50)
     assert len(queries) == 2 and all(q["limit"] == 50 for q in queries)
+    assert [q["type"] for q in queries] == ["on-demand", "bid"]  # the rows with both prices come first
     broad = build_queries(request, PlacementOptions(), broad=True)
     assert all(set(q) == {"gpu_name", "rentable", "type", "order", "limit"} for q in broad)
 
