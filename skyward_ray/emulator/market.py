@@ -233,6 +233,7 @@ class Market:
         self._next_ssh_key_id = self._rng.randrange(10_000, 20_000)
         self._all_rows: list[dict[str, Any]] | None = None
         self.account_key_leaks = 0
+        self._held: set[Machine] = set()  # machines with GPUs taken by rival renters (released on the clock)
         self._offer_fields = self._collect_offer_fields()
         self._last_tick = self.clock.now()
         self._next_drift = self._last_tick + DRIFT_STEP_S
@@ -300,14 +301,15 @@ class Market:
         self._last_tick = now
         actions: list[Callable[[], None]] = []
         self._bill_locked(now, dt, actions)
-        for machine in self._machine_order:
-            if machine.rival_holds:
-                kept = [(until, n) for until, n in machine.rival_holds if until > now]
-                freed = sum(n for until, n in machine.rival_holds if until <= now)
-                if freed:
-                    machine.rival_holds = kept
-                    machine.free_gpus += freed
-                    self._touch(machine)
+        for machine in list(self._held):
+            kept = [(until, n) for until, n in machine.rival_holds if until > now]
+            freed = sum(n for until, n in machine.rival_holds if until <= now)
+            if freed:
+                machine.rival_holds = kept
+                machine.free_gpus += freed
+                self._touch(machine)
+            if not kept:
+                self._held.discard(machine)
         faults = self._faults
         if faults.price_drift_pct_per_hour > 0:
             while now >= self._next_drift:
@@ -389,8 +391,10 @@ class Market:
                 return
             joins = [] if stale or inst is None else self._pending_joins_locked(inst)
         if stale:
-            if inst is None:
+            if inst is None:  # destroyed while booting
                 self._safe(self.runtime.destroy, instance_id)
+            elif not inst.booting:  # stopped or failed while booting (a newer boot in flight owns it otherwise)
+                self._safe(self.runtime.stop, instance_id)
             return
         for overlay_id, address, prefix in joins:
             self._safe(self.runtime.join_overlay, overlay_id, instance_id, address, prefix)
@@ -677,6 +681,7 @@ class Market:
         if self._faults.offer_taken_rate > 0 and self.draw() < self._faults.offer_taken_rate:
             machine.free_gpus -= n
             machine.rival_holds.append((self.clock.now() + self._faults.rival_hold_s, n))
+            self._held.add(machine)
             self._touch(machine)
             raise _no_such_ask(ask_id)
         dph_base = round(machine.gpu_price * n, 4)

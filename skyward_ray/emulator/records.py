@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-@dataclass
+@dataclass(eq=False)  # an entity: compared and hashed by identity
 class Machine:
     """One host machine and its GPUs. Static fields come from the scenario; the rest changes as the market runs."""
 
@@ -142,7 +142,6 @@ class Instance:
     joined_overlays: set[int] = field(default_factory=set)  # overlays the runtime has actually wired
     keys_applied: int = 0  # how many of authorized_keys the runtime already has
     overlay_ids: list[int] = field(default_factory=list)
-    pending_overlays: list[str] = field(default_factory=list)  # "-n <name>" requests resolved at creation
     cost: float = 0.0
 
     @property
@@ -154,11 +153,6 @@ class Instance:
     @property
     def storage_hourly(self) -> float:
         return self.disk * self.storage_cost / 30 / 24
-
-    @property
-    def is_live(self) -> bool:
-        """Counts toward GPU billing: booting or running."""
-        return self.intended_status == "running" and self.actual_status not in {"stopped", "exited", "offline"}
 
 
 @dataclass
