@@ -63,6 +63,7 @@ from ray.autoscaler.tags import (
 
 from skyward_ray.errors import SkywardError
 from skyward_ray.placement import (
+    DEFAULT_SEARCH_LIMIT,
     NodeAssignment,
     NodeGroup,
     NoPlacementError,
@@ -776,10 +777,13 @@ class VastNodeProvider(NodeProvider):
         request = PlacementRequest(groups=tuple(groups), cluster_id=pinned_cluster, excluded_machines=excluded,
                                    physical_cluster=None if pinned_cluster is not None else physical_cluster)
         options = self.config.placement
+        queries = build_queries(request, options, limit=self._search_limit(request))
         offers: dict[int, Offer] = {}
-        for query in build_queries(request, options):
-            for offer in self.client.search_offers(query):
-                offers.setdefault(offer.id, offer)
+        # A spot-if-available group searches bids and on-demand: both at once.
+        with ThreadPoolExecutor(max_workers=len(queries), thread_name_prefix="skyward-search") as pool:
+            for found in pool.map(self.client.search_offers, queries):
+                for offer in found:
+                    offers.setdefault(offer.id, offer)
         with self._lock:
             the_plan = plan(request, options, list(offers.values()),
                             already_committed_per_hour=self._committed_per_hour())
@@ -788,6 +792,15 @@ class VastNodeProvider(NodeProvider):
             for rental in rentals:
                 self._inflight[rental.nonce] = rental.assignment.price_per_hour
         return the_plan, rentals
+
+    @staticmethod
+    def _search_limit(request: PlacementRequest) -> int:
+        """Offers to fetch per search. Choosing a physical cluster needs the market's breadth; renting on a pinned
+        cluster or anywhere needs only the cheapest few per node (results come cheapest first), and every offer
+        fetched costs parsing time."""
+        if request.cluster_id is None and request.physical_cluster:
+            return DEFAULT_SEARCH_LIMIT
+        return min(DEFAULT_SEARCH_LIMIT, max(100, 10 * request.total_nodes))
 
     def _release(self, rentals: Iterable[_Rental]) -> None:
         with self._lock:
