@@ -187,6 +187,23 @@ class LocalLauncher:
         return ClusterHandle(address=address, created=True, nodes=count, driver_ip=ips[0],
                              description=f"local Ray cluster of {count} node(s) at {address}")
 
+    @property
+    def temp_dir(self) -> str | None:
+        """The private directory holding this cluster's sessions, sockets and logs (removed by :meth:`down`)."""
+        return self._tmp
+
+    def pids(self) -> list[int]:
+        """Process ids of every Ray process this launcher started (for leak checks)."""
+        if self._cluster is None:
+            return []
+        return [
+            info.process.pid
+            for node in self._cluster.list_all_nodes()
+            for infos in node.all_processes.values()
+            for info in infos
+            if info.process is not None
+        ]
+
     def down(self) -> None:
         cluster, self._cluster = self._cluster, None
         tmp, self._tmp = self._tmp, None
