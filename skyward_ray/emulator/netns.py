@@ -282,6 +282,18 @@ def _parse_port_map(spec: InstanceSpec) -> tuple[int, list[_PortMapping]]:
     return ssh[0].host_port, [m for m in mappings if m is not ssh[0]]
 
 
+def _parse_public_subnet(public_subnet: str) -> ipaddress.IPv4Network:
+    try:
+        subnet = ipaddress.IPv4Network(public_subnet)
+    except ValueError:
+        subnet = None
+    if subnet is None or not subnet.is_private or subnet.is_loopback or subnet.is_link_local \
+            or not 8 <= subnet.prefixlen <= 28:
+        raise ConfigError(f"public_subnet={public_subnet!r}: must be a private IPv4 network such as "
+                          "'10.213.0.0/16', with a prefix length of 8-28")
+    return subnet
+
+
 def _login_environment(spec: InstanceSpec, venv_bin: str) -> dict[str, str]:
     """The instance's login environment: the spec's variables, and this venv's bin first on PATH (image stand-in).
 
@@ -362,8 +374,10 @@ class NetnsRuntime:
         if boot_timeout_s <= 0:
             raise ConfigError(f"boot_timeout_s={boot_timeout_s!r}: must be a positive number of seconds")
         self._boot_timeout_s = boot_timeout_s
+        self._subnet = _parse_public_subnet(public_subnet)
+        self._host_address = next(self._subnet.hosts())
         self._refuse_leftovers()
-        self._subnet, self._host_address = self._check_subnet(public_subnet)
+        self._refuse_overlapping_subnet()
 
         self._lock = threading.Lock()
         self._overlay_lock = threading.Lock()
@@ -391,24 +405,16 @@ class NetnsRuntime:
 
     # -- set-up checks -------------------------------------------------------------------------------------------
 
-    def _check_subnet(self, public_subnet: str) -> tuple[ipaddress.IPv4Network, ipaddress.IPv4Address]:
-        try:
-            subnet = ipaddress.IPv4Network(public_subnet)
-        except ValueError:
-            subnet = None
-        if subnet is None or not subnet.is_private or subnet.is_loopback or subnet.is_link_local \
-                or not 8 <= subnet.prefixlen <= 28:
-            raise ConfigError(f"public_subnet={public_subnet!r}: must be a private IPv4 network such as "
-                              "'10.213.0.0/16', with a prefix length of 8-28")
+    def _refuse_overlapping_subnet(self) -> None:
+        """A subnet another interface already has would make the host route one of them wrongly."""
         addresses = json.loads(_run(["ip", "-j", "-4", "addr", "show"]) or "[]")
         for link in addresses:
             for info in link.get("addr_info", []):
                 network = ipaddress.IPv4Network(f"{info['local']}/{info['prefixlen']}", strict=False)
-                if network.overlaps(subnet):
-                    raise SkywardError(f"public_subnet={public_subnet!r} overlaps {info['local']}/{info['prefixlen']} "
+                if network.overlaps(self._subnet):
+                    raise SkywardError(f"public_subnet='{self._subnet}' overlaps {info['local']}/{info['prefixlen']} "
                                        f"on {link['ifname']}; choose another subnet (or run `skyward-ray emulator "
                                        "clean` if that is a leftover of an earlier emulator)")
-        return subnet, next(subnet.hosts())
 
     def _refuse_leftovers(self) -> None:
         """Two runtimes with one prefix would tear down each other's instances: refuse, and say how to clean up."""
@@ -438,7 +444,8 @@ class NetnsRuntime:
         with inst.lock:
             self._check_open()
             if inst.process is not None and inst.process.poll() is None:
-                return  # already running: starting a running container is a no-op
+                self._merge_authorized_keys(inst, [_check_public_key(k) for k in spec.authorized_keys])
+                return  # already running: starting a running container changes nothing else
             began = time.monotonic()
             self._ensure_netns(inst)
             self._write_instance_files(inst, spec, ssh_port, env)
