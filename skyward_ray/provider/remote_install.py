@@ -77,6 +77,19 @@ def _installed() -> tuple[Path | None, str | None, str | None]:
     return package, found.get("v"), found.get("ray")
 
 
+def already_installed(package: Path | None, version: str | None, ray_version: str | None, *, want_hash: str,
+                      want_version: str, want_ray: str) -> str | None:
+    """Why nothing needs installing (rules 1 and 2 of the module docstring), or None when something does."""
+    if package is None or ray_version != want_ray:
+        return None
+    if tree_hash(package) == want_hash:
+        return f"skyward-ray {version} with Ray {ray_version} already installed at {package}"
+    if version == want_version and not (package.parent / SHIP_MARKER).exists():
+        return (f"skyward-ray {version} (a development install at {package}) and Ray {ray_version} present: "
+                "leaving them as they are")
+    return None
+
+
 @contextlib.contextmanager
 def _environment_lock() -> Iterator[None]:
     path = Path(sys.prefix) / ".skyward-install.lock"
@@ -102,17 +115,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     ship = Path(os.path.expanduser(args.ship)).resolve()
 
-    package, version, ray_version = _installed()
-    if package is not None and ray_version == args.ray_version:
-        if tree_hash(package) == args.hash:
-            print(f"skyward-ray {version} with Ray {ray_version} already installed at {package}")
-            return 0
-        if version == args.version and not (package.parent / SHIP_MARKER).exists():
-            print(f"skyward-ray {version} (a development install at {package}) and Ray {ray_version} present: "
-                  "leaving them as they are")
-            return 0
+    reason = already_installed(*_installed(), want_hash=args.hash, want_version=args.version,
+                               want_ray=args.ray_version)
+    if reason:
+        print(reason)
+        return 0
 
     with _environment_lock():
+        reason = already_installed(*_installed(), want_hash=args.hash, want_version=args.version,
+                                   want_ray=args.ray_version)
+        if reason:  # another node sharing this environment installed it while we waited
+            print(reason)
+            return 0
         pip = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
                f"ray[default]=={args.ray_version}", *args.requirements]
         print("installing:", " ".join(pip[5:]), flush=True)

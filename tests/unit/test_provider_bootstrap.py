@@ -1,0 +1,169 @@
+"""bootstrap_config and prepare_for_head_node: what ray up adds before the first node, and what the head gets."""
+
+from __future__ import annotations
+
+import copy
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+import yaml
+from ray.autoscaler._private.util import prepare_config
+
+import skyward_ray
+from skyward_ray.errors import ConfigError
+from skyward_ray.provider.bootstrap import (
+    REMOTE_KEY_PATH,
+    bootstrap_config,
+    fill_node_resources,
+    key_body,
+    prepare_head_config,
+    register_ssh_key,
+)
+from skyward_ray.provider.remote_install import SHIP_MARKER, tree_hash
+from skyward_ray.provider.start_commands import HEAD_START_RAY_COMMANDS, WORKER_START_RAY_COMMANDS
+from skyward_ray.vast.models import SshKey
+
+REPO = Path(__file__).resolve().parents[2]
+API_KEY = "unit-test-account-key-0123456789"
+PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBunitTestKeyMaterialxxxxxxxxxxxxxxxxxxxxxx laptop"
+
+
+class FakeKeys:
+    """The SSH-key part of VastClient."""
+
+    def __init__(self, existing: list[str] | None = None) -> None:
+        self.keys = [SshKey(id=i + 1, public_key=key) for i, key in enumerate(existing or [])]
+        self.created: list[str] = []
+
+    def list_ssh_keys(self) -> list[SshKey]:
+        return list(self.keys)
+
+    def create_ssh_key(self, public_key: str) -> SshKey:
+        self.created.append(public_key)
+        key = SshKey(id=len(self.keys) + 1, public_key=public_key)
+        self.keys.append(key)
+        return key
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("VAST_API_KEY", API_KEY)
+    monkeypatch.setenv("VAST_URL", "http://10.213.0.1:8911")
+    ssh = tmp_path / ".ssh"
+    ssh.mkdir()
+    (ssh / "id_test").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nnot a real key\n"
+                                 "-----END OPENSSH PRIVATE KEY-----\n")
+    (ssh / "id_test.pub").write_text(PUBLIC_KEY + "\n")
+    return tmp_path
+
+
+def _prepared(name: str = "vast-multinode.yaml", **auth: Any) -> dict[str, Any]:
+    config = yaml.safe_load((REPO / "cluster_configs" / name).read_text())
+    config["auth"].update(auth)
+    return prepare_config(config)
+
+
+def test_bootstrap_fills_what_the_head_needs_and_never_the_key(home: Path) -> None:
+    keys = FakeKeys()
+    config = bootstrap_config(_prepared(ssh_private_key=str(home / ".ssh/id_test")), client=keys)  # type: ignore[arg-type]
+    provider = config["provider"]
+    assert provider["api_url"] == "http://10.213.0.1:8911"  # from VAST_URL, so the head uses the same API
+    assert provider["ssh_public_key"] == PUBLIC_KEY
+    assert set(provider["node_types"]) == {"head", "rtx4090"}
+    assert provider["node_types"]["rtx4090"]["max_workers"] == 3
+    assert API_KEY not in yaml.safe_dump(config)  # not in the config: only in a file mount
+    key_file = Path(config["file_mounts"][REMOTE_KEY_PATH])
+    assert key_file.read_text().strip() == API_KEY
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(key_file.parent.stat().st_mode) == 0o700
+    assert keys.created == [PUBLIC_KEY]
+
+
+def test_bootstrap_registers_the_ssh_key_only_once(home: Path) -> None:
+    keys = FakeKeys(existing=[PUBLIC_KEY.rsplit(" ", 1)[0] + " another-comment"])
+    bootstrap_config(_prepared(ssh_private_key=str(home / ".ssh/id_test")), client=keys)  # type: ignore[arg-type]
+    assert keys.created == []  # same key body, different comment: already registered
+
+
+def test_register_ssh_key_compares_key_bodies() -> None:
+    keys = FakeKeys(existing=["ssh-ed25519 OTHER x"])
+    assert register_ssh_key(keys, PUBLIC_KEY) is not None  # type: ignore[arg-type]
+    assert register_ssh_key(keys, PUBLIC_KEY) is None  # type: ignore[arg-type]
+    assert key_body(PUBLIC_KEY) == " ".join(PUBLIC_KEY.split()[:2])
+
+
+def test_bootstrap_ships_the_package_pinned_to_this_ray(home: Path) -> None:
+    config = bootstrap_config(_prepared(ssh_private_key=str(home / ".ssh/id_test")), client=FakeKeys())  # type: ignore[arg-type]
+    shipped = {remote: Path(local) for remote, local in config["file_mounts"].items() if "/pkg/" in remote}
+    (remote, local), = shipped.items()
+    assert (local / SHIP_MARKER).exists()
+    assert tree_hash(local / "skyward_ray") == tree_hash(Path(skyward_ray.__file__).parent)
+    for key in ("head_setup_commands", "worker_setup_commands"):
+        install = config[key][0]
+        assert "remote_install.py" in install and f"--ray-version={ray.__version__}" in install
+        assert remote.removeprefix("~/") in install
+        assert API_KEY not in install
+
+
+def test_bootstrap_fills_default_start_commands_only_when_left_out(home: Path) -> None:
+    prepared = _prepared(ssh_private_key=str(home / ".ssh/id_test"))
+    config = bootstrap_config(copy.deepcopy(prepared), client=FakeKeys())  # type: ignore[arg-type]
+    assert config["head_start_ray_commands"] == list(HEAD_START_RAY_COMMANDS)
+    assert config["worker_start_ray_commands"] == list(WORKER_START_RAY_COMMANDS)
+    prepared["head_start_ray_commands"] = ["ray start --head --my-own"]
+    config = bootstrap_config(prepared, client=FakeKeys())  # type: ignore[arg-type]
+    assert config["head_start_ray_commands"] == ["ray start --head --my-own"]
+
+
+def test_bootstrap_rejects_bad_provider_config_before_any_io(home: Path) -> None:
+    prepared = _prepared(ssh_private_key=str(home / ".ssh/id_test"))
+    prepared["provider"]["min_reliability"] = 7
+    keys = FakeKeys()
+    with pytest.raises(ConfigError, match=r"provider\.min_reliability"):
+        bootstrap_config(prepared, client=keys)  # type: ignore[arg-type]
+    assert keys.created == []
+
+
+def test_missing_private_key_file_is_a_clear_error(home: Path) -> None:
+    with pytest.raises(ConfigError, match=r"auth\.ssh_private_key"):
+        bootstrap_config(_prepared(ssh_private_key=str(home / "nope")), client=FakeKeys())  # type: ignore[arg-type]
+
+
+def test_head_config_reads_the_key_file_and_never_passes_it_to_workers(home: Path) -> None:
+    config = bootstrap_config(_prepared(ssh_private_key=str(home / ".ssh/id_test")), client=FakeKeys())  # type: ignore[arg-type]
+    remote = {"file_mounts": {path: path for path in config["file_mounts"]}, "provider": dict(config["provider"])}
+    head = prepare_head_config(remote)
+    assert head["provider"]["api_key_file"] == REMOTE_KEY_PATH
+    assert REMOTE_KEY_PATH not in head["file_mounts"]  # the head syncs its file mounts to every worker
+    assert any("/pkg/" in path for path in head["file_mounts"])  # the package does reach the workers
+
+
+def test_fill_node_resources_keeps_what_the_yaml_sets() -> None:
+    config = {"available_node_types": {
+        "a": {"node_config": {"accelerator": "H100", "gpus": 8}, "resources": {"CPU": 64}},
+        "b": {"node_config": {"accelerator": "RTX 4090"}, "resources": {"GPU": 0}},
+        "broken": {"node_config": {"gpus": "many"}},
+    }}
+    fill_node_resources(config)
+    types = config["available_node_types"]
+    assert types["a"]["resources"] == {"CPU": 64, "GPU": 8, "accelerator_type:H100": 1}
+    assert types["b"]["resources"] == {"GPU": 0, "accelerator_type:RTX-4090": 1}
+    assert "resources" not in types["broken"]  # left for bootstrap_config to report
+
+
+def test_staged_key_file_is_rewritten_not_appended(home: Path) -> None:
+    prepared = _prepared(ssh_private_key=str(home / ".ssh/id_test"))
+    first = bootstrap_config(copy.deepcopy(prepared), client=FakeKeys())  # type: ignore[arg-type]
+    os.environ["VAST_API_KEY"] = "rotated-key"
+    second = bootstrap_config(prepared, client=FakeKeys())  # type: ignore[arg-type]
+    assert first["file_mounts"][REMOTE_KEY_PATH] == second["file_mounts"][REMOTE_KEY_PATH]
+    assert Path(second["file_mounts"][REMOTE_KEY_PATH]).read_text() == "rotated-key\n"
