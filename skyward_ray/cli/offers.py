@@ -27,6 +27,8 @@ from skyward_ray.placement import (
 )
 from skyward_ray.placement.planner import DEFAULT_RUNNERS_UP
 from skyward_ray.vast.client import VastClient
+from skyward_ray.vast.credentials import resolve_api_key
+from skyward_ray.vast.errors import CredentialsError
 from skyward_ray.vast.models import Offer
 
 _OPTION_FLAGS = (
@@ -95,6 +97,15 @@ def _search(client: VastClient, queries: Iterable[dict[str, Any]]) -> list[Offer
     return offers
 
 
+def _have_api_key() -> bool:
+    """Search works without an account; use the key when one is configured (Vast's limits are kinder to it)."""
+    try:
+        resolve_api_key()
+    except CredentialsError:
+        return False
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
     options = _options(args)
     request = PlacementRequest.single(
@@ -104,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         allocation=args.allocation,
         include_variants=args.gpu_variants,
     )
-    with VastClient() as client:
+    with VastClient(anonymous=not _have_api_key()) as client:
         offers = _search(client, build_queries(request, options, limit=args.limit))
         try:
             result = plan(request, options, offers, runners_up=args.runners_up)

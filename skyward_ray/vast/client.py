@@ -280,6 +280,7 @@ class VastClient:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        anonymous: bool = False,
     ) -> None:
         for name, value in (("timeout_s", timeout_s), ("backoff_cap_s", backoff_cap_s)):
             if not value > 0:
@@ -287,7 +288,8 @@ class VastClient:
         for name, value in (("retry_deadline_s", retry_deadline_s), ("backoff_base_s", backoff_base_s)):
             if not value >= 0:
                 raise ConfigError(f"{name} = {value!r} is not allowed: use seconds >= 0")
-        self._key = ApiKey(resolve_api_key(api_key))
+        # Anonymous clients may only search offers (Vast serves bundles without a key): no key is resolved or sent.
+        self._key = ApiKey("") if anonymous else ApiKey(resolve_api_key(api_key))
         self._base_url = resolve_base_url(base_url)
         self._timeout_s = float(timeout_s)
         self._deadline_s = float(retry_deadline_s)
@@ -302,7 +304,7 @@ class VastClient:
         self._http = httpx.Client(
             base_url=self._base_url,
             headers={
-                "Authorization": f"Bearer {self._key.reveal()}",
+                **({} if anonymous else {"Authorization": f"Bearer {self._key.reveal()}"}),
                 "User-Agent": _user_agent(),
                 "Accept": "application/json",
             },
@@ -763,7 +765,8 @@ class VastClient:
 
     def _refuse_secret(self, value: Any, where: str) -> None:
         """The account key must never reach an instance, a label or a log (DESIGN, decision 10)."""
-        if any(self._key.reveal() in text for text in _strings(value)):
+        secret = self._key.reveal()
+        if secret and any(secret in text for text in _strings(value)):
             raise ConfigError(f"{where} contains the account API key; it must never reach an instance or a label")
 
     @staticmethod

@@ -188,3 +188,17 @@ def test_instance_key_states_and_faults(frozen_client: VastClient, frozen: Emula
     set_faults(admin, lost_response_rate=0.0)
     assert [i.label for i in frozen_client.list_instances({"label": {"in": ["ghost"]}})] == ["ghost"]
     admin.close()
+
+
+def test_anonymous_client_searches_without_a_key(emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch,
+                                                 tmp_path_factory: pytest.TempPathFactory) -> None:
+    """`skyward-ray offers` works with no account: search needs no key, and no Authorization header is sent."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.delenv("VAST_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
+    with VastClient(base_url=emulator.url, anonymous=True) as client:
+        offers = client.search_offers({"gpu_name": {"eq": "RTX 4090"}, "limit": 5})
+        assert offers and all(offer.gpu_name == "RTX 4090" for offer in offers)
+        with pytest.raises(AuthError):
+            client.list_instances()

@@ -20,7 +20,8 @@ class FakeClient:
     broad: list[Offer] = []
     instances: list[FakeClient] = []
 
-    def __init__(self, api_key: str | None = None, base_url: str | None = None) -> None:
+    def __init__(self, api_key: str | None = None, base_url: str | None = None, anonymous: bool = False) -> None:
+        self.anonymous = anonymous
         self.queries: list[dict[str, Any]] = []
         self.closed = False
         FakeClient.instances.append(self)
