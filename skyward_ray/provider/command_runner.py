@@ -12,6 +12,10 @@ first that accepts a TCP connection, then drives Ray's own machinery with ``-o P
   ``auth.ssh_private_key``);
 * ``remote_shell_command_str`` carries ``-p <port>``.
 
+Vast documents no API field for an instance's overlay address. When the provider does not know it, the runner reads
+the node's addresses over its first connection (from ``/proc/net/fib_trie``, which every Linux has) and hands them
+to the provider, which keeps the one in the overlay's subnet in the node's label.
+
 Ray copies file mounts with rsync before it runs a single setup command, and many images lack rsync, so the first
 rsync of a runner makes sure the node has it (installing it with the image's package manager when it does not).
 
@@ -22,6 +26,8 @@ re-reads them, because Ray retries ``uptime`` while a node boots and the right e
 from __future__ import annotations
 
 import ipaddress
+import logging
+import re
 import socket
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -29,6 +35,7 @@ from typing import Any, Protocol
 from ray.autoscaler._private.command_runner import SSHCommandRunner
 
 Endpoint = tuple[str, int]
+log = logging.getLogger(__name__)
 
 # Runs before the first rsync: nothing when rsync is there, else the image's package manager installs it.
 ENSURE_RSYNC = (
@@ -40,9 +47,22 @@ ENSURE_RSYNC = (
 )
 
 
+# The node's local IPv4 addresses, from the kernel (no iproute2 or python needed on the image).
+LOCAL_ADDRESSES = "awk '/32 host LOCAL/ {print last} {last=$2}' /proc/net/fib_trie | sort -u"
+_IPV4 = re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b")
+
+
 class EndpointSource(Protocol):
     def ssh_endpoints(self, node_id: str, use_internal_ip: bool) -> list[Endpoint]:
         """Candidate SSH endpoints of a node, best first (empty while unknown)."""
+        ...
+
+    def unknown_overlay_subnet(self, node_id: str) -> str | None:
+        """The node's overlay subnet while its overlay address is unknown, else None."""
+        ...
+
+    def learn_node_addresses(self, node_id: str, addresses: list[str]) -> str | None:
+        """Addresses read on the node; the source keeps the one in the overlay subnet."""
         ...
 
 
@@ -85,6 +105,7 @@ class VastSSHCommandRunner(SSHCommandRunner):
         self._probe = probe
         self._endpoint: Endpoint | None = None
         self._has_rsync = False
+        self._overlay_checked = False
 
     # --- endpoint choice -------------------------------------------------------------------------------------------
 
@@ -104,6 +125,21 @@ class VastSSHCommandRunner(SSHCommandRunner):
                 return endpoint
         return candidates[0]
 
+    def _learn_overlay_address(self) -> None:
+        """When the API does not show the node's overlay address, read it on the node once (first connection)."""
+        if self._overlay_checked:
+            return
+        self._overlay_checked = True
+        if not self._endpoints.unknown_overlay_subnet(self.node_id):
+            return
+        try:
+            output = self.run(LOCAL_ADDRESSES, with_output=True, run_env="host")
+        except Exception as exc:  # Ray raises click/ProcessRunner errors; this is only a lookup
+            log.warning("reading the addresses of node %s failed: %s", self.node_id, exc)
+            return
+        text = output.decode(errors="replace") if isinstance(output, bytes) else str(output)
+        self._endpoints.learn_node_addresses(self.node_id, _IPV4.findall(text))
+
     @property
     def endpoint(self) -> Endpoint | None:
         """The pinned endpoint, once one answered."""
@@ -120,7 +156,10 @@ class VastSSHCommandRunner(SSHCommandRunner):
         if self._endpoint is None:
             # Not pinned yet: forget the host Ray cached, so this attempt looks at the endpoints again.
             self.ssh_ip = None
-        return super()._get_ssh_target()
+        target = super()._get_ssh_target()
+        if self._endpoint is not None and not self._overlay_checked:
+            self._learn_overlay_address()
+        return target
 
     # --- Ray's entry points that would otherwise lose the port -----------------------------------------------------
 

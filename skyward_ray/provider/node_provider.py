@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ipaddress
 import logging
 import secrets
 import sys
@@ -82,6 +83,7 @@ from skyward_ray.provider.config import (
 )
 from skyward_ray.provider.overlay_ip import SUBNET_ENV
 from skyward_ray.provider.tags import (
+    TAG_OVERLAY_IP,
     TAG_OVERLAY_SUBNET,
     TAG_PHYSICAL_CLUSTER,
     TAG_RENTAL,
@@ -121,6 +123,7 @@ class _Node:
     tags: dict[str, str]
     instance: Instance | None = None  # the latest wire view; None until a list or GET shows it
     first_seen: float = 0.0  # our clock: rental time, or when a list first showed it
+    running_since: float | None = None  # our clock: first seen running with an SSH endpoint
     status_since: float = 0.0  # when ray-node-status last changed (the SSH deadline)
     machine_id: int | None = None
     price_per_hour: float | None = None
@@ -334,6 +337,8 @@ class VastNodeProvider(NodeProvider):
             return []
         instance = node.instance
         assert instance is not None
+        if instance.ready and node.running_since is None:
+            node.running_since = now
         state = instance.state
         reason: str | None = None
         avoid_machine = False
@@ -423,10 +428,19 @@ class VastNodeProvider(NodeProvider):
         return self._lookup(node_id)
 
     def _ready(self, node: _Node) -> bool:
-        """Running with an SSH endpoint and, on an overlay, with its overlay address (lock held)."""
+        """Running with an SSH endpoint and, on an overlay, with its overlay address (lock held).
+
+        Ray installs over SSH as soon as a node is ready, from the head to the worker's overlay address (on Vast the
+        public ports of two instances may not reach each other). Vast documents no API field for the overlay address
+        (the emulator lists it in ``local_ipaddrs``), so after ``overlay_timeout`` seconds of running without one the
+        node counts as ready anyway: the SSH runner then uses the public endpoint and learns the overlay address on
+        the node itself (:meth:`learn_node_addresses`)."""
         if node.instance is None or not node.instance.ready:
             return False
-        return not node.tags.get(TAG_OVERLAY_SUBNET) or self._overlay_ip(node) is not None
+        if not node.tags.get(TAG_OVERLAY_SUBNET) or self._overlay_ip(node) is not None:
+            return True
+        started = node.running_since if node.running_since is not None else self._clock()
+        return self._clock() - started >= self.config.overlay_timeout
 
     def _lookup(self, node_id: str) -> _Node | None:
         """One ``GET /instances/{id}/``: adopt the instance if it is ours, forget it if it is gone."""
@@ -507,8 +521,45 @@ class VastNodeProvider(NodeProvider):
             return (instance.local_ipaddrs[0] if instance.local_ipaddrs else None) or instance.public_ipaddr
 
     def _overlay_ip(self, node: _Node) -> str | None:
+        """The overlay address from the API (``local_ipaddrs``), else the one learned on the node (lock held)."""
         subnet = node.tags.get(TAG_OVERLAY_SUBNET)
-        return node.instance.overlay_ip(subnet) if node.instance is not None and subnet else None
+        if not subnet:
+            return None
+        listed = node.instance.overlay_ip(subnet) if node.instance is not None else None
+        return listed or node.tags.get(TAG_OVERLAY_IP)
+
+    def unknown_overlay_subnet(self, node_id: str) -> str | None:
+        """The node's overlay subnet when its overlay address is still unknown (the SSH runner then looks)."""
+        with self._lock:
+            node = self._nodes.get(node_id)
+            if node is None or node.terminated or self._overlay_ip(node) is not None:
+                return None
+            return node.tags.get(TAG_OVERLAY_SUBNET)
+
+    def learn_node_addresses(self, node_id: str, addresses: Iterable[str]) -> str | None:
+        """Record the node's overlay address among ``addresses`` (read on the node) in its tags, so its label carries
+        it to every other process. Returns the address, or None when none is in the subnet."""
+        with self._lock:
+            node = self._nodes.get(node_id)
+            subnet = node.tags.get(TAG_OVERLAY_SUBNET) if node is not None else None
+            if node is None or not subnet:
+                return None
+            network = ipaddress.ip_network(subnet, strict=False)
+            for text in addresses:
+                try:
+                    address = ipaddress.ip_address(text)
+                except ValueError:
+                    continue
+                if address in network:
+                    node.tags[TAG_OVERLAY_IP] = str(address)
+                    self._dirty.add(node_id)
+                    break
+            else:
+                return None
+        log.info("Vast instance %s: overlay address %s learned on the node", node_id, address)
+        self._ensure_flusher()
+        self._flush_wanted.set()
+        return str(address)
 
     def ssh_endpoints(self, node_id: str, use_internal_ip: bool) -> list[Endpoint]:
         """SSH endpoints, best first: the overlay (head -> worker), the direct mapped port, then Vast's proxy."""

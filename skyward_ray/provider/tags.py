@@ -55,6 +55,7 @@ MAX_LABEL_LENGTH = 1024  # Vast rejects longer labels with a 400
 TAG_PHYSICAL_CLUSTER = "skyward-physical-cluster"  # Vast cluster_id the cluster's nodes live on
 TAG_OVERLAY_SUBNET = "skyward-overlay-subnet"  # the overlay's internal_subnet, to pick the overlay IP
 TAG_RENTAL = "skyward-rental"  # nonce of the rental request that made the instance (ghost detection)
+TAG_OVERLAY_IP = "skyward-overlay-ip"  # the overlay address, when learned on the node (the API may not list it)
 
 _KEY_CODES: dict[str, str] = {
     TAG_RAY_NODE_KIND: "k",
@@ -69,6 +70,7 @@ _KEY_CODES: dict[str, str] = {
     TAG_PHYSICAL_CLUSTER: "c",
     TAG_OVERLAY_SUBNET: "o",
     TAG_RENTAL: "g",
+    TAG_OVERLAY_IP: "a",
 }
 _CODE_KEYS = {code: key for key, code in _KEY_CODES.items()}
 

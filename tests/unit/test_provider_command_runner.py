@@ -30,17 +30,29 @@ class FakeProcessRunner:
 
     def check_output(self, cmd: list[str], **_: Any) -> bytes:
         self.commands.append(list(cmd))
+        if any("fib_trie" in part for part in cmd):
+            return b"Welcome to vast.ai\r\n10.8.0.3\r\n127.0.0.1\r\n172.17.0.5\r\n"
         return b"ok"
 
 
 class FakeEndpoints:
-    def __init__(self, by_internal: dict[bool, list[Endpoint]]) -> None:
+    def __init__(self, by_internal: dict[bool, list[Endpoint]], unknown_subnet: str | None = None) -> None:
         self.by_internal = by_internal
         self.calls = 0
+        self.unknown_subnet = unknown_subnet
+        self.learned: list[list[str]] = []
 
     def ssh_endpoints(self, node_id: str, use_internal_ip: bool) -> list[Endpoint]:
         self.calls += 1
         return list(self.by_internal.get(use_internal_ip, []))
+
+    def unknown_overlay_subnet(self, node_id: str) -> str | None:
+        return self.unknown_subnet
+
+    def learn_node_addresses(self, node_id: str, addresses: list[str]) -> str | None:
+        self.learned.append(addresses)
+        self.unknown_subnet = None
+        return None
 
 
 class FakeProvider:
@@ -147,3 +159,19 @@ def test_nothing_answers_yet_so_each_attempt_looks_again_until_one_does() -> Non
 def test_remote_shell_string_without_key(key: str | None) -> None:
     runner, _, _ = _runner(FakeEndpoints({False: [DIRECT]}), {DIRECT}, key=key)
     assert runner.remote_shell_command_str() == f"ssh -o IdentitiesOnly=yes -p {DIRECT[1]} root@{DIRECT[0]}\n"
+
+
+def test_overlay_address_unknown_to_the_api_is_read_on_the_node_once() -> None:
+    endpoints = FakeEndpoints({True: [DIRECT]}, unknown_subnet="10.8.0.0/24")
+    runner, process, _ = _runner(endpoints, {DIRECT}, use_internal_ip=True)
+    runner.run("uptime", with_output=True)
+    runner.run("uptime", with_output=True)
+    assert endpoints.learned == [["10.8.0.3", "127.0.0.1", "172.17.0.5"]]
+    reads = [cmd for cmd in process.commands if any("fib_trie" in part for part in cmd)]
+    assert len(reads) == 1 and _option(reads[0], "Port") == str(DIRECT[1])
+
+
+def test_overlay_address_known_means_no_extra_command() -> None:
+    runner, process, _ = _runner(FakeEndpoints({False: [DIRECT]}), {DIRECT})
+    runner.run("uptime", with_output=True)
+    assert len(process.commands) == 1

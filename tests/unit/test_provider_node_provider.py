@@ -524,3 +524,20 @@ def test_cleanup_destroys_labelled_leftovers_and_the_overlay(fake: FakeVast, clo
     provider.cleanup_cluster_resources()
     assert set(fake.instances) == {32}
     assert [o.name for o in fake.overlays] == ["someone-else"]
+
+
+def test_overlay_address_missing_from_the_api_is_waited_for_then_learned_on_the_node(fake: FakeVast,
+                                                                                    clock: FakeClock) -> None:
+    # Real Vast may never list the overlay address: after overlay_timeout the node counts as running anyway, and
+    # the address the SSH runner reads on the node goes into the label for every other process.
+    fake.add_instance(11, worker_label(**{TAG_OVERLAY_SUBNET: "10.9.0.0/24"}), local_ipaddrs="172.17.0.2")
+    provider = make_provider(fake, clock, overlay_timeout=60)
+    provider.non_terminated_nodes({})
+    assert not provider.is_running("11")
+    clock.advance(61)
+    assert provider.is_running("11") and provider.internal_ip("11") is None
+    assert provider.unknown_overlay_subnet("11") == "10.9.0.0/24"
+    assert provider.learn_node_addresses("11", ["127.0.0.1", "172.17.0.2", "10.9.0.4"]) == "10.9.0.4"
+    assert provider.internal_ip("11") == "10.9.0.4" and provider.unknown_overlay_subnet("11") is None
+    provider.flush_tags()
+    assert make_provider(fake, clock).internal_ip("11") == "10.9.0.4"  # a fresh process reads it from the label
