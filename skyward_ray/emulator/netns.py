@@ -38,7 +38,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -331,6 +331,7 @@ class _Instance:
     dir: Path
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     netns_ready: bool = False
+    destroyed: bool = False  # set under ``lock``; a caller that waited on the lock must take a fresh record
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)  # the `unshare` holding the PID ns
     overlay_id: int | None = None  # guarded by the runtime's overlay lock
 
@@ -440,9 +441,7 @@ class NetnsRuntime:
         if not _HOSTNAME_RE.fullmatch(spec.hostname):
             raise RuntimeFailure(f"hostname={spec.hostname!r}: expected 1-64 letters, digits, '.', '_' or '-'")
         env = _login_environment(spec, self._venv_bin)
-        inst = self._instance(spec.instance_id)
-        with inst.lock:
-            self._check_open()
+        with self._locked_instance(spec.instance_id) as inst:
             if inst.process is not None and inst.process.poll() is None:
                 self._merge_authorized_keys(inst, [_check_public_key(k) for k in spec.authorized_keys])
                 return  # already running: starting a running container changes nothing else
@@ -450,9 +449,13 @@ class NetnsRuntime:
             self._ensure_netns(inst)
             self._write_instance_files(inst, spec, ssh_port, env)
             self._apply_port_forwards(inst, forwards)
-            self._boot(inst, ssh_port, spec.hostname)
-            if spec.onstart:
-                self._run_onstart(inst)
+            try:
+                self._boot(inst, ssh_port, spec.hostname)
+                if spec.onstart:
+                    self._run_onstart(inst)
+            except BaseException:
+                self._end_processes(inst)  # a failed boot leaves no half-started instance running
+                raise
             log.info("instance %d ready at %s:%d in %.2f s", inst.instance_id, inst.address, ssh_port,
                      time.monotonic() - began)
 
@@ -461,13 +464,16 @@ class NetnsRuntime:
         if inst is None:
             return
         with inst.lock:
-            self._end_processes(inst)
+            if not inst.destroyed:
+                self._end_processes(inst)
 
     def destroy(self, instance_id: int) -> None:
         inst = self._get(instance_id)
         if inst is None:
             return
         with inst.lock:
+            if inst.destroyed:
+                return
             self._end_processes(inst)
             with self._overlay_lock:
                 overlay = self._overlays.get(inst.overlay_id) if inst.overlay_id is not None else None
@@ -479,16 +485,16 @@ class NetnsRuntime:
             netns = self._names.netns(instance_id)
             if Path("/run/netns", netns).exists():
                 _run(["ip", "netns", "del", netns])
-            inst.netns_ready = False
+            inst.netns_ready, inst.destroyed = False, True
             shutil.rmtree(inst.dir, ignore_errors=True)
             with self._lock:
                 self._instances.pop(instance_id, None)
+                self._used_addresses.discard(inst.address)  # reusable once the cursor comes round again
         log.info("instance %d destroyed", instance_id)
 
     def add_authorized_key(self, instance_id: int, public_key: str) -> None:
         key = _check_public_key(public_key)
-        inst = self._instance(instance_id)
-        with inst.lock:
+        with self._locked_instance(instance_id) as inst:
             self._merge_authorized_keys(inst, [key])
 
     def create_overlay(self, overlay_id: int, subnet: str) -> None:
@@ -511,9 +517,7 @@ class NetnsRuntime:
         except ValueError:
             raise ConfigError(f"address={address!r}, prefix_len={prefix_len!r}: expected an IPv4 address and a "
                               "prefix length 0-32") from None
-        inst = self._instance(instance_id)
-        with inst.lock:
-            self._check_open()
+        with self._locked_instance(instance_id) as inst:
             self._ensure_netns(inst)
             with self._overlay_lock:
                 overlay = self._overlays.get(overlay_id)
@@ -590,6 +594,18 @@ class NetnsRuntime:
                 inst = _Instance(instance_id, self._allocate_address(), self._state_dir / f"i{instance_id}")
                 self._instances[instance_id] = inst
             return inst
+
+    @contextlib.contextmanager
+    def _locked_instance(self, instance_id: int) -> Iterator[_Instance]:
+        """The instance's record (made on first use) with its lock held; never one a concurrent destroy retired."""
+        while True:
+            inst = self._instance(instance_id)
+            with inst.lock:
+                if inst.destroyed:
+                    continue
+                self._check_open()
+                yield inst
+                return
 
     def _allocate_address(self) -> ipaddress.IPv4Address:
         first, last = int(self._host_address) + 1, int(self._subnet.broadcast_address) - 1

@@ -286,6 +286,21 @@ def test_clean_leftovers_after_a_crash(make_netns_runtime: Callable[..., NetnsRu
     assert clean_leftovers(prefix) == []
 
 
+def test_concurrent_boots_and_destroys(netns_runtime: NetnsRuntime, ssh_key: SshKey, netns_kit: NetnsKit) -> None:
+    """The market calls from a thread pool: six boots, then six destroys, at once."""
+    specs = [make_spec(20 + n, ssh_key, 41000 + n) for n in range(6)]
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(netns_runtime.start, specs))
+        addresses = {netns_runtime.public_ip(s.instance_id, "198.51.100.7") for s in specs}
+        assert len(addresses) == 6
+        assert all(netns_kit.ssh(netns_runtime.public_ip(s.instance_id, ""), s.port_map["22/tcp"], "true",
+                                 ssh_key).returncode == 0 for s in specs[::5])
+        list(pool.map(netns_runtime.destroy, [s.instance_id for s in specs] * 2))  # each twice, concurrently
+    prefix = netns_runtime.prefix
+    assert sorted(netns_kit.leftovers(prefix)) == sorted([f"link {prefix}-pub",
+                                                         f"dir /var/lib/skyward-ray/emulator/{prefix}"])
+
+
 def test_ray_head_runs_inside_an_instance(netns_runtime: NetnsRuntime, ssh_key: SshKey, netns_kit: NetnsKit) -> None:
     ssh = netns_kit.ssh
     netns_runtime.start(make_spec(6, ssh_key))
