@@ -1,7 +1,8 @@
 """skyward-ray: Ray clusters on Vast.ai, and the ``sky`` API as thin shims over Ray.
 
 ``import skyward_ray as sky`` gives the public names; everything else lives in the layered subpackages. The module
-itself is the operators' target: ``fn(x) >> sky`` runs on the innermost active pool.
+itself is the operators' target: ``fn(x) >> sky`` runs on the innermost active pool. (``sky.compute`` is the seed's
+decorator, so the ``skyward_ray.compute`` subpackage is reached by import, not by attribute.)
 """
 
 from skyward_ray.compute import (
@@ -18,8 +19,8 @@ from skyward_ray.compute import (
     gather,
     instance_info,
     integrations,
-    pool,
 )
+from skyward_ray.compute.pool import pool
 
 __version__ = "0.1.0"
 

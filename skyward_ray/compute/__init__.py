@@ -19,7 +19,9 @@ from skyward_ray.compute.pending import (
     function,
     gather,
 )
-from skyward_ray.compute.pool import ComputePool, pool
+
+# The `pool` decorator is exported by the top-level package only, so `skyward_ray.compute.pool` stays the module.
+from skyward_ray.compute.pool import ComputePool
 from skyward_ray.compute.providers import VastAI
 from skyward_ray.compute.spec import PoolSpec
 
@@ -47,5 +49,4 @@ __all__ = [
     "gather",
     "instance_info",
     "integrations",
-    "pool",
 ]

@@ -6,6 +6,7 @@ anything is rented or connected.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -56,7 +57,7 @@ class PoolSpec(BaseModel):
         try:
             return as_accelerator(value)
         except ConfigError as exc:
-            raise ValueError(str(exc).split(": ", 1)[-1]) from None
+            raise ValueError(str(exc).split("; ", 1)[-1]) from None
 
     @field_validator("allocation", mode="before")
     @classmethod
@@ -69,6 +70,8 @@ class PoolSpec(BaseModel):
     @field_validator("image", mode="before")
     @classmethod
     def _image(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, Image | Mapping):
+            raise ValueError("allowed: sky.Image(pip=[...], apt=[...], env={...}), a mapping of its fields, or None")
         return as_image(value)
 
     @field_validator("nodes", mode="before")
