@@ -13,7 +13,9 @@ What it builds, and why each piece looks the way it does:
   of the Ray reference: ``ray stop`` inside an instance sees only that instance's processes).
 * The login environment (``~/.ssh/environment`` for plain ``ssh host cmd``; ``~/.profile`` and ``~/.bashrc`` for the
   ``bash --login -c -i`` Ray uses, because Debian's /etc/profile resets PATH for root) carries the spec's env and a PATH
-  led by this Python environment's bin directory: the venv running the emulator is the image stand-in.
+  led by this Python environment's bin directory: the venv running the emulator is the image stand-in. Where that
+  environment (or its base interpreter, e.g. pyenv's under /root) lives in a covered directory, it is bound back in
+  at the same path.
 * Other ``-p`` mappings (container port -> host port) are nftables redirects inside the namespace (Debian package
   ``nftables``); nothing runs per mapping.
 * Each **overlay** is its own bridge (``<prefix>o<id>``) with no host address (the laptop is not on Vast's overlay);
