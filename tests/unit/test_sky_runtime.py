@@ -13,7 +13,7 @@ import skyward_ray as sky
 from skyward_ray.compute import context, netif
 from skyward_ray.compute.context import InstanceInfo, call_on_node, instance_info
 from skyward_ray.compute.dispatch import RemoteTraceback, unwrap_remote_error
-from skyward_ray.compute.integrations.torch import distributed_env
+from skyward_ray.compute.integrations.pytorch import distributed_env
 from skyward_ray.compute.nodes import NodesUnavailableError, rank_nodes, wait_for_nodes
 from skyward_ray.errors import ConfigError
 

@@ -7,6 +7,6 @@ Stack them under ``@sky.compute``::
     def train(): ...
 """
 
-from skyward_ray.compute.integrations.torch import torch
+from skyward_ray.compute.integrations.pytorch import torch
 
 __all__ = ["torch"]
