@@ -276,3 +276,73 @@ def test_ray_down_leaves_no_instance_and_no_overlay(emulator: EmulatorServer, pr
     assert dump["instances"] == []
     assert dump["overlays"] == []
     assert all(entry["destroyed_at"] is not None for entry in dump["ledger"])
+
+
+def test_rays_own_v2_adapter_launches_lists_and_terminates_workers(emulator: EmulatorServer, providers: Providers,
+                                                                   tmp_path: Path) -> None:
+    """Ray's NodeProviderAdapter (what the v2 autoscaler wraps a v1 provider in) drives the provider itself."""
+    import yaml
+    from ray.autoscaler.v2.instance_manager.config import FileConfigReader
+    from ray.autoscaler.v2.instance_manager.node_provider import NodeProviderAdapter
+
+    head = ray_up_head(providers.new())
+    config = yaml.safe_load((Path(__file__).resolve().parents[2] / "cluster_configs" / "emulator.yaml").read_text())
+    config["cluster_name"] = CLUSTER
+    config["provider"].update({k: providers.config[k] for k in ("api_url", "api_key_file", "cache_ttl_s",
+                                                                "tag_flush_delay_s", "min_reliability")})
+    config["available_node_types"]["head"]["node_config"] = HEAD_CONFIG
+    config["available_node_types"]["rtx4090"]["node_config"] = WORKER_CONFIG
+    path = tmp_path / "autoscaling.yaml"
+    path.write_text(yaml.safe_dump(config))
+    reader = FileConfigReader(str(path))
+    provider = providers.new(**{k: v for k, v in config["provider"].items() if k in providers.config})
+    adapter = NodeProviderAdapter(provider, reader)
+
+    adapter.launch({"rtx4090": 2}, request_id="req-1")
+    instances = wait_until(
+        lambda: (found := adapter.get_non_terminated()) and len(found) == 3 and all(
+            i.is_running for i in found.values()) and found,
+        timeout_s=20, what="the adapter listing head + 2 running workers")
+    assert not adapter.poll_errors()
+    workers = [i for i in instances.values() if i.node_type == "rtx4090"]
+    assert len(workers) == 2 and all(i.request_id == "req-1" for i in workers)
+    assert instances[head].node_type == "head"
+
+    adapter.terminate([workers[0].cloud_instance_id], request_id="req-2")
+    wait_until(lambda: workers[0].cloud_instance_id not in adapter.get_non_terminated(), timeout_s=10,
+               what="the terminated worker gone from the adapter's view")
+    wait_until(lambda: all(str(i["id"]) != workers[0].cloud_instance_id for i in our_instances(emulator)),
+               timeout_s=10, what="the worker destroyed on the market")
+    assert not adapter.poll_errors()
+
+
+def test_bootstrap_registers_a_generated_key_once_and_workers_get_it(emulator: EmulatorServer, providers: Providers,
+                                                                     tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import yaml
+    from ray.autoscaler._private.util import prepare_config
+
+    from skyward_ray.provider.bootstrap import bootstrap_config
+    from skyward_ray.vast.client import VastClient
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("VAST_URL", emulator.url)
+    monkeypatch.setenv("VAST_API_KEY", emulator.api_key)
+    raw = yaml.safe_load((Path(__file__).resolve().parents[2] / "cluster_configs" / "emulator.yaml").read_text())
+    raw["provider"].pop("api_url")  # taken from VAST_URL, as on a laptop pointed at the emulator
+    first = bootstrap_config(prepare_config(raw))
+    second = bootstrap_config(prepare_config(raw))
+    assert first["provider"]["api_url"] == emulator.url
+    assert Path(first["auth"]["ssh_private_key"]).is_file()  # generated (ssh-keygen), then reused
+    public_key = first["provider"]["ssh_public_key"]
+    assert second["provider"]["ssh_public_key"] == public_key
+    with VastClient(api_key=emulator.api_key, base_url=emulator.url) as client:
+        account_keys = [key.public_key for key in client.list_ssh_keys()]
+        assert account_keys == [public_key]  # registered once for two ray up runs
+
+        ray_up_head(providers.new())
+        monitor = providers.new(ssh_public_key=public_key)
+        (worker,) = launch_workers(monitor, 1)
+        keys = [key.public_key for key in client.list_instance_ssh_keys(int(worker))]
+        assert public_key in keys
