@@ -408,6 +408,8 @@ class VastNodeProvider(NodeProvider):
         except VastError as exc:
             log.warning("Vast %s of instance %s failed (retried on a later refresh): %s", action.kind,
                         action.node_id, exc)
+        except Exception:
+            log.exception("Vast %s of instance %s failed", action.kind, action.node_id)
 
     def _node(self, node_id: str) -> _Node | None:
         """The node, or after one GET for an id the snapshot lacks (never more than one per absence).
@@ -658,14 +660,17 @@ class VastNodeProvider(NodeProvider):
                     self._written_at[node_id] = self._clock()
         return ok
 
-    def close(self) -> None:
-        """Flush pending tags and stop the background threads (also run at interpreter exit)."""
-        with contextlib.suppress(Exception):
-            self.flush_tags()
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Write pending tags and stop the background threads (also run at interpreter exit, so the last tags of
+        ``ray up`` reach Vast). A label write in flight is waited for, not cut off."""
         self._closing.set()
         self._flush_wanted.set()
         with self._lock:
-            pool, self._pool = self._pool, None
+            flusher, pool, self._pool = self._flusher, self._pool, None
+        if flusher is not None and flusher is not threading.current_thread():
+            flusher.join(timeout_s)
+        with contextlib.suppress(Exception):
+            self.flush_tags()
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=False)
 
