@@ -7,25 +7,30 @@
 2. **Renting 16 nodes** with 200 ms of latency injected on every API call: one ``create_node`` call renting
    concurrently (``rent_concurrency`` 16) against one at a time (``rent_concurrency`` 1). Goal: at least 6x faster.
 
-Runs alone (``python benchmarks/bench_provider_api.py``), against an in-process emulator (records-only hosts) on
-loopback; the last line is ONE JSON object with ``requests_per_tick`` (by N) and ``rent16_speedup``.
+Runs alone (``python benchmarks/bench_provider_api.py``), against the emulator (records-only hosts) started as its
+own process on loopback, as the real API is remote: in-process, its search work would share this process's GIL with
+the client being timed. The last line is ONE JSON object with ``requests_per_tick`` (by N) and ``rent16_speedup``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import signal
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from skyward_ray.emulator.server import EmulatorServer
-from skyward_ray.emulator.testing import running_emulator, wait_until
+from skyward_ray.emulator.testing import wait_until
 from skyward_ray.provider.node_provider import VastNodeProvider
 from skyward_ray.provider.tags import encode_label
 from skyward_ray.vast.client import VastClient
@@ -40,6 +45,35 @@ WORKER_TAGS = {"ray-node-type": "worker", "ray-user-node-type": "gpu", "ray-node
                "ray-launch-config": "1" * 40, "ray-runtime-config": "2" * 40}
 
 
+@dataclass(frozen=True)
+class Emulator:
+    url: str
+    api_key: str
+    admin_url: str
+
+
+@contextlib.contextmanager
+def emulator_process() -> Iterator[Emulator]:
+    """``skyward-ray emulator serve`` as a child process; ended by its PID whatever happens."""
+    cmd = [sys.executable, "-m", "skyward_ray.cli", "emulator", "serve", "--scenario", "bench", "--seed", "1",
+           "--boot-delay", "0", "--port", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # one JSON line once it listens (or EOF if it died)
+        if not line.strip().startswith("{"):
+            raise SystemExit(f"the emulator did not start (exit code {proc.poll()})")
+        ready = json.loads(line)
+        yield Emulator(ready["url"], ready["api_key"], ready["admin_url"])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
 class TickClock:
     """The provider's clock: moves only when a tick says so."""
 
@@ -50,17 +84,17 @@ class TickClock:
         return self.now
 
 
-def _provider_config(emu: EmulatorServer, key_file: Path, **extra: Any) -> dict[str, Any]:
+def _provider_config(emu: Emulator, key_file: Path, **extra: Any) -> dict[str, Any]:
     return {"type": "external", "module": "skyward_ray.provider.VastNodeProvider", "api_url": emu.url,
             "api_key_file": str(key_file), "ssh_proxy": False, "min_reliability": 0.0, "verified_only": False,
             "min_cuda": None, **extra}
 
 
-def _counters(emu: EmulatorServer) -> dict[str, int]:
+def _counters(emu: Emulator) -> dict[str, int]:
     return httpx.get(f"{emu.admin_url}/counters/", timeout=30).json()["requests"]
 
 
-def _reset_counters(emu: EmulatorServer) -> None:
+def _reset_counters(emu: Emulator) -> None:
     httpx.delete(f"{emu.admin_url}/counters/", timeout=30).raise_for_status()
 
 
@@ -80,7 +114,7 @@ def _rent_directly(client: VastClient, count: int) -> list[int]:
         return list(pool.map(rent, [offer.id for offer in offers[:count]]))
 
 
-def requests_per_tick(emu: EmulatorServer, client: VastClient, key_file: Path) -> dict[str, float]:
+def requests_per_tick(emu: Emulator, client: VastClient, key_file: Path) -> dict[str, float]:
     results: dict[str, float] = {}
     rented: list[int] = []
     for count in NODE_COUNTS:
@@ -115,7 +149,7 @@ def _tick(provider: VastNodeProvider, clock: TickClock) -> int:
     return len(nodes)
 
 
-def rent16(emu: EmulatorServer, client: VastClient, key_file: Path, concurrency: int) -> float:
+def rent16(emu: Emulator, client: VastClient, key_file: Path, concurrency: int) -> float:
     """One ``create_node`` call for 16 workers (search, plan, rent), timed end to end; the nodes are then destroyed."""
     provider = VastNodeProvider(_provider_config(emu, key_file, use_overlay=False, rent_concurrency=concurrency),
                                 f"{CLUSTER}-rent-{concurrency}")
@@ -137,14 +171,14 @@ def rent16(emu: EmulatorServer, client: VastClient, key_file: Path, concurrency:
 
 
 def main() -> int:
-    with running_emulator(scenario="bench", seed=1, boot_delay_s=0.0) as emu, \
-            tempfile.TemporaryDirectory() as tmp, VastClient(api_key=emu.api_key, base_url=emu.url) as client:
+    with emulator_process() as emu, tempfile.TemporaryDirectory() as tmp, \
+            VastClient(api_key=emu.api_key, base_url=emu.url) as client:
         key_file = Path(tmp) / "vast_api_key"
         key_file.write_text(emu.api_key)
         key_file.chmod(0o600)
         rent16(emu, client, key_file, concurrency=RENT_NODES)  # warm-up: first-call costs on both sides
-        serial = min(rent16(emu, client, key_file, concurrency=1) for _ in range(2))
-        concurrent = min(rent16(emu, client, key_file, concurrency=RENT_NODES) for _ in range(2))
+        serial = min(rent16(emu, client, key_file, concurrency=1) for _ in range(3))
+        concurrent = min(rent16(emu, client, key_file, concurrency=RENT_NODES) for _ in range(3))
         per_tick = requests_per_tick(emu, client, key_file)
     expected = {str(n): math.ceil(n / 25) for n in NODE_COUNTS}
     result = {

@@ -24,6 +24,7 @@ import hashlib
 import importlib.metadata
 import logging
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -32,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from packaging.requirements import Requirement
 
 import skyward_ray
 from skyward_ray.errors import ConfigError, SkywardError
@@ -196,12 +196,11 @@ def requirements() -> list[str]:
                            "unknown") from None
     result = []
     for text in declared:
-        requirement = Requirement(text)
-        if requirement.marker is not None and "extra" in str(requirement.marker):
-            continue
-        if requirement.name == "ray":
-            continue
-        result.append(str(requirement))
+        spec, _, marker = text.partition(";")
+        name = re.match(r"\s*([A-Za-z0-9._-]+)", spec)
+        if "extra" in marker or name is None or name.group(1).lower() == "ray":
+            continue  # optional extras; Ray is pinned to this laptop's version instead
+        result.append(spec.strip())
     return result
 
 
