@@ -11,8 +11,8 @@
 ==================  ====================================================================
 
 ``target`` is the ``skyward_ray`` module itself (``>> sky``, resolved to the innermost active pool) or a pool object.
-Groups return a **list**, as the issue asks (the legacy returned a tuple for ``&`` groups; a list compares equal to
-nothing tuple-shaped, but unpacking ``a, b = (p & q) >> sky`` works the same for both).
+Groups return a **list**, as the issue asks and as ``sky.gather`` always did. The legacy returned a tuple for ``&``
+groups; unpacking (``a, b = (p & q) >> sky``), indexing and iteration behave the same, only ``== (x, y)`` differs.
 """
 
 from __future__ import annotations

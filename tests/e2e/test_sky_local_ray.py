@@ -113,6 +113,7 @@ def test_gather_and_ampersand_return_lists_in_order(cluster: sky.ComputePool) ->
     assert sky.gather(add(i) for i in range(4)) >> sky == [0, 1, 2, 3]  # the seed passes a generator
     assert (add(1) & add(2) & add(3)) >> sky == [1, 2, 3]
     assert ((add(1) & add(2)) & (add(3) & add(4))) >> cluster == [1, 2, 3, 4]
+    assert cluster.map(add, range(5)) == [0, 1, 2, 3, 4]
 
 
 def test_gather_is_concurrent_across_nodes(cluster: sky.ComputePool) -> None:
