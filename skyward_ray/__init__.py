@@ -1,28 +1,50 @@
 """skyward-ray: Ray clusters on Vast.ai, and the ``sky`` API as thin shims over Ray.
 
 ``import skyward_ray as sky`` gives the public names; everything else lives in the layered subpackages. The module
-itself is the operators' target: ``fn(x) >> sky`` runs on the innermost active pool. (``sky.compute`` is the seed's
-decorator, so the ``skyward_ray.compute`` subpackage is reached by import, not by attribute.)
+itself is the operators' target: ``fn(x) >> sky`` runs on the innermost active pool.
+
+The ``sky`` names are re-exported lazily (on first attribute access): importing ``skyward_ray.vast``, the emulator or
+the CLI must not import Ray or the ``sky`` layer (DESIGN.md's layering). ``sky.compute`` is the seed's decorator, which
+shares its name with the ``skyward_ray.compute`` subpackage; a property on this module's class keeps the attribute
+the decorator even after the import system records the subpackage under that name. Reach the subpackage's modules
+with ``from skyward_ray.compute.<module> import ...``.
 """
 
-from skyward_ray.compute import (
-    Accelerator,
-    ComputePool,
-    Image,
-    InstanceInfo,
-    LocalLauncher,
-    PendingCompute,
-    PendingComputeGroup,
-    VastAI,
-    compute,
-    function,
-    gather,
-    instance_info,
-    integrations,
-)
-from skyward_ray.compute.pool import pool
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from skyward_ray.compute import integrations
+    from skyward_ray.compute.accelerator import Accelerator
+    from skyward_ray.compute.context import InstanceInfo, instance_info
+    from skyward_ray.compute.image import Image
+    from skyward_ray.compute.launcher import LocalLauncher
+    from skyward_ray.compute.pending import PendingCompute, PendingComputeGroup, compute, function, gather
+    from skyward_ray.compute.pool import ComputePool, pool
+    from skyward_ray.compute.providers import VastAI
+
+# Public name -> the module that defines it.
+_EXPORTS: dict[str, str] = {
+    "Accelerator": "skyward_ray.compute.accelerator",
+    "ComputePool": "skyward_ray.compute.pool",
+    "Image": "skyward_ray.compute.image",
+    "InstanceInfo": "skyward_ray.compute.context",
+    "LocalLauncher": "skyward_ray.compute.launcher",
+    "PendingCompute": "skyward_ray.compute.pending",
+    "PendingComputeGroup": "skyward_ray.compute.pending",
+    "VastAI": "skyward_ray.compute.providers",
+    "function": "skyward_ray.compute.pending",
+    "gather": "skyward_ray.compute.pending",
+    "instance_info": "skyward_ray.compute.context",
+    "pool": "skyward_ray.compute.pool",
+}
+_MODULES: dict[str, str] = {"integrations": "skyward_ray.compute.integrations"}
 
 __all__ = [
     "Accelerator",
@@ -41,3 +63,34 @@ __all__ = [
     "integrations",
     "pool",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif name in _MODULES:
+        value = importlib.import_module(_MODULES[name])
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+class _SkyModule(types.ModuleType):
+    """This package's module type: only to keep ``sky.compute`` the decorator (see the module docstring)."""
+
+    @property
+    def compute(self) -> Any:
+        return importlib.import_module("skyward_ray.compute.pending").compute
+
+    @compute.setter
+    def compute(self, subpackage: types.ModuleType) -> None:
+        # The import system records the subpackage here; it stays in sys.modules, which is what imports use.
+        return None
+
+
+sys.modules[__name__].__class__ = _SkyModule

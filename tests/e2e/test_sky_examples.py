@@ -67,3 +67,14 @@ def test_multi_node_example_all_reduces_across_every_rank(address: str) -> None:
         f"Node {rank}/4 completed" for rank in range(4)
     ]
     assert "all-reduce sum on every node: [10.0, 10.0, 10.0, 10.0] (expected 10.0, backend gloo)" in output
+
+
+def test_lower_layers_import_without_ray_or_the_sky_api() -> None:
+    """The sky names are lazy, so the Vast client, placement and the emulator stay free of Ray (DESIGN layering)."""
+    probe = (
+        "import sys, skyward_ray, skyward_ray.vast.models, skyward_ray.placement.options;"
+        "print(sorted(m for m in ('ray', 'skyward_ray.compute') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          check=True)
+    assert done.stdout.strip() == "[]"

@@ -195,3 +195,17 @@ def test_threads_use_the_only_active_pool_but_refuse_to_guess_between_two() -> N
             pop_pool(second, token2)  # type: ignore[arg-type]
     finally:
         pop_pool(first, token)  # type: ignore[arg-type]
+
+
+def test_sky_compute_stays_the_decorator_after_subpackage_imports() -> None:
+    import importlib
+
+    importlib.import_module("skyward_ray.compute.launcher")
+    pending_module = importlib.import_module("skyward_ray.compute.pending")
+    assert sky.compute is pending_module.compute
+    from skyward_ray import compute as imported
+
+    assert imported is pending_module.compute
+    assert {"compute", "pool", "gather", "ComputePool", "VastAI"} <= set(dir(sky))
+    with pytest.raises(AttributeError):
+        _ = sky.no_such_name  # type: ignore[attr-defined]
