@@ -12,6 +12,7 @@ with ``from skyward_ray.compute.<module> import ...``.
 
 from __future__ import annotations
 
+import copyreg
 import importlib
 import sys
 import types
@@ -93,4 +94,11 @@ class _SkyModule(types.ModuleType):
         return None
 
 
+def _reduce_module(module: types.ModuleType) -> tuple[Any, tuple[str]]:
+    # Pickle (and Ray's cloudpickle, for functions that use `sky`) dispatch on the exact type, so a module subclass
+    # needs its reducer: by reference, as for any module.
+    return importlib.import_module, (module.__name__,)
+
+
+copyreg.pickle(_SkyModule, _reduce_module)
 sys.modules[__name__].__class__ = _SkyModule

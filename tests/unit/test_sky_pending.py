@@ -209,3 +209,11 @@ def test_sky_compute_stays_the_decorator_after_subpackage_imports() -> None:
     assert {"compute", "pool", "gather", "ComputePool", "VastAI"} <= set(dir(sky))
     with pytest.raises(AttributeError):
         _ = sky.no_such_name  # type: ignore[attr-defined]
+
+
+def test_functions_that_use_sky_pickle_for_ray() -> None:
+    def uses_sky() -> object:
+        return sky.instance_info()
+
+    assert cloudpickle.loads(cloudpickle.dumps(uses_sky))() is None
+    assert cloudpickle.loads(cloudpickle.dumps(sky)) is sky
