@@ -15,7 +15,6 @@ Remote failures re-raise with the user's original exception type; the remote tra
 
 from __future__ import annotations
 
-import itertools
 import logging
 import re
 import threading
@@ -82,9 +81,8 @@ def _make_remote(fn: Callable[..., Any], context: NodeContext) -> Any:
     def task(*args: Any, **kwargs: Any) -> Any:
         return call_on_node(context, fn, args, kwargs)
 
-    # The function's own name shows in `ray list tasks` and the dashboard. Only the name is copied: a __wrapped__
-    # would make Ray validate arguments against the user's signature (without ``info``), and a matching __module__
-    # would make cloudpickle look the task up by reference and find the user's wrapper instead.
+    # The function's own name shows in `ray list tasks` and the dashboard. Only the name is copied: a matching
+    # __module__ would make cloudpickle look the task up by reference and find the user's ComputeFunction instead.
     task.__name__ = getattr(fn, "__name__", "task")
     task.__qualname__ = getattr(fn, "__qualname__", task.__name__)
     return ray.remote(max_retries=0)(task)
@@ -106,7 +104,7 @@ class Dispatcher:
         self._options = [self._node_options(node, runtime_env) for node in self.nodes]
         self._handles: dict[tuple[ComputeFunction[..., Any], int, bool], Any] = {}
         self._lock = threading.Lock()
-        self._round_robin = itertools.count()
+        self._next_rank = 0
 
     @staticmethod
     def _node_options(node: NodeInfo, runtime_env: dict[str, Any] | None) -> dict[str, Any]:
@@ -135,12 +133,10 @@ class Dispatcher:
         return self._handle(pending.fn, rank, broadcast).remote(*pending.args, **pending.kwargs)
 
     def _next_ranks(self, count: int) -> Iterator[int]:
+        """``count`` consecutive ranks, round-robin; reserved at once so concurrent submitters never collide."""
+        with self._lock:
+            start, self._next_rank = self._next_rank, self._next_rank + count
         size = len(self.nodes)
-        start = next(self._round_robin)
-        if count > 1:
-            # Reserve the whole run of ranks so concurrent submitters interleave fairly.
-            for _ in range(count - 1):
-                next(self._round_robin)
         return ((start + offset) % size for offset in range(count))
 
     # --- the operators -----------------------------------------------------------------------------------------------
