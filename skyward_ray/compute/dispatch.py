@@ -11,6 +11,12 @@ retried (``max_retries=0``): an operator runs a call once, and a retry elsewhere
 
 Remote failures re-raise with the user's original exception type; the remote traceback rides along as its
 ``__cause__`` (the way ``concurrent.futures.ProcessPoolExecutor`` reports one).
+
+Nothing here calls ``ray.cancel``: in Ray 2.60 a cancel that races a finishing task can abort the driver process
+(``Check failed: it != submissible_tasks_.end()``, ray-project/ray#54846; seen here when a failed broadcast cancelled
+its siblings), which would skip the pool's teardown. So when one call of a group or broadcast fails, the others run
+to completion and their results are dropped (as ``asyncio.gather`` does), and a future cannot be cancelled once
+submitted.
 """
 
 from __future__ import annotations
@@ -149,22 +155,11 @@ class Dispatcher:
         return get(self.submit_refs([pending])[0])
 
     def broadcast(self, pending: PendingCompute[Any]) -> list[Any]:
-        refs = [self._submit(pending, node.rank, True) for node in self.nodes]
-        try:
-            return get(refs)
-        except BaseException:
-            _cancel(refs)
-            raise
+        return get([self._submit(pending, node.rank, True) for node in self.nodes])
 
     def run_group(self, items: Sequence[PendingCompute[Any]], stream: bool = False) -> list[Any] | Iterator[Any]:
         refs = self.submit_refs(items)
-        if stream:
-            return _stream(refs)
-        try:
-            return get(refs)
-        except BaseException:
-            _cancel(refs)
-            raise
+        return _stream(refs) if stream else get(refs)
 
     def submit(self, pending: PendingCompute[Any]) -> Future[Any]:
         refs = self.submit_refs([pending])
@@ -174,38 +169,21 @@ class Dispatcher:
         return _future(self.submit_refs(items), list)
 
 
-def _cancel(refs: Sequence[ray.ObjectRef], force: bool = False) -> None:
-    """Best effort: stop calls still queued or running after their group failed or was abandoned.
-
-    ``force=False`` drops queued calls and interrupts running Python code at its next bytecode (a call blocked in C,
-    such as ``time.sleep``, finishes first); ``force=True`` kills the worker process running the call.
-    """
-    for ref in refs:
-        try:
-            ray.cancel(ref, force=force)
-        except Exception as error:  # a finished or already-cancelled task
-            log.debug("cancel %s: %s", ref, error)
-
-
 def _stream(refs: list[ray.ObjectRef]) -> Iterator[Any]:
-    """Yield each value as its call finishes; closing the iterator early cancels the calls still running."""
+    """Yield each value as its call finishes (completion order)."""
     pending = list(refs)
-    try:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            yield get(done[0])
-    finally:
-        if pending:
-            _cancel(pending)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        yield get(done[0])
 
 
 def _future(refs: list[ray.ObjectRef], combine: Callable[[list[Any]], Any]) -> Future[Any]:
     """A ``concurrent.futures.Future`` over ``refs``: the combined values, or the first failure (user's type).
 
-    Cancelling the future (possible until it completes) kills the calls: Ray cannot interrupt a call blocked in C
-    code, and ``cancel()`` returning True promises the call will not finish.
+    The future is *running* from the start, so ``cancel()`` returns False, as for any running call.
     """
     future: Future[Any] = Future()
+    future.set_running_or_notify_cancel()
     values: list[Any] = [None] * len(refs)
     remaining = [len(refs)]
     lock = threading.Lock()
@@ -214,7 +192,7 @@ def _future(refs: list[ray.ObjectRef], combine: Callable[[list[Any]], Any]) -> F
         if not future.done():
             try:
                 setter(value)
-            except Exception as error:  # InvalidStateError: cancelled concurrently
+            except Exception as error:  # InvalidStateError: another call of the group settled it first
                 log.debug("future already settled: %s", error)
 
     def on_done(index: int, ray_future: Future[Any]) -> None:
@@ -230,11 +208,6 @@ def _future(refs: list[ray.ObjectRef], combine: Callable[[list[Any]], Any]) -> F
         if last:
             settle(future.set_result, combine(values))
 
-    def on_cancel(done: Future[Any]) -> None:
-        if done.cancelled():
-            _cancel(refs, force=True)
-
-    future.add_done_callback(on_cancel)
     for index, ref in enumerate(refs):
         ref.future().add_done_callback(lambda f, i=index: on_done(i, f))
     return future

@@ -145,15 +145,12 @@ def test_future_carries_the_original_exception(cluster: sky.ComputePool) -> None
         future.result(timeout=60)
 
 
-def test_cancelling_a_future_cancels_the_task(cluster: sky.ComputePool) -> None:
-    future = nap(60) > sky
-    time.sleep(0.5)  # let it start running: a queued call is easy to drop, a running one has to be stopped
-    assert future.cancel()
-    assert future.cancelled()
-    started = time.monotonic()
-    # Every node takes a call again long before the 60 s nap would end.
-    assert sky.gather(*(add(i) for i in range(3))) >> sky == [0, 1, 2]
-    assert time.monotonic() - started < 20
+def test_a_submitted_call_runs_to_completion(cluster: sky.ComputePool) -> None:
+    # ray.cancel can abort the driver when it races a finishing task (Ray 2.60), so futures are running from the start.
+    future = nap(0.5) > sky
+    assert future.running()
+    assert not future.cancel()
+    assert future.result(timeout=60) == 0.5
 
 
 def test_remote_exception_keeps_its_type_and_remote_traceback(cluster: sky.ComputePool) -> None:
@@ -166,8 +163,9 @@ def test_remote_exception_keeps_its_type_and_remote_traceback(cluster: sky.Compu
 
 
 def test_one_failing_node_fails_the_broadcast_with_its_error(cluster: sky.ComputePool) -> None:
-    with pytest.raises(KeyError, match="rank 1"):
-        fail_on_rank(1) @ sky
+    for _ in range(5):  # repeated: this once raced a sibling cancel into a Ray driver abort
+        with pytest.raises(KeyError, match="rank 1"):
+            fail_on_rank(1) @ sky
 
 
 def test_a_failing_member_fails_the_gather(cluster: sky.ComputePool) -> None:
