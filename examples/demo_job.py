@@ -1,8 +1,11 @@
-"""The demo's workload: more GPU tasks than the head has GPUs, so Ray's autoscaler rents workers on Vast.
+"""The demo's workload: a step that needs N GPUs at the same time, one per node, like multi-node training.
 
-Submitted with ``ray submit cluster_configs/emulator.yaml examples/demo_job.py``. Each task reports where it ran
-(the Vast instance, its Ray node IP, which is the overlay address) and does a little real work: it sums a slice of a
-large range, so the total can be checked. The last line is one JSON object that the demo reads.
+Submitted with ``ray submit cluster_configs/emulator.yaml examples/demo_job.py 4``. It reserves N one-GPU bundles in a
+``STRICT_SPREAD`` placement group: the head has one GPU, so Ray's autoscaler must rent N - 1 workers (on Vast: in the
+head's physical cluster, joined to its overlay). While it waits it says how many nodes the cluster has. Then one task
+per bundle reports where it ran (the Vast instance, its Ray node IP, which is the overlay address, and the interface
+NCCL/Gloo would use) and sums a slice of a large range, so the total can be checked. The last line is ONE JSON object
+(``{"tasks": ...}``) that ``skyward-ray demo`` reads.
 """
 
 from __future__ import annotations
@@ -14,38 +17,61 @@ import sys
 import time
 
 import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 TASKS = int(sys.argv[1]) if len(sys.argv) > 1 else 4
 SLICE = 2_000_000
+WAIT_S = 600
 
 
-@ray.remote(num_gpus=1)
+@ray.remote(num_gpus=1, num_cpus=1)
 def gpu_task(index: int) -> dict[str, object]:
     start = index * SLICE
-    total = sum(range(start, start + SLICE))
-    time.sleep(2)  # hold the GPU long enough that the tasks cannot all share one node
     return {
         "task": index,
         "instance": os.environ.get("CONTAINER_ID"),
         "hostname": socket.gethostname(),
         "node_ip": ray.util.get_node_ip_address(),
         "nccl_ifname": os.environ.get("NCCL_SOCKET_IFNAME"),
-        "sum": total,
+        "sum": sum(range(start, start + SLICE)),
     }
+
+
+def alive_nodes() -> int:
+    return sum(1 for node in ray.nodes() if node["Alive"])
 
 
 def main() -> None:
     ray.init(address="auto")
     started = time.monotonic()
-    results = ray.get([gpu_task.remote(i) for i in range(TASKS)], timeout=600)
-    expected = sum(range(TASKS * SLICE))
+    print(f"job: asking for {TASKS} GPUs at once, one per node; the cluster has {alive_nodes()} node(s)", flush=True)
+    group = placement_group([{"GPU": 1, "CPU": 1}] * TASKS, strategy="STRICT_SPREAD")
+    ready = group.ready()
+    seen = -1
+    while not ray.wait([ready], timeout=2.0)[0]:
+        nodes = alive_nodes()
+        if nodes != seen:
+            print(f"job: waiting for GPUs: {nodes} of {TASKS} nodes up (the autoscaler is renting workers)",
+                  flush=True)
+            seen = nodes
+        if time.monotonic() - started > WAIT_S:
+            raise SystemExit(f"job: the cluster did not reach {TASKS} GPU nodes within {WAIT_S} s")
+    print(f"job: {TASKS} GPUs reserved on {TASKS} nodes after {time.monotonic() - started:.1f} s", flush=True)
+    strategy = [PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=i) for i in range(TASKS)]
+    results = ray.get([gpu_task.options(scheduling_strategy=strategy[i]).remote(i) for i in range(TASKS)],
+                      timeout=WAIT_S)
+    remove_placement_group(group)
+    for result in results:
+        print(f"job: task {result['task']} ran on instance {result['instance']} at {result['node_ip']} "
+              f"(NCCL/Gloo interface {result['nccl_ifname']})", flush=True)
     report = {
         "tasks": results,
-        "sum_ok": sum(int(r["sum"]) for r in results) == expected,
+        "sum_ok": sum(int(r["sum"]) for r in results) == sum(range(TASKS * SLICE)),
         "seconds": round(time.monotonic() - started, 1),
         "nodes": sorted({str(r["node_ip"]) for r in results}),
     }
-    print(json.dumps(report))
+    print(json.dumps(report), flush=True)
 
 
 if __name__ == "__main__":

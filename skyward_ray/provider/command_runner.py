@@ -29,13 +29,20 @@ import ipaddress
 import logging
 import re
 import socket
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from ray.autoscaler._private.cli_logger import cli_logger
 from ray.autoscaler._private.command_runner import SSHCommandRunner
 
 Endpoint = tuple[str, int]
 log = logging.getLogger(__name__)
+
+# How often a booting node's address is looked at. Ray waits AUTOSCALER_NODE_SSH_INTERVAL_S (5 s) between looks; the
+# address comes from the provider's snapshot (at most one list call per cache_ttl_s however often it is read), so a
+# short poll costs no API calls and a node that is up after 2 s does not wait 5.
+IP_POLL_S = 1.0
 
 # Runs before the first rsync: nothing when rsync is there, else the image's package manager installs it.
 ENSURE_RSYNC = (
@@ -144,6 +151,19 @@ class VastSSHCommandRunner(SSHCommandRunner):
     def endpoint(self) -> Endpoint | None:
         """The pinned endpoint, once one answered."""
         return self._endpoint
+
+    def _wait_for_ip(self, deadline: float) -> str | None:  # Ray's loop, with a shorter poll (see IP_POLL_S)
+        ip = self._get_node_ip()
+        if ip is not None:
+            return ip
+        cli_logger.print("Waiting for the node's SSH endpoint (polling every {} s)", IP_POLL_S)
+        while time.time() < deadline and not self.provider.is_terminated(self.node_id):
+            time.sleep(IP_POLL_S)
+            ip = self._get_node_ip()
+            if ip is not None:
+                cli_logger.labeled_value("Received", ip)
+                return ip
+        return None
 
     def _get_node_ip(self) -> str | None:  # Ray's hook: the SSH target host
         endpoint = self._choose_endpoint()

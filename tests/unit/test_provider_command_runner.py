@@ -175,3 +175,31 @@ def test_overlay_address_known_means_no_extra_command() -> None:
     runner, process, _ = _runner(FakeEndpoints({False: [DIRECT]}), {DIRECT})
     runner.run("uptime", with_output=True)
     assert len(process.commands) == 1
+
+
+def test_a_booting_node_is_polled_every_second_not_every_five(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray waits 5 s between looks at a booting node's address; ours looks every IP_POLL_S (the snapshot is cached)."""
+    from skyward_ray.provider import command_runner
+
+    endpoints = FakeEndpoints({False: []})
+    runner, _, _ = _runner(endpoints, {DIRECT})
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        if len(sleeps) == 2:
+            endpoints.by_internal[False] = [DIRECT]  # the node is up after the second look
+
+    monkeypatch.setattr(command_runner.time, "sleep", sleep)
+    assert runner._wait_for_ip(deadline=command_runner.time.time() + 60) == DIRECT[0]
+    assert sleeps == [command_runner.IP_POLL_S] * 2
+    assert command_runner.IP_POLL_S < 5
+
+
+def test_waiting_for_an_address_stops_when_the_node_is_terminated(monkeypatch: pytest.MonkeyPatch) -> None:
+    from skyward_ray.provider import command_runner
+
+    runner, _, _ = _runner(FakeEndpoints({False: []}), set())
+    monkeypatch.setattr(command_runner.time, "sleep", lambda _: None)
+    monkeypatch.setattr(FakeProvider, "is_terminated", lambda self, node_id: True)
+    assert runner._wait_for_ip(deadline=command_runner.time.time() + 60) is None
