@@ -327,10 +327,15 @@ def run_demo(args: argparse.Namespace) -> int:
                            f"and {EMULATOR_CONFIG.name} allows max_workers={most - 1})")
     log_dir = Path(args.log_dir or "/tmp/skyward-ray-demo")
     log_dir.mkdir(parents=True, exist_ok=True)
+    for old_log in log_dir.glob("*.log"):  # an earlier run's
+        old_log.unlink()
     run = DemoRun(log_dir=log_dir)
     emulator = _Emulator(port=_emulator_port(), boot_delay_s=args.boot_delay, log=log_dir / "emulator.log")
+    ray_tmp = log_dir / "ray-tmp"  # Ray's config cache and bootstrap files: this run's own, gone with the next run
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+    ray_tmp.mkdir()
     env = {**os.environ, "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}", "RAY_USAGE_STATS_ENABLED": "0",
-           "PYTHONUNBUFFERED": "1"}
+           "PYTHONUNBUFFERED": "1", "TMPDIR": str(ray_tmp)}
     config = str(EMULATOR_CONFIG)
     stop_watch = threading.Event()
     cluster_up = False
@@ -347,7 +352,8 @@ def run_demo(args: argparse.Namespace) -> int:
             _run_streamed(["ray", "up", config, "-y", "--no-config-cache", *RAY_STYLE], env,
                           log_dir / "ray-up.log", _UP_TIMEOUT_S)
         with run.step(f"ray submit examples/demo_job.py {args.tasks}: {args.tasks} GPUs at once"):
-            out = _run_streamed(["ray", "submit", *RAY_STYLE, config, str(DEMO_JOB), str(args.tasks)], env,
+            out = _run_streamed(["ray", "submit", "--no-config-cache", *RAY_STYLE, config, str(DEMO_JOB),
+                                 str(args.tasks)], env,
                                 log_dir / "ray-submit.log", _JOB_TIMEOUT_S)
             reports = [line for line in out.splitlines() if line.startswith('{"tasks"')]
             if not reports:

@@ -99,7 +99,8 @@ class EmulatorProcess:
 
     def start(self) -> EmulatorProcess:
         cmd = [sys.executable, str(Path(__file__).resolve()), "serve", "--prefix", self.prefix,
-               "--public-subnet", self.public_subnet, "--boot-delay", str(self.boot_delay_s), "--seed", str(self.seed)]
+               "--public-subnet", self.public_subnet, "--boot-delay", str(self.boot_delay_s), "--seed", str(self.seed),
+               "--parent-pid", str(os.getpid())]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
@@ -425,6 +426,7 @@ def _serve(argv: list[str]) -> int:
     parser.add_argument("--public-subnet", required=True)
     parser.add_argument("--boot-delay", type=float, default=2.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--parent-pid", type=int, default=None, help="stop (SIGTERM) when this process dies")
     args = parser.parse_args(argv)
 
     import logging
@@ -436,6 +438,8 @@ def _serve(argv: list[str]) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    if args.parent_pid is not None:
+        _stop_with_parent(args.parent_pid)
     runtime = NetnsRuntime(prefix=args.prefix, public_subnet=args.public_subnet)
     server = EmulatorServer(scenario="default", seed=args.seed, boot_delay_s=args.boot_delay, runtime=runtime,
                             host="127.0.0.1", port=0)
@@ -447,6 +451,16 @@ def _serve(argv: list[str]) -> int:
     finally:
         server.stop()  # destroys every instance, closes the runtime
     return 0
+
+
+def _stop_with_parent(parent_pid: int) -> None:
+    """Get SIGTERM when the parent (a test run) dies, even by SIGKILL, so its namespaces never outlive it."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != parent_pid:  # it died before the line above
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 if __name__ == "__main__":
