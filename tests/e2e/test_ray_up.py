@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import secrets
 import time
 from collections.abc import Iterator
@@ -179,6 +180,19 @@ def test_gpu_demand_rents_workers_that_join_over_the_overlay(run: Run) -> None:
     assert len(reach) == GPU_NODES - 1
     for result in reach:
         assert result == {"id": result["id"], "public": False, "overlay": True}, reach
+
+    # The account's API key: a 0600 file on the head only; never on a worker, in an env, a label or an onstart.
+    ssh = ("ssh -i ~/ray_bootstrap_key.pem -o BatchMode=yes -o StrictHostKeyChecking=no "
+           "-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR")
+    workers = " ".join(t["overlay"][0] for t in targets)
+    keys = run.cluster.exec(
+        "echo E2E-KEY-HEAD $(stat -c %a ~/.skyward/vast_api_key); "
+        f"for ip in {workers}; do echo E2E-KEY-WORKER $ip $({ssh} root@$ip "
+        "'test -e ~/.skyward/vast_api_key && echo present || echo absent'); done").check().output
+    assert re.search(r"^E2E-KEY-HEAD 600\r?$", keys, re.M), keys
+    on_workers = re.findall(r"^E2E-KEY-WORKER \S+ (\w+)\r?$", keys, re.M)
+    assert on_workers == ["absent"] * (GPU_NODES - 1), keys
+    assert state["account_key_leaks"] == 0
 
 
 def test_outbid_worker_is_replaced_and_the_job_completes(run: Run) -> None:
