@@ -1072,8 +1072,15 @@ class VastNodeProvider(NodeProvider):
         return fill_node_resources(cluster_config)
 
     def prepare_for_head_node(self, cluster_config: dict[str, Any]) -> dict[str, Any]:
-        from skyward_ray.provider.bootstrap import prepare_head_config
+        """The head's config (see :func:`~skyward_ray.provider.bootstrap.prepare_head_config`).
 
+        Ray calls this on the laptop at every ``ray up``, also when ``bootstrap_config``'s result came from Ray's
+        config cache. The staged key file is written again here, before the file mounts are synced, so the head gets
+        the key this laptop uses now: a cached config must not ship the key of an earlier run (a rotated key, a
+        restarted emulator), which would leave the head's autoscaler unable to rent."""
+        from skyward_ray.provider.bootstrap import prepare_head_config, stage_api_key
+
+        stage_api_key(self._api_key(), self.cluster_name)
         return prepare_head_config(cluster_config)
 
 

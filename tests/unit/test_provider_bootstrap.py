@@ -147,6 +147,21 @@ def test_head_config_reads_the_key_file_and_never_passes_it_to_workers(home: Pat
     assert any("/pkg/" in path for path in head["file_mounts"])  # the package does reach the workers
 
 
+def test_every_ray_up_ships_the_key_in_use_even_from_a_cached_config(home: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from skyward_ray.provider.node_provider import VastNodeProvider
+
+    config = bootstrap_config(_prepared(ssh_private_key=str(home / ".ssh/id_test")), client=FakeKeys())  # type: ignore[arg-type]
+    staged = Path(config["file_mounts"][REMOTE_KEY_PATH])
+    assert staged.read_text().strip() == API_KEY
+    monkeypatch.setenv("VAST_API_KEY", "rotated-account-key")  # a later ray up; Ray serves the cached config
+    provider = VastNodeProvider(config["provider"], config["cluster_name"], start_threads=False)
+    remote = {"file_mounts": {path: path for path in config["file_mounts"]}, "provider": dict(config["provider"])}
+    provider.prepare_for_head_node(remote)
+    assert staged.read_text().strip() == "rotated-account-key"
+    assert stat.S_IMODE(staged.stat().st_mode) == 0o600
+
+
 def test_fill_node_resources_keeps_what_the_yaml_sets() -> None:
     config = {"available_node_types": {
         "a": {"node_config": {"accelerator": "H100", "gpus": 8}, "resources": {"CPU": 64}},
