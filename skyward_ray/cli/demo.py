@@ -87,7 +87,17 @@ class DemoRun:
     namespace_pids: set[int] = field(default_factory=set)
     job_report: dict[str, Any] | None = None
     leftovers: list[str] = field(default_factory=list)
+    error: str | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @contextlib.contextmanager
+    def recorded(self) -> Iterator[None]:
+        """Tear-down steps go on after a failure: keep (and show) the first error instead of raising it."""
+        try:
+            yield
+        except SkywardError as exc:
+            self.error = self.error or str(exc)
+            print(f"\n!! {exc}", file=sys.stderr, flush=True)
 
     @contextlib.contextmanager
     def step(self, title: str) -> Iterator[None]:
@@ -306,6 +316,8 @@ def _summary(run: DemoRun) -> None:
         subnet = run.overlay["internal_subnet"] if run.overlay else "none"
         print(f"  instances rented: {len(run.rentals)}; physical clusters: {', '.join(clusters)}; overlay {subnet}; "
               f"up to ${peak:.3f}/h, spent ${spent:.4f}")
+    if run.error:
+        print(f"  error: {run.error.splitlines()[0][:width - 9]}")
     print(f"  left behind: {', '.join(run.leftovers) if run.leftovers else 'nothing'}")
     print(f"  logs: {run.log_dir}")
     print("=" * width, flush=True)
@@ -343,6 +355,10 @@ def run_demo(args: argparse.Namespace) -> int:
     previous_term = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         with run.step("start the Vast emulator (netns hosts, default market)"):
+            in_use = _leftovers(run)
+            if in_use:
+                raise SkywardError(f"prefix {PREFIX!r} is in use ({', '.join(in_use[:3])}): another emulator is "
+                                   "running, or a crashed one left these; stop it, or run `skyward-ray emulator clean`")
             emulator.start()
             env["VAST_URL"], env["VAST_API_KEY"] = emulator.url, emulator.api_key
             print(f"   emulator at {emulator.url} (admin API {emulator.admin_url})", flush=True)
@@ -361,13 +377,14 @@ def run_demo(args: argparse.Namespace) -> int:
             run.job_report = json.loads(reports[-1])
     except (SkywardError, KeyboardInterrupt) as exc:
         failed = True
-        print(f"\n!! {exc or 'interrupted'}", file=sys.stderr, flush=True)
+        run.error = str(exc) or "interrupted"
+        print(f"\n!! {run.error}", file=sys.stderr, flush=True)
     finally:
         stop_watch.set()
         with contextlib.suppress(Exception):
             _observe(emulator, run, quiet=True)
         if cluster_up:
-            with contextlib.suppress(SkywardError), run.step("ray down: every instance and the overlay destroyed"):
+            with run.recorded(), run.step("ray down: every instance and the overlay destroyed"):
                 _run_streamed(["ray", "down", config, "-y", *RAY_STYLE], env, log_dir / "ray-down.log",
                               _DOWN_TIMEOUT_S)
                 state = emulator.state()
@@ -375,12 +392,13 @@ def run_demo(args: argparse.Namespace) -> int:
                     raise SkywardError(f"after ray down the emulator still has instances "
                                        f"{[i['id'] for i in state['instances']]} and overlays "
                                        f"{[o['name'] for o in state['overlays']]}")
-        with contextlib.suppress(SkywardError), run.step("stop the emulator; look for anything left behind"):
-            emulator.stop()
-            run.leftovers = _leftovers(run)
-            if run.leftovers:
-                raise SkywardError(f"left behind: {', '.join(run.leftovers)} (`skyward-ray emulator clean` "
-                                   "removes namespaces and links)")
+        if emulator.proc is not None:  # else it never started, and what the prefix holds is someone else's
+            with run.recorded(), run.step("stop the emulator; look for anything left behind"):
+                emulator.stop()
+                run.leftovers = _leftovers(run)
+                if run.leftovers:
+                    raise SkywardError(f"left behind: {', '.join(run.leftovers)} (`skyward-ray emulator clean` "
+                                       "removes namespaces and links)")
         signal.signal(signal.SIGTERM, previous_term)
         _summary(run)
     ok = not failed and all(step.ok for step in run.steps) and not run.leftovers
