@@ -1,9 +1,10 @@
 """``ray up cluster_configs/emulator.yaml`` for real: Ray's own CLI, our provider, the netns emulator, one cluster.
 
 The module shares ONE cluster (a module-scoped fixture): ``ray up`` once, then the tests in file order, each building
-on the last, as a user's session does: the head and the CLI commands; GPU demand renting workers on the overlay; a
-worker outbid mid-job and replaced; idle workers removed; ``ray down`` leaving nothing. The emulator runs as a child
-process with its own prefix, subnet and port (:mod:`rayup_kit`), and is stopped and swept whatever happens.
+on the last, as a user's session does: the head and the CLI commands; ``ray up`` again; GPU demand renting workers on
+the overlay; a worker outbid mid-job and replaced; idle workers removed; ``ray down`` leaving nothing. The emulator
+runs as a child process with its own prefix, subnet and port (:mod:`rayup_kit`), and is stopped and swept whatever
+happens.
 
 The config is a copy of ``cluster_configs/emulator.yaml`` changed only where a test must: the API URL of this
 emulator, a cluster name and SSH key of its own, and a short ``idle_timeout_minutes``.
@@ -128,6 +129,18 @@ def test_exec_submit_attach_and_rsync_reach_the_head(run: Run, tmp_path: Path) -
     # ray attach opens a login shell on the head; a script on its stdin stands for the user typing.
     attach = run.cluster.ray("attach", stdin="echo E2E-ATTACH-$CONTAINER_ID\nexit\n", timeout_s=60).check()
     assert f"E2E-ATTACH-{head_id}" in attach.output, attach.tail()
+
+
+def test_ray_up_again_keeps_the_head_and_restarts_ray(run: Run) -> None:
+    """A second ``ray up`` (Ray's config cache on, as a user's re-run) rents nothing new and restarts Ray on the same
+    head (pitfall 14); the next test shows that the restarted autoscaler still rents."""
+    before = run.instances()
+    again = run.cluster.ray("up", "-y", timeout_s=300).check()
+    print(f"\nray up again: {again.seconds:.1f} s")
+    assert run.instances().keys() == before.keys() == {run.head_id}
+    assert "Ray runtime started" in again.output, again.tail()
+    status = run.cluster.exec("ray status").check()
+    assert "1 head" in status.output, status.tail()
 
 
 def test_gpu_demand_rents_workers_that_join_over_the_overlay(run: Run) -> None:
