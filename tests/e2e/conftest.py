@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from rayup_kit import pid_alive
 
 from skyward_ray.emulator.netns import DEFAULT_STATE_ROOT, NetnsRuntime, clean_leftovers
 
@@ -81,15 +82,6 @@ def leftovers(prefix: str) -> list[str]:
     if (DEFAULT_STATE_ROOT / prefix).exists():
         found.append(f"dir {DEFAULT_STATE_ROOT / prefix}")
     return found
-
-
-def pid_alive(pid: int) -> bool:
-    """True for a live, non-zombie process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 @pytest.fixture

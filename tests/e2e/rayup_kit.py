@@ -39,6 +39,8 @@ from typing import IO, Any, TypeVar
 import httpx
 import yaml
 
+from skyward_ray.emulator.testing import wait_until
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EMULATOR_CONFIG = REPO_ROOT / "cluster_configs" / "emulator.yaml"
 JOB = Path(__file__).resolve().parent / "e2e_job.py"
@@ -49,15 +51,8 @@ T = TypeVar("T")
 
 
 def poll(condition: Callable[[], T], *, timeout_s: float, interval_s: float = 1.0, what: str) -> T:
-    """Return ``condition()``'s first truthy value; AssertionError naming ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(interval_s)
+    """``wait_until`` with the slower default interval that Ray-sized waits want."""
+    return wait_until(condition, timeout_s=timeout_s, interval_s=interval_s, what=what)
 
 
 def json_lines(output: str) -> list[dict[str, Any]]:
@@ -386,6 +381,7 @@ def netns_pids(prefix: str) -> dict[str, list[int]]:
 
 
 def pid_alive(pid: int) -> bool:
+    """True for a live, non-zombie process."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
