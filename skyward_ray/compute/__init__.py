@@ -1,7 +1,8 @@
 """The seed's ``sky`` API as thin shims over Ray: pools, pending calls and their operators, images, accelerators.
 
-Layering: imports Ray, the placement options and GPU table, and the package's errors; never the Vast client or the
-provider (launching on Vast plugs in through :class:`~skyward_ray.compute.launcher.Launcher`).
+Layering: imports Ray, the placement options and GPU table, the package's errors, and for launching on Vast
+(:mod:`~skyward_ray.compute.vast_launcher`, imported only when a pool launches) the Vast client and the provider's
+config rendering (schema, SSH key, overlay name); never the provider's ``NodeProvider`` itself, which Ray loads.
 """
 
 from skyward_ray.compute import integrations

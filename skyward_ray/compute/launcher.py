@@ -8,7 +8,8 @@ never tears down a cluster it did not create (``ClusterHandle.created``).
   or the script runs on a node of a Ray cluster (``ray submit``). Creates nothing, removes nothing.
 - :class:`LocalLauncher`: N raylets on this machine (``ray.cluster_utils.Cluster``), on 127.0.0.2, 127.0.0.3, ...
   (never 127.0.0.1, which Ray rewrites to the host's routable IP). A stand-in for N nodes in tests and demos.
-- Launching on Vast plugs in here as another launcher.
+- :class:`~skyward_ray.compute.vast_launcher.VastLauncher`: a pool with ``provider=sky.VastAI(...)`` and nothing to
+  attach to: ``ray up`` of the pool's own cluster on Vast, Ray Client through an SSH tunnel, ``ray down`` on exit.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """``sky.ComputePool`` / ``sky.pool``: a Ray cluster for the length of a ``with`` block or a decorated call.
 
-Entering a pool gets a cluster from a launcher (attach, local or, later, Vast), connects this process to Ray unless
+Entering a pool gets a cluster from a launcher (attach, local, or a launch on Vast), connects this process to Ray unless
 it already is, waits for the pool's nodes, ranks them, and makes the pool the target of ``>> sky``. Leaving it
 (normally, on an exception, on Ctrl-C or SIGTERM) undoes exactly what entering did: it disconnects only a connection
 it opened and removes only a cluster its launcher created. Teardown runs with Ctrl-C held back, so a second Ctrl-C
@@ -14,6 +14,7 @@ import functools
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -32,6 +33,9 @@ from skyward_ray.compute.spec import PoolSpec
 from skyward_ray.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+CLIENT_CONNECT_ATTEMPTS = 3
+CLIENT_RETRY_PAUSE_S = 2.0
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -95,11 +99,14 @@ class ComputePool:
             address = "auto"
         if address is not None:
             return AttachLauncher(address)
-        what = "sky.VastAI(...)" if self.spec.provider is not None else "no provider"
+        if self.spec.provider is not None:
+            from skyward_ray.compute.vast_launcher import VastLauncher
+
+            return VastLauncher()
         raise LaunchError(
-            f"no Ray cluster to attach to, and this pool ({what}) cannot launch one from Python yet. Start a cluster "
-            "(`ray up cluster_configs/vast.yaml`) and run this script on it with `ray submit`, or pass "
-            "address='ray://<head>:10001' (or set RAY_ADDRESS)."
+            "no Ray cluster to attach to, and this pool has no provider to launch one: pass provider=sky.VastAI(...) "
+            "to launch on Vast, run this script on a cluster with `ray submit`, or pass address='ray://<head>:10001' "
+            "(or set RAY_ADDRESS)."
         )
 
     def start(self) -> ComputePool:
@@ -114,6 +121,9 @@ class ComputePool:
                 handle = launcher.up(self.spec)
                 owns_connection = self._connect(handle)
                 nodes = tuple(wait_for_nodes(self.spec.nodes, ray.nodes, timeout_s=self.spec.ready_timeout))
+                ready = getattr(launcher, "ready", None)  # a launcher that reports progress says "connected"
+                if ready is not None:
+                    ready(nodes)
                 self._warn_on_shape(nodes)
                 dispatcher = Dispatcher(nodes, self.spec.image.runtime_env())
                 if not handle.image_installed:
@@ -177,8 +187,24 @@ class ComputePool:
             kwargs["include_dashboard"] = False
             if handle.driver_ip:
                 kwargs["_node_ip_address"] = handle.driver_ip
-        ray.init(**kwargs)
-        return True
+        if not handle.address.startswith("ray://"):
+            ray.init(**kwargs)
+            return True
+        # Ray Client: the head starts a server process per client, which can fail to start while the head itself is
+        # still settling (seen right after `ray start` on a loaded 2-core machine). A new attempt gets a new server.
+        for attempt in range(1, CLIENT_CONNECT_ATTEMPTS + 1):
+            try:
+                ray.init(**kwargs)
+                return True
+            except ConnectionError as exc:
+                with contextlib.suppress(Exception):
+                    ray.shutdown()
+                if attempt == CLIENT_CONNECT_ATTEMPTS:
+                    raise
+                log.warning("Ray Client connection to %s failed (attempt %d of %d), retrying: %s", handle.address,
+                            attempt, CLIENT_CONNECT_ATTEMPTS, str(exc).strip().splitlines()[-1][:200])
+                time.sleep(CLIENT_RETRY_PAUSE_S)
+        raise AssertionError("unreachable")
 
     @staticmethod
     def _teardown(launcher: Launcher, handle: ClusterHandle | None, owns_connection: bool) -> None:

@@ -40,9 +40,15 @@ def test_a_pool_attaches_when_there_is_a_cluster(monkeypatch: pytest.MonkeyPatch
     assert handle == ClusterHandle(address="127.0.0.2:4321", created=False, description="attached to 127.0.0.2:4321")
 
 
-def test_no_cluster_and_no_launcher_is_a_clear_error(no_cluster_here: Path) -> None:
-    with pytest.raises(LaunchError, match=r"no Ray cluster to attach to.*ray submit.*address="):
-        sky.ComputePool(provider=sky.VastAI(), accelerator="RTX 4090").start()
+def test_no_cluster_and_no_provider_is_a_clear_error(no_cluster_here: Path) -> None:
+    with pytest.raises(LaunchError, match=r"no Ray cluster to attach to.*sky\.VastAI.*ray submit.*address="):
+        sky.ComputePool(accelerator="RTX 4090").start()
+
+
+def test_a_vast_pool_with_nothing_to_attach_to_launches_on_vast(no_cluster_here: Path) -> None:
+    from skyward_ray.compute.vast_launcher import VastLauncher
+
+    assert isinstance(sky.ComputePool(provider=sky.VastAI(), accelerator="RTX 4090")._choose_launcher(), VastLauncher)
 
 
 @pytest.mark.parametrize(("kwargs", "field"), [({"first_ip": "127.0.0.1"}, "first_ip"),
