@@ -190,8 +190,9 @@ class ComputePool:
         if not handle.address.startswith("ray://"):
             ray.init(**kwargs)
             return True
-        # Ray Client: the head starts a server process per client, which can fail to start while the head itself is
-        # still settling (seen right after `ray start` on a loaded 2-core machine). A new attempt gets a new server.
+        # Ray Client: the head's proxier forks a server process per client, and that process intermittently dies in
+        # gRPC's fork handling ("Starting Ray client server failed", ray-project/ray#63202, seen here on a loaded
+        # 2-core machine). A new attempt gets a new server process.
         for attempt in range(1, CLIENT_CONNECT_ATTEMPTS + 1):
             try:
                 ray.init(**kwargs)

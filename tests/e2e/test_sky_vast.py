@@ -17,9 +17,11 @@ to a package index.
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import ipaddress
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -210,8 +212,8 @@ def two_nodes(emulator: Emulated, example_packages: None, tmp_path_factory: pyte
                     return {"seconds": time.monotonic() - started, "results": results}
 
                 _attempt(run, "gather", timed_gather)
-                _attempt(run, "ray_remote_example", lambda: run_example(
-                    "ray_remote_on_ray_up.py", {"RAY_ADDRESS": pool.address}, emulator=None))
+                _attempt(run, "ray_remote_example", lambda: on_head(
+                    launcher, f"cd {REPO} && python examples/ray_remote_on_ray_up.py"))
                 raise Boom("the block fails after its work")
         except Boom as exc:
             run.raised = exc
@@ -226,6 +228,21 @@ def two_nodes(emulator: Emulated, example_packages: None, tmp_path_factory: pyte
         "ssh_control_dir_exists": ssh_control_dir(cluster_name).exists(),
     }
     return run
+
+
+def on_head(launcher: VastLauncher, command: str, timeout_s: float = 180.0) -> str:
+    """Run ``command`` in the head's login shell, as ``ray submit``/``ray exec`` do (the emulated hosts see this
+    machine's files); its output, or AssertionError with it."""
+    tunnel = launcher.tunnel
+    assert tunnel is not None
+    host, port = tunnel.endpoint
+    done = subprocess.run(
+        ["ssh", "-i", tunnel.key, "-p", str(port), "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+         "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+         f"{tunnel.user}@{host}", f"bash --login -c {shlex.quote(command)}"],
+        capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL, check=False)
+    assert done.returncode == 0, f"{command!r} on the head exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
 
 
 def _alive(pid: int | None) -> bool:
@@ -290,9 +307,14 @@ def test_gather_runs_concurrently_across_the_nodes(two_nodes: TwoNodeRun) -> Non
     assert latest_start < min(r["ended"] for r in results), "the calls overlapped"
 
 
-def test_the_plain_ray_remote_example_runs_on_the_pools_cluster(two_nodes: TwoNodeRun) -> None:
+def test_the_plain_ray_remote_example_runs_on_the_head_of_the_pools_cluster(two_nodes: TwoNodeRun) -> None:
     output = two_nodes.result("ray_remote_example")
     assert "sum of squares: 1240 (expected 1240)" in output
+    (overlay,) = two_nodes.during["state"]["overlays"]
+    (listed,) = [line for line in output.splitlines() if line.startswith("cluster nodes: ")]
+    nodes = ast.literal_eval(listed.removeprefix("cluster nodes: "))
+    subnet = ipaddress.ip_network(overlay["internal_subnet"])
+    assert len(nodes) == 2 and all(ipaddress.ip_address(ip) in subnet for ip in nodes), "Ray runs on the overlay"
 
 
 def test_progress_shows_the_head_the_overlay_the_workers_and_the_connection(two_nodes: TwoNodeRun) -> None:
