@@ -1,7 +1,8 @@
 """The seed's "Basic Usage": a VastAI pool of one RTX 4090, spot if available, and one call on it.
 
-Run it where the pool can get a Ray cluster: on a cluster made with ``ray up`` (``ray submit <config> examples/
-basic_usage.py``), or with ``RAY_ADDRESS`` pointing at one.
+``python examples/basic_usage.py`` launches the pool's own cluster on Vast (``VAST_API_KEY``), or on the local
+emulator with ``VAST_URL`` set too (see examples/README.md), and removes it at the end of the ``with`` block. With
+``RAY_ADDRESS`` set, or under ``ray submit``, it attaches to that cluster instead.
 """
 
 import platform

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from skyward_ray.compute.pending import PendingCompute, PendingComputeGroup, compute, function, gather
     from skyward_ray.compute.pool import ComputePool, pool
     from skyward_ray.compute.providers import VastAI
+    from skyward_ray.compute.vast_launcher import VastLauncher
 
 # Public name -> the module that defines it.
 _EXPORTS: dict[str, str] = {
@@ -40,6 +41,7 @@ _EXPORTS: dict[str, str] = {
     "PendingCompute": "skyward_ray.compute.pending",
     "PendingComputeGroup": "skyward_ray.compute.pending",
     "VastAI": "skyward_ray.compute.providers",
+    "VastLauncher": "skyward_ray.compute.vast_launcher",
     "function": "skyward_ray.compute.pending",
     "gather": "skyward_ray.compute.pending",
     "instance_info": "skyward_ray.compute.context",
@@ -56,6 +58,7 @@ __all__ = [
     "PendingCompute",
     "PendingComputeGroup",
     "VastAI",
+    "VastLauncher",
     "__version__",
     "compute",
     "function",
