@@ -64,7 +64,9 @@ def config_error_from(error: ValidationError, *, section: str | None = None) -> 
             problems.append(f"{where}: unknown field")
             continue
         value = item.get("input")
-        shown = "***" if any(marker in path.lower() for marker in _SECRET_MARKERS) else repr(value)
+        secret = any(marker in path.lower() for marker in _SECRET_MARKERS)
+        # A mapping (an env) shows its keys only: its values are where users keep their tokens.
+        shown = "***" if secret else repr(dict.fromkeys(value, "***") if isinstance(value, Mapping) else value)
         if isinstance(value, Mapping) and item["type"] == "missing":
             problems.append(f"{where}: missing; {message}")
         else:
