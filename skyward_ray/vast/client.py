@@ -8,7 +8,7 @@ Retries live in ONE place (:meth:`VastClient._call`), decided per endpoint by it
 
 ================  ======================================================================================
 ``IDEMPOTENT``    reads, search, and writes whose repetition changes nothing (set label/state/bid, destroy,
-                  delete overlay, join overlay, attach key): retried on 429, 502/503/504, timeouts and
+                  delete overlay, join overlay, attach key): retried on 429, any 5xx, timeouts and
                   connection errors. A repeated destroy or overlay delete that finds nothing is "already gone";
                   a repeated join the server refuses surfaces as its error (check ``list_overlays()``).
 ``ONCE``          writes that create something (``PUT /asks`` = a rental, ``POST /overlay/``, ``POST /ssh/``):
@@ -82,7 +82,6 @@ log = logging.getLogger(__name__)
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
-RETRYABLE_STATUSES = frozenset({502, 503, 504})
 MAX_LABEL_CHARS = 1024  # Vast rejects longer labels with a 400
 MAX_ONSTART_CHARS = 4048  # Vast's documented onstart limit
 MAX_PAGE_SIZE = 25  # GET /api/v1/instances/ never returns more per page
@@ -219,7 +218,9 @@ def _is_retryable(endpoint: Endpoint, exc: BaseException) -> bool:
     if isinstance(exc, TransportError):
         return endpoint.retry is RetryPolicy.IDEMPOTENT or not exc.request_sent
     if isinstance(exc, ServerError):
-        return endpoint.retry is RetryPolicy.IDEMPOTENT and exc.status in RETRYABLE_STATUSES
+        # Any 5xx of an idempotent call is safe to repeat (a teardown must survive one bad answer); a call that
+        # creates something is never repeated after a 5xx, whose outcome is unknown.
+        return endpoint.retry is RetryPolicy.IDEMPOTENT and (exc.status or 0) >= 500
     return False
 
 
