@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from skyward_ray.errors import ConfigError
 from skyward_ray.placement.regions import allowed_geolocations, normalise_geolocation, resolve_region
+from skyward_ray.vast.credentials import redact  # pure text masking: an `api_key=` query never reaches a message
 
 
 class Allocation(enum.StrEnum):
@@ -66,7 +67,7 @@ def config_error_from(error: ValidationError, *, section: str | None = None) -> 
         value = item.get("input")
         secret = any(marker in path.lower() for marker in _SECRET_MARKERS)
         # A mapping (an env) shows its keys only: its values are where users keep their tokens.
-        shown = "***" if secret else repr(dict.fromkeys(value, "***") if isinstance(value, Mapping) else value)
+        shown = "***" if secret else redact(repr(dict.fromkeys(value, "***") if isinstance(value, Mapping) else value))
         if isinstance(value, Mapping) and item["type"] == "missing":
             problems.append(f"{where}: missing; {message}")
         else:

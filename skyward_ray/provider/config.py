@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from skyward_ray.errors import ConfigError
 from skyward_ray.placement.gpus import resolve_gpu
 from skyward_ray.placement.options import Allocation, PlacementOptions, config_error_from
+from skyward_ray.vast.credentials import resolve_base_url
 from skyward_ray.vast.models import validate_overlay_name
 
 PROVIDER_MODULE = "skyward_ray.provider.VastNodeProvider"
@@ -210,9 +211,10 @@ class VastProviderConfig(PlacementOptions):
     def _url(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        if not re.match(r"^https?://[^\s/]+", value):
-            raise ValueError("use an http(s) URL such as https://console.vast.ai")
-        return value.rstrip("/")
+        try:  # the client's rule: no query (a key there would ride along to the head in clear text)
+            return resolve_base_url(value)
+        except ConfigError:
+            raise ValueError("use an http(s) URL without query, such as https://console.vast.ai") from None
 
     @field_validator("disable_node_updaters", "cache_stopped_nodes")
     @classmethod
