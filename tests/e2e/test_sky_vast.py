@@ -22,6 +22,7 @@ import importlib.util
 import ipaddress
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -34,6 +35,7 @@ import pytest
 import ray
 
 import skyward_ray as sky
+from skyward_ray.compute.launcher import LaunchError
 from skyward_ray.compute.vast_launcher import VastLauncher, ssh_control_dir
 from skyward_ray.emulator.netns import NetnsRuntime, clean_leftovers
 from skyward_ray.emulator.server import EmulatorServer
@@ -389,3 +391,60 @@ def test_multi_node_example_all_reduces_across_four_emulated_nodes(emulator: Emu
 def test_configuration_example_needs_no_cluster(example_home: Path) -> None:
     output = run_example("configuration.py", {}, None, home=example_home, timeout_s=120)
     assert "all seed configurations are valid" in output
+
+
+def test_ctrl_c_while_the_pool_comes_up_leaves_nothing(emulator: Emulated, example_home: Path) -> None:
+    """SIGINT once the head is rented and the overlay made, while Ray starts on the head: the launch stops, and the
+    teardown removes the head and the overlay before the process exits."""
+    script = example_home / "interrupted.py"
+    script.write_text(
+        "import skyward_ray as sky\n"
+        "with sky.ComputePool(provider=sky.VastAI(geolocation='US'), accelerator='RTX 4090', nodes=2):\n"
+        "    print('the block must not run')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
+    env.update(emulator.env, HOME=str(example_home), RAY_TMPDIR=str(example_home / "ray-tmp"), PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 240
+        for line in proc.stdout:
+            lines.append(line.rstrip())
+            if "head: starting Ray" in line:
+                rented = emulator.nothing_left()
+                proc.send_signal(signal.SIGINT)
+                break
+            assert time.monotonic() < deadline, "the launch never reached 'head: starting Ray':\n" + "\n".join(lines)
+        else:
+            raise AssertionError("the script ended before the head started Ray:\n" + "\n".join(lines))
+        remaining, _ = proc.communicate(timeout=300)
+        lines += remaining.splitlines()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    output = "\n".join(lines)
+    assert rented["instances"] and rented["overlays"], f"the head and overlay existed when interrupted: {rented}"
+    assert proc.returncode != 0 and "KeyboardInterrupt" in output
+    assert "the block must not run" not in output
+    assert "removed: no instance or overlay left" in output, output[-3000:]
+    assert emulator.nothing_left() == {"instances": [], "overlays": [], "namespaces": []}
+
+
+def test_a_launch_that_finds_no_offer_says_why_and_leaves_nothing(emulator: Emulated,
+                                                                   tmp_path_factory: pytest.TempPathFactory) -> None:
+    lines: list[str] = []
+    launcher = VastLauncher(ssh_private_key=ssh_key(tmp_path_factory.mktemp("ssh")), progress=lines.append)
+    pool = sky.ComputePool(provider=sky.VastAI(geolocation="US", min_reliability=1.0, api_key=emulator.server.api_key),
+                           accelerator="H100", nodes=2, launcher=launcher)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VAST_URL", emulator.server.url)
+        patch.delenv("RAY_ADDRESS", raising=False)
+        with pytest.raises(LaunchError, match=r"launching the pool on Vast failed: .*H100") as raised:
+            pool.start()
+    assert emulator.server.api_key not in str(raised.value)
+    assert not ray.is_initialized() and launcher.workdir is None
+    assert any("removed: no instance or overlay left" in line for line in lines), lines
+    assert emulator.nothing_left() == {"instances": [], "overlays": [], "namespaces": []}
