@@ -84,6 +84,39 @@ class ChaosTransport(httpx.BaseTransport):
         self._inner.close()
 
 
+class FailNext(httpx.BaseTransport):
+    """Forwards every request, except the next ``count`` matching ``method path`` after :meth:`arm`: those get
+    ``status`` (Vast's JSON 500 body, or a gateway page) without reaching the server."""
+
+    def __init__(self) -> None:
+        self._inner = httpx.HTTPTransport()
+        self._lock = threading.Lock()
+        self._armed: tuple[str, str, int] | None = None
+        self._left = 0
+        self.fired = 0
+
+    def arm(self, method: str, path: str, status: int, count: int = 1) -> None:
+        with self._lock:
+            self._armed, self._left = (method, path, status), count
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        with self._lock:
+            armed = self._armed
+            hit = armed is not None and self._left > 0 and (request.method, request.url.path) == armed[:2]
+            if hit:
+                self._left -= 1
+                self.fired += 1
+        if hit and armed is not None:
+            if armed[2] == 500:
+                return httpx.Response(500, json={"success": False, "error": "server_error",
+                                                 "msg": "Internal Server Error"}, request=request)
+            return httpx.Response(armed[2], text="<html>bad gateway</html>", request=request)
+        return self._inner.handle_request(request)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
 @dataclass
 class Cluster:
     """The names and node configs both sides agree on."""

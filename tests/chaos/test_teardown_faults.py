@@ -1,22 +1,20 @@
 """``ray down`` against an API that fails once: what the soak found, pinned deterministically.
 
 Ray's ``ray down`` terminates nodes until none is left, then calls ``cleanup_cluster_resources`` once. The soak's
-random 5xx showed that one failed request inside that cleanup ends ``ray down`` with an exception, leaving the
-overlay (and any ghost) behind. Each case here fails exactly one request of the cleanup and expects ``ray down`` to
-finish with nothing left, as it does when the same status is one the client retries (502).
+random 5xx showed that one 500 inside that cleanup (then not retried by the client) ended ``ray down`` with an
+exception, leaving the overlay behind. Each case fails exactly one request of the cleanup and expects ``ray down``
+to finish with nothing left, as it does for a status the client always retried (502).
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from ray.autoscaler.tags import TAG_RAY_NODE_KIND
-from soak_driver import Cluster, admin, ray_up
+from soak_driver import Cluster, FailNext, admin, ray_up
 
 from skyward_ray.emulator.server import EmulatorServer
 from skyward_ray.emulator.testing import running_emulator
@@ -27,38 +25,6 @@ pytestmark = pytest.mark.chaos
 
 CLUSTER = Cluster(name="down", head_config={"accelerator": "RTX 4090"},
                   worker_config={"accelerator": "RTX 4090", "allocation": "spot"})
-
-
-class FailOnce(httpx.BaseTransport):
-    """Forwards every request, except that the first one matching ``method path`` after :meth:`arm` gets
-    ``status`` (Vast's JSON 500 body, or a gateway page)."""
-
-    def __init__(self) -> None:
-        self._inner = httpx.HTTPTransport()
-        self._lock = threading.Lock()
-        self._armed: tuple[str, str, int] | None = None
-        self.fired = 0
-
-    def arm(self, method: str, path: str, status: int) -> None:
-        with self._lock:
-            self._armed = (method, path, status)
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        with self._lock:
-            armed = self._armed
-            hit = armed is not None and (request.method, request.url.path) == armed[:2]
-            if hit:
-                self._armed = None
-                self.fired += 1
-        if hit and armed is not None:
-            if armed[2] == 500:
-                return httpx.Response(500, json={"success": False, "error": "server_error",
-                                                 "msg": "Internal Server Error"}, request=request)
-            return httpx.Response(armed[2], text="<html>bad gateway</html>", request=request)
-        return self._inner.handle_request(request)
-
-    def close(self) -> None:
-        self._inner.close()
 
 
 @pytest.fixture
@@ -88,7 +54,7 @@ def test_ray_down_survives_one_failed_request_in_its_cleanup(emulator: EmulatorS
                                                             method: str, path: str, status: int) -> None:
     settings = config(emulator, tmp_path)
     laptop = VastNodeProvider(settings, CLUSTER.name)
-    transport = FailOnce()
+    transport = FailNext()
     client = VastClient(api_key=emulator.api_key, base_url=emulator.url, transport=transport)
     down = VastNodeProvider(settings, CLUSTER.name, client=client)
     try:
