@@ -107,12 +107,12 @@ def provider_config(emulator: EmulatorServer, key_file: Path, max_hourly_cost: f
 
 
 def hourly_budget(emulator: EmulatorServer, headroom: float = 2.0) -> float:
-    """A ``max_hourly_cost`` that binds: ``headroom`` times the cheapest cluster for the head plus the largest target.
+    """The soak's ``max_hourly_cost``: ``headroom`` times the cheapest cluster for the head plus the largest target.
 
     Priced as the provider prices (head on-demand ``dph_total`` with its disk, workers ``min_bid * bid_multiplier``)
-    on every physical cluster of RTX 4090 machines the head could choose, so the cap is tight whatever the seed's
-    prices are: a replacement rented before its predecessor is gone, or an offer pricier than the cheapest (a rival
-    took that one), runs into it."""
+    on every physical cluster of RTX 4090 machines the head could choose. Twice that leaves room for what the chaos
+    does to the market (rivals holding the cheapest GPUs, failed machines avoided), so the soak converges; the cap
+    where it binds tightly is ``test_budget.py``'s."""
     disk_gb = 100
     bid_multiplier = 1.2
     by_cluster: dict[int, list[Any]] = {}
