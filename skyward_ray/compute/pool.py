@@ -85,6 +85,12 @@ class ComputePool:
             provider=provider, accelerator=accelerator, nodes=nodes, allocation=allocation, image=image,
             vcpus=vcpus, memory_gb=memory_gb, address=address, name=name, ready_timeout=ready_timeout,
         )
+        if launcher is not None and not (callable(getattr(launcher, "up", None))
+                                         and callable(getattr(launcher, "down", None))):
+            raise ConfigError(
+                f"pool.launcher: {launcher!r} is not allowed; allowed: None (attach, or launch on Vast for "
+                "sky.VastAI(...)), or a launcher object such as sky.LocalLauncher() or sky.VastLauncher()"
+            )
         self._launcher = launcher
         self._running: _Running | None = None
         self._lock = threading.Lock()
