@@ -2,7 +2,8 @@
 
 Layering: imports Ray, the placement options and GPU table, the package's errors, and for launching on Vast
 (:mod:`~skyward_ray.compute.vast_launcher`, imported only when a pool launches) the Vast client and the provider's
-config rendering (schema, SSH key, overlay name); never the provider's ``NodeProvider`` itself, which Ray loads.
+config rendering (schema, SSH key, overlay name) and its SSH reachability check; never the provider's
+``NodeProvider`` class itself, which Ray loads from the cluster config.
 """
 
 from skyward_ray.compute import integrations
