@@ -49,6 +49,7 @@ def test_the_billed_rate_never_exceeds_a_binding_cap(emulator: EmulatorServer, t
                              "gpu": {"kind": "worker", "max_workers": TARGET, "node_config": CLUSTER.worker_config}}}
     # Learn the market's prices with an unbounded cap: the head, then the target's workers.
     probe = ProviderFactory(config, CLUSTER, emulator.api_key, 0.0, seed=1)
+    factory: ProviderFactory | None = None
     scaler: MiniAutoscaler | None = None
     chaos: ChaosActor | None = None
     sampler = Sampler(emulator.url, CLUSTER.name, interval_s=0.1)
@@ -64,8 +65,7 @@ def test_the_billed_rate_never_exceeds_a_binding_cap(emulator: EmulatorServer, t
         assert cap - rates.committed_dph < worker_prices[0], "the cap must not leave room for a fifth worker"
         first.close()
 
-        config["max_hourly_cost"] = cap
-        factory = ProviderFactory(config, CLUSTER, emulator.api_key, 0.0, seed=2)
+        factory = ProviderFactory({**config, "max_hourly_cost": cap}, CLUSTER, emulator.api_key, 0.0, seed=2)
         admin(emulator.url, "PUT", "faults/", json={"error_5xx_rate": 0.1, "lost_response_rate": 0.05})
         sampler.start()
         scaler = MiniAutoscaler(factory.new, CLUSTER, interval_s=0.2)
@@ -85,6 +85,8 @@ def test_the_billed_rate_never_exceeds_a_binding_cap(emulator: EmulatorServer, t
             scaler.stop()
         sampler.stop()
         admin(emulator.url, "PUT", "faults/", json={"error_5xx_rate": 0.0, "lost_response_rate": 0.0})
+        if factory is not None:
+            factory.close()  # flushes pending tag writes while the emulator still answers
         down = probe.new()
         down.terminate_nodes(down.non_terminated_nodes({}))
         down.cleanup_cluster_resources()
