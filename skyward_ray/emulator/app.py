@@ -168,6 +168,9 @@ async def _api_request(request: web.Request, handler: Handler, market: Market, s
                     last = None
             if last is not None:
                 return _rate_limited(market, interval, interval - (now - last))
+    if limits.random_rate > 0 and market.draw() < limits.random_rate:
+        interval = limits.per_endpoint.get(endpoint, limits.min_interval_s)
+        return _rate_limited(market, interval, interval)
     if faults.search_quota_per_day is not None and endpoint in _SEARCH_ENDPOINTS:
         day = int(market.clock.epoch() // 86_400)
         with state.lock:

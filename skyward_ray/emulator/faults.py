@@ -33,6 +33,9 @@ class RateLimitConfig(BaseModel):
     # The 429 body: plain text (Vast's usual), {"detail": ...}, the destroy-style JSON envelope, or a seeded mix.
     body: Literal["text", "detail", "json", "mixed"] = "text"
     retry_after: bool = Field(default=False, description="send Retry-After (the docs say Vast does not)")
+    # Vast's real limiter is shared by every key of an account and by its other clients, so a caller also sees 429s
+    # it did not earn by its own pace: a share of requests refused whatever the interval (works without ``enabled``).
+    random_rate: float = Field(default=0.0, ge=0, le=1, description="P(a 429 whatever the interval) per request")
 
 
 class FaultConfig(BaseModel):

@@ -7,8 +7,8 @@ each); terminations to an adapter thread (``terminate_nodes``); installs to inst
 ``is_terminated``, four ``set_node_tags``). Its state is in memory only, as v2's instance manager: ``restart()``
 drops it and builds a new provider, which must rebuild everything from Vast.
 
-``ChaosTransport`` answers a share of requests with Vast's 429 before they leave (the emulator's rate limit is by
-interval, so it cannot be asked for a *rate* of 429s) and counts every error status the client absorbs.
+``CountingTransport`` counts every status the client sees (the 429s, 5xx and lost answers come from the emulator's
+faults), so the report can say how many API errors the provider absorbed.
 ``ChaosActor`` outbids and fails workers through the emulator's admin API; ``Sampler`` reads the emulator's state
 (the ledger) for the cluster's $/h.
 """
@@ -52,29 +52,15 @@ from skyward_ray.vast.client import VastClient
 
 log = logging.getLogger("skyward_ray.soak")
 
-RATE_LIMIT_TEXT = "API requests too frequent endpoint threshold=1.0"  # Vast's own 429 body
+class CountingTransport(httpx.BaseTransport):
+    """A real HTTP transport that counts every status the client sees, errors it then absorbs included."""
 
-
-class ChaosTransport(httpx.BaseTransport):
-    """A real HTTP transport that refuses ``rate_429`` of the requests with Vast's 429 before sending them, and
-    counts every status the client sees (so "API errors absorbed" covers injected and emulator-made errors)."""
-
-    def __init__(self, rate_429: float, rng: random.Random) -> None:
+    def __init__(self) -> None:
         self._inner = httpx.HTTPTransport()
-        self._rate = rate_429
-        self._rng = rng
         self._lock = threading.Lock()
         self.statuses: Counter[int] = Counter()
-        self.injected_429 = 0
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        with self._lock:
-            inject = self._rng.random() < self._rate
-            if inject:
-                self.injected_429 += 1
-                self.statuses[429] += 1
-        if inject:
-            return httpx.Response(429, text=RATE_LIMIT_TEXT, request=request)
         response = self._inner.handle_request(request)
         with self._lock:
             self.statuses[response.status_code] += 1
@@ -139,20 +125,18 @@ class Cluster:
 
 
 class ProviderFactory:
-    """Makes providers whose clients go through a :class:`ChaosTransport`; closes all of them at the end."""
+    """Makes providers whose clients go through a :class:`CountingTransport`; closes all of them at the end."""
 
-    def __init__(self, config: dict[str, Any], cluster: Cluster, api_key: str, rate_429: float, seed: int) -> None:
+    def __init__(self, config: dict[str, Any], cluster: Cluster, api_key: str) -> None:
         self.config = config
         self.cluster = cluster
         self._api_key = api_key
-        self._rate = rate_429
-        self._rng = random.Random(f"soak-429:{seed}")
-        self.transports: list[ChaosTransport] = []
+        self.transports: list[CountingTransport] = []
         self.clients: list[VastClient] = []
         self.providers: list[VastNodeProvider] = []
 
     def new(self) -> VastNodeProvider:
-        transport = ChaosTransport(self._rate, random.Random(self._rng.random()))
+        transport = CountingTransport()
         client = VastClient(api_key=self._api_key, base_url=self.config["api_url"], transport=transport,
                             min_interval_s=self.config.get("api_min_interval_s", 0.0))
         provider = VastNodeProvider(self.config, self.cluster.name, client=client)
@@ -166,9 +150,6 @@ class ProviderFactory:
         for transport in self.transports:
             total.update(transport.statuses)
         return total
-
-    def injected_429(self) -> int:
-        return sum(t.injected_429 for t in self.transports)
 
     def close(self) -> None:
         for provider in self.providers:

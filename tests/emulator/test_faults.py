@@ -65,6 +65,17 @@ def test_rate_limit_per_endpoint_override(frozen_api: httpx.Client) -> None:
     assert counters["statuses"]["GET /api/v1/instances/"] == {"200": 1, "429": 1}
 
 
+def test_rate_limit_random_rate_refuses_a_share_of_requests_whatever_the_pace(frozen_api: httpx.Client) -> None:
+    set_faults(frozen_api, rate_limit={"enabled": False, "random_rate": 0.3})
+    statuses = [frozen_api.get("/api/v0/users/current/").status_code for _ in range(400)]
+    assert set(statuses) == {200, 429}
+    assert 0.2 < statuses.count(429) / len(statuses) < 0.4, statuses.count(429)
+    refused = frozen_api.get("/_emulator/counters/").json()["statuses"]["GET /api/v0/users/current/"]["429"]
+    assert refused == statuses.count(429)
+    set_faults(frozen_api, rate_limit={"random_rate": 0.0})
+    assert all(frozen_api.get("/api/v0/users/current/").status_code == 200 for _ in range(50))
+
+
 def test_search_quota(frozen: EmulatorServer, frozen_api: httpx.Client) -> None:
     set_faults(frozen_api, search_quota_per_day=2)
     for _ in range(2):
