@@ -95,8 +95,38 @@ def test_torch_integration_leaves_calls_outside_a_broadcast_alone() -> None:
     assert call_on_node(single, configured, (), {}) is None  # a `>>` call: no peers to rendezvous with
 
 
-@pytest.mark.parametrize(("args", "kwargs", "field"), [(("nccl2",), {}, "backend"), ((), {"master_port": 0}, "port"),
-                                                      ((), {"timeout_s": 0}, "timeout")])
+@pytest.mark.parametrize(("args", "kwargs"), [((), {"backend": "gloo"}), (("gloo",), {})],
+                         ids=["keyword (the legacy spelling)", "positional"])
+def test_torch_integration_hands_the_chosen_backend_to_init_process_group(
+    args: tuple[Any, ...], kwargs: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch.distributed as dist
+
+    monkeypatch.setattr(context, "interface_for_ip", lambda ip: "lo")
+    context._cached_interface.cache_clear()
+    calls: list[tuple[str, dict[str, Any]]] = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: calls.append((backend, kw)))
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: calls.append(("destroyed", {})))
+
+    @sky.integrations.torch(*args, **kwargs)
+    def world() -> str | None:
+        return os.environ.get("WORLD_SIZE")
+
+    try:
+        assert call_on_node((1, ["10.8.0.2", "10.8.0.3"], 0, True), world, (), {}) == "2"
+    finally:
+        context._cached_interface.cache_clear()
+    assert [c[0] for c in calls] == ["gloo", "destroyed"]
+    assert calls[0][1]["rank"] == 1 and calls[0][1]["world_size"] == 2
+
+
+@pytest.mark.parametrize(("args", "kwargs", "field"), [(("nccl2",), {}, "backend"),
+                                                      ((), {"backend": "nccl2"}, "backend"),
+                                                      (("gloo",), {"backend": "nccl"}, "given twice"),
+                                                      ((), {"master_port": 0}, "port"),
+                                                      ((), {"timeout_s": 0}, "timeout"),
+                                                      ((), {"timeout_s": "10"}, "timeout")])
 def test_torch_integration_rejects_bad_options(args: tuple[Any, ...], kwargs: dict[str, Any], field: str) -> None:
     with pytest.raises(ConfigError, match=field):
         sky.integrations.torch(*args, **kwargs)

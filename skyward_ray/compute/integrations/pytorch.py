@@ -94,16 +94,27 @@ def torch(fn: Callable[P, T], /) -> Callable[P, T]: ...
 def torch(
     backend: str | None = None, /, *, master_port: int = HEAD_PORT, timeout_s: float = 600.0
 ) -> Callable[[Callable[P, T]], Callable[P, T]]: ...
+@overload
 def torch(
-    backend: Any = None, /, *, master_port: int = HEAD_PORT, timeout_s: float = 600.0
+    *, backend: str | None = None, master_port: int = HEAD_PORT, timeout_s: float = 600.0
+) -> Callable[[Callable[P, T]], Callable[P, T]]: ...
+def torch(
+    fn_or_backend: Any = None, /, *, backend: str | None = None, master_port: int = HEAD_PORT,
+    timeout_s: float = 600.0,
 ) -> Any:
-    """``@sky.integrations.torch()`` (or bare ``@sky.integrations.torch``): a process group around each broadcast."""
-    if callable(backend):
-        return _decorate(backend, None, master_port, timeout_s)
+    """``@sky.integrations.torch()``, ``@sky.integrations.torch(backend="gloo")`` (the legacy spelling),
+    ``@sky.integrations.torch("gloo")`` or bare ``@sky.integrations.torch``: a process group around each broadcast."""
+    if callable(fn_or_backend):
+        return _decorate(fn_or_backend, None, master_port, timeout_s)
+    if fn_or_backend is not None:
+        if backend is not None:
+            raise ConfigError(f"torch.backend: given twice ({fn_or_backend!r} and backend={backend!r}); "
+                              "allowed: one of them")
+        backend = fn_or_backend
     if backend is not None and backend not in _BACKENDS:
         raise ConfigError(f"torch.backend: {backend!r} is not allowed; allowed: None (auto), {', '.join(_BACKENDS)}")
     if isinstance(master_port, bool) or not isinstance(master_port, int) or not 1 <= master_port <= 65535:
         raise ConfigError(f"torch.master_port: {master_port!r} is not allowed; allowed: a TCP port 1-65535")
-    if not timeout_s > 0:
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or not timeout_s > 0:
         raise ConfigError(f"torch.timeout_s: {timeout_s!r} is not allowed; allowed: seconds > 0")
     return lambda fn: _decorate(fn, backend, master_port, timeout_s)
