@@ -48,7 +48,7 @@ def test_the_billed_rate_never_exceeds_a_binding_cap(emulator: EmulatorServer, t
               "node_types": {"head": {"kind": "head", "node_config": CLUSTER.head_config},
                              "gpu": {"kind": "worker", "max_workers": TARGET, "node_config": CLUSTER.worker_config}}}
     # Learn the market's prices with an unbounded cap: the head, then the target's workers.
-    probe = ProviderFactory(config, CLUSTER, emulator.api_key, 0.0, seed=1)
+    probe = ProviderFactory(config, CLUSTER, emulator.api_key)
     factory: ProviderFactory | None = None
     scaler: MiniAutoscaler | None = None
     chaos: ChaosActor | None = None
@@ -65,7 +65,7 @@ def test_the_billed_rate_never_exceeds_a_binding_cap(emulator: EmulatorServer, t
         assert cap - rates.committed_dph < worker_prices[0], "the cap must not leave room for a fifth worker"
         first.close()
 
-        factory = ProviderFactory({**config, "max_hourly_cost": cap}, CLUSTER, emulator.api_key, 0.0, seed=2)
+        factory = ProviderFactory({**config, "max_hourly_cost": cap}, CLUSTER, emulator.api_key)
         admin(emulator.url, "PUT", "faults/", json={"error_5xx_rate": 0.1, "lost_response_rate": 0.05})
         sampler.start()
         scaler = MiniAutoscaler(factory.new, CLUSTER, interval_s=0.2)
@@ -115,7 +115,7 @@ def test_a_node_whose_destroy_failed_still_counts_against_the_cap(emulator: Emul
               "min_reliability": 0.9, "max_hourly_cost": 100.0,
               "node_types": {"head": {"kind": "head", "node_config": CLUSTER.head_config},
                              "gpu": {"kind": "worker", "max_workers": TARGET, "node_config": CLUSTER.worker_config}}}
-    probe = ProviderFactory(config, CLUSTER, emulator.api_key, 0.0, seed=1)
+    probe = ProviderFactory(config, CLUSTER, emulator.api_key)
     sampler = Sampler(emulator.url, CLUSTER.name)
     transport = FailNext()
     client = VastClient(api_key=emulator.api_key, base_url=emulator.url, transport=transport, retry_deadline_s=1,
