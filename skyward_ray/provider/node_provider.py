@@ -129,11 +129,18 @@ class _Node:
     price_per_hour: float | None = None
     terminated: bool = False
     destroy_sent_at: float | None = None
+    destroying: bool = False  # a destroy call is in flight: no second one meanwhile
+    destroyed: bool = False  # a destroy call succeeded: Vast stopped billing it
     rebids: int = 0
 
     @property
     def kind(self) -> str | None:
         return self.tags.get(TAG_RAY_NODE_KIND)
+
+    @property
+    def billed(self) -> bool:
+        """Still costing money: until a destroy call succeeds (or a list no longer shows it), terminated or not."""
+        return not self.destroyed
 
     @property
     def hourly_cost(self) -> float:
@@ -206,6 +213,9 @@ class VastNodeProvider(NodeProvider):
         self._looked_up: set[str] = set()  # ids given their one GET since they last left the snapshot
         self._inflight: dict[str, float] = {}  # rental nonce -> $/h reserved
         self._ghost_nonces: set[str] = set()  # rentals whose outcome is unknown: any instance with them is a ghost
+        # ghost nonce -> when its rental failed: its $/h stays reserved until a list begun after that shows whether
+        # the instance exists (then it counts as a terminated node until its destroy succeeds)
+        self._unsettled_ghosts: dict[str, float] = {}
         self._excluded_machines: set[int] = set(self.config.excluded_machines)
         self._overlay_cache: _Site | None = None
 
@@ -289,7 +299,18 @@ class VastNodeProvider(NodeProvider):
             label_tags = decoded[1] if decoded else {}
             nonce = label_tags.get(TAG_RENTAL)
             if nonce in self._ghost_nonces:
-                actions.append(_Action("destroy", node_id))  # a rental we were never told about
+                # A rental we were never told about: billed until destroyed, so it is kept as a terminated node
+                # (counted against max_hourly_cost, its destroy retried at every refresh until one succeeds).
+                listed.add(node_id)
+                node = self._nodes.get(node_id)
+                if node is None:
+                    node = self._nodes[node_id] = _Node(node_id, label_tags, instance, first_seen=now,
+                                                        status_since=now, machine_id=instance.machine_id,
+                                                        terminated=True)
+                    log.warning("Vast instance %s is the ghost of a rental whose answer was lost: destroying it",
+                                node_id)
+                node.instance = instance
+                actions.extend(self._judge(node, now))
                 continue
             if nonce in self._inflight:
                 continue  # its rental thread registers it with the price it paid
@@ -305,6 +326,10 @@ class VastNodeProvider(NodeProvider):
                 if self._label_is_newer(node_id, started):
                     self._set_tags(node, label_tags, now)
             actions.extend(self._judge(node, now))
+        for nonce, failed_at in list(self._unsettled_ghosts.items()):
+            if started >= failed_at:  # this list shows the ghost if it exists: the reservation has done its job
+                del self._unsettled_ghosts[nonce]
+                self._inflight.pop(nonce, None)
         for node_id, node in list(self._nodes.items()):
             if node_id in listed:
                 continue
@@ -331,10 +356,15 @@ class VastNodeProvider(NodeProvider):
     def _judge(self, node: _Node, now: float) -> list[_Action]:
         """What a listed node's state calls for (lock held). Marks the node terminated when it is to be destroyed."""
         if node.terminated:
-            if node.destroy_sent_at is None or now - node.destroy_sent_at > DESTROY_RETRY_S:
-                node.destroy_sent_at = now
-                return [_Action("destroy", node.node_id)]  # a destroy that did not take: again
-            return []
+            if node.destroying:
+                return []
+            if node.destroyed and node.destroy_sent_at is not None and now - node.destroy_sent_at <= DESTROY_RETRY_S:
+                return []  # Vast accepted the destroy; the list may lag behind it a little
+            # The last destroy failed (or Vast still lists it long after accepting one): again, at every refresh,
+            # so an instance Ray terminated never stays billed because one call failed.
+            node.destroying = True
+            node.destroy_sent_at = now
+            return [_Action("destroy", node.node_id)]
         instance = node.instance
         assert instance is not None
         if instance.ready and node.running_since is None:
@@ -386,9 +416,21 @@ class VastNodeProvider(NodeProvider):
 
     def _terminate_locked(self, node: _Node, now: float) -> list[_Action]:
         node.terminated = True
+        node.destroying = True
         node.destroy_sent_at = now
         self._dirty.discard(node.node_id)
         return [_Action("destroy", node.node_id)]
+
+    def _destroy_ended(self, node_ids: Iterable[str], *, ok: bool) -> None:
+        """Record how destroy calls ended: a node stops counting against ``max_hourly_cost`` only once Vast
+        accepted its destroy (or said it was gone); after a failure the next refresh sends it again."""
+        with self._lock:
+            for node_id in node_ids:
+                node = self._nodes.get(node_id)
+                if node is None:
+                    continue
+                node.destroying = False
+                node.destroyed = node.destroyed or ok
 
     def _dispatch(self, actions: list[_Action]) -> None:
         if actions:
@@ -399,7 +441,12 @@ class VastNodeProvider(NodeProvider):
     def _perform(self, action: _Action) -> None:
         try:
             if action.kind == "destroy":
-                self.client.destroy_instance(int(action.node_id))
+                try:
+                    self.client.destroy_instance(int(action.node_id))
+                except VastError:
+                    self._destroy_ended([action.node_id], ok=False)
+                    raise
+                self._destroy_ended([action.node_id], ok=True)
             elif action.kind == "rebid":
                 assert action.price is not None
                 self.client.change_bid(int(action.node_id), action.price)
@@ -410,6 +457,8 @@ class VastNodeProvider(NodeProvider):
                         action.node_id, exc)
         except Exception:
             log.exception("Vast %s of instance %s failed", action.kind, action.node_id)
+            if action.kind == "destroy":
+                self._destroy_ended([action.node_id], ok=False)
 
     def _node(self, node_id: str) -> _Node | None:
         """The node, or after one GET for an id the snapshot lacks (never more than one per absence).
@@ -864,8 +913,9 @@ class VastNodeProvider(NodeProvider):
                 self._inflight.pop(rental.nonce, None)
 
     def _committed_per_hour(self) -> float:
-        """Live nodes plus rentals in flight (lock held): what max_hourly_cost is already spent on."""
-        live = sum(node.hourly_cost for node in self._nodes.values() if not node.terminated)
+        """Billed nodes plus rentals in flight (lock held): what max_hourly_cost is already spent on. A terminated
+        node counts until its destroy succeeded: a failed destroy leaves it running and billed."""
+        live = sum(node.hourly_cost for node in self._nodes.values() if node.billed)
         return live + sum(self._inflight.values())
 
     def _live_nodes(self) -> list[_Node]:
@@ -941,9 +991,14 @@ class VastNodeProvider(NodeProvider):
             )
         except VastError as exc:
             with self._lock:
-                self._inflight.pop(rental.nonce, None)
                 if exc.outcome_unknown and exc.new_contract is None:
-                    self._ghost_nonces.add(rental.nonce)  # it may exist anyway: destroy it when a list shows it
+                    # It may exist anyway: destroy it when a list shows it, and keep its price reserved until then.
+                    self._ghost_nonces.add(rental.nonce)
+                    self._unsettled_ghosts[rental.nonce] = self._clock()
+                else:
+                    self._inflight.pop(rental.nonce, None)
+                    if exc.new_contract is not None:
+                        self._ghost_nonces.add(rental.nonce)  # should the destroy below fail, a list retries it
             if exc.new_contract is not None:
                 self._destroy_quietly(exc.new_contract, f"failed rental of offer {assignment.offer_id}")
             if isinstance(exc, OfferGoneError):
@@ -1005,8 +1060,11 @@ class VastNodeProvider(NodeProvider):
                 continue  # not ours, or already gone
             with self._lock:
                 node.terminated = True
-                node.destroy_sent_at = now
                 self._dirty.discard(node_id)
+                if node.destroying or node.destroyed:
+                    continue  # a destroy is in flight or done: the refresh sends it again if needed
+                node.destroying = True
+                node.destroy_sent_at = now
             to_destroy.append(int(node_id))
         if not to_destroy:
             return None
@@ -1016,13 +1074,25 @@ class VastNodeProvider(NodeProvider):
             else:
                 self.client.destroy_instances(to_destroy)
         except VastError as exc:
+            if len(to_destroy) == 1:
+                log.error("destroying Vast instance %s failed (retried at the next refresh): %s", to_destroy[0], exc)
+                self._destroy_ended([str(to_destroy[0])], ok=False)
+                return None
             log.warning("bulk destroy of %s failed (%s): destroying one by one", to_destroy, exc)
             for instance_id in to_destroy:
                 try:
                     self.client.destroy_instance(instance_id)
                 except VastError as one_exc:
-                    log.error("destroying Vast instance %s failed (retried on a later refresh): %s", instance_id,
+                    log.error("destroying Vast instance %s failed (retried at the next refresh): %s", instance_id,
                               one_exc)
+                    self._destroy_ended([str(instance_id)], ok=False)
+                else:
+                    self._destroy_ended([str(instance_id)], ok=True)
+            return None
+        except BaseException:
+            self._destroy_ended([str(i) for i in to_destroy], ok=False)
+            raise
+        self._destroy_ended([str(i) for i in to_destroy], ok=True)
         return None
 
     def cleanup_cluster_resources(self) -> None:
