@@ -10,8 +10,6 @@ KNOWN_DEFECTS: dict[str, str] = {
         "skyward-ray validate does not report a duplicate YAML key as one clear line",
     "test_validate_cli_gives_one_line_and_exit_2[YAML: head_node_type not a type]":
         "validate does not report an unknown head_node_type as one clear line naming field and allowed",
-    "test_a_node_whose_destroy_failed_still_counts_against_the_cap":
-        "a node whose destroy failed is not counted against max_hourly_cost while it is still billed",
     "deeply nested]": "a deeply nested JSON body does not end in a VastError",
     "nested in the error]": "a deeply nested JSON error body does not end in a VastError",
     "test_every_call_ends_within_its_deadline_with_a_vast_error[slow headers":
