@@ -171,6 +171,10 @@ class VastProviderConfig(PlacementOptions):
         600.0, gt=0.0, description="a node Ray cannot SSH into this long (waiting-for-ssh) is destroyed, its machine "
         "avoided"
     )
+    avoid_machine_s: float = Field(
+        1800.0, gt=0.0, description="a machine whose instance failed, stuck loading or never took SSH is avoided "
+        "this long (not forever: a cluster confined to one physical cluster must not run out of machines)"
+    )
     overlay_timeout: int = Field(120, ge=1, description="seconds for the overlay to appear after it is created")
     instance_timeout: int = Field(
         300, ge=0, description="a worker that cannot reach its head this long destroys itself (0: never)"

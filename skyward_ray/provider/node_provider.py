@@ -29,7 +29,9 @@ counts live nodes and rentals in flight.
 **Keeping nodes honest** (on every refresh, in both processes): an outbid worker is destroyed and reported terminated
 (policy ``replace``) or re-bid up to ``max_bid`` (``rebid``); a failed instance, one stuck loading past
 ``loading_timeout_s`` or one Ray cannot SSH into within ``ssh_timeout_s`` is destroyed and its machine avoided for
-the cluster's later placements. The API calls those decisions need run in a background pool, never in the tick.
+``avoid_machine_s`` (not forever: a machine may fail once, and a cluster confined to one physical cluster must not
+run out of machines under a run of faults). The API calls those decisions need run in a background pool, never in
+the tick.
 """
 
 from __future__ import annotations
@@ -216,7 +218,7 @@ class VastNodeProvider(NodeProvider):
         # ghost nonce -> when its rental failed: its $/h stays reserved until a list begun after that shows whether
         # the instance exists (then it counts as a terminated node until its destroy succeeds)
         self._unsettled_ghosts: dict[str, float] = {}
-        self._excluded_machines: set[int] = set(self.config.excluded_machines)
+        self._avoided_until: dict[int, float] = {}  # machine id -> our clock when it may be rented again
         self._overlay_cache: _Site | None = None
 
         self._flush_wanted = threading.Event()
@@ -385,9 +387,9 @@ class VastNodeProvider(NodeProvider):
         if reason is None:
             return []
         if avoid_machine and node.machine_id is not None:
-            self._excluded_machines.add(node.machine_id)
+            self._avoided_until[node.machine_id] = now + self.config.avoid_machine_s
         log.warning("Vast instance %s (machine %s) %s: destroying it%s", node.node_id, node.machine_id, reason,
-                    " and avoiding its machine" if avoid_machine else "")
+                    f" and avoiding its machine for {self.config.avoid_machine_s:g} s" if avoid_machine else "")
         return self._terminate_locked(node, now)
 
     def _on_interrupted(self, node: _Node, now: float) -> list[_Action]:
@@ -878,7 +880,7 @@ class VastNodeProvider(NodeProvider):
         """Search (outside the lock), then plan and reserve ``rent_group``'s nodes in one locked step, so concurrent
         launches never both spend the same ``max_hourly_cost`` headroom."""
         with self._lock:
-            excluded = frozenset(self._excluded_machines)
+            excluded = self._excluded_now()
         request = PlacementRequest(groups=tuple(groups), cluster_id=pinned_cluster, excluded_machines=excluded,
                                    physical_cluster=None if pinned_cluster is not None else physical_cluster)
         options = self.config.placement
@@ -897,6 +899,16 @@ class VastNodeProvider(NodeProvider):
             for rental in rentals:
                 self._inflight[rental.nonce] = rental.assignment.price_per_hour
         return the_plan, rentals
+
+    def _excluded_now(self) -> frozenset[int]:
+        """The configured exclusions plus the machines still avoided after a failure (lock held)."""
+        now = self._clock()
+        for machine_id, until in list(self._avoided_until.items()):
+            if now >= until:
+                del self._avoided_until[machine_id]
+                log.info("machine %s is no longer avoided (avoid_machine_s=%g elapsed)", machine_id,
+                         self.config.avoid_machine_s)
+        return frozenset(self.config.excluded_machines) | frozenset(self._avoided_until)
 
     @staticmethod
     def _search_limit(request: PlacementRequest) -> int:

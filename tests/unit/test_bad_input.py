@@ -125,6 +125,7 @@ CASES: list[Case] = [
     provider("interrupted_policy", "pray"),
     provider("loading_timeout_s", 0),
     provider("ssh_timeout_s", -5),
+    provider("avoid_machine_s", 0),
     provider("overlay_timeout", 0),
     provider("instance_timeout", -1),
     provider("rent_concurrency", 0),

@@ -314,7 +314,7 @@ def test_outbid_worker_is_destroyed_and_reported_terminated(fake: FakeVast, cloc
     assert provider.non_terminated_nodes({}) == []
     assert provider.is_terminated("11")
     _wait_for(lambda: 11 not in fake.instances, "the destroy")
-    assert 1 not in provider._excluded_machines  # an outbid says nothing about the machine
+    assert 1 not in provider._avoided_until  # an outbid says nothing about the machine
 
 
 def test_rebid_policy_raises_the_bid_up_to_max_bid(fake: FakeVast, clock: FakeClock) -> None:
@@ -330,7 +330,7 @@ def test_failed_instance_is_destroyed_and_its_machine_avoided(fake: FakeVast, cl
     fake.add_instance(11, worker_label(), actual_status="exited", machine_id=77)
     provider = make_provider(fake, clock)
     assert provider.non_terminated_nodes({}) == []
-    assert 77 in provider._excluded_machines
+    assert 77 in provider._avoided_until
     _wait_for(lambda: 11 not in fake.instances, "the destroy")
 
 
@@ -343,7 +343,7 @@ def test_stuck_loading_is_ended_after_the_deadline(fake: FakeVast, clock: FakeCl
     assert provider.non_terminated_nodes({}) == ["11"]
     clock.advance(5)  # past the deadline and past the snapshot's TTL: the next refresh judges it
     assert provider.non_terminated_nodes({}) == []
-    assert 78 in provider._excluded_machines
+    assert 78 in provider._avoided_until
 
 
 def test_node_ray_cannot_ssh_into_is_ended(fake: FakeVast, clock: FakeClock) -> None:
@@ -355,7 +355,7 @@ def test_node_ray_cannot_ssh_into_is_ended(fake: FakeVast, clock: FakeClock) -> 
     assert provider.non_terminated_nodes({}) == ["11"]
     clock.advance(30)
     assert provider.non_terminated_nodes({}) == []
-    assert 79 in provider._excluded_machines
+    assert 79 in provider._avoided_until
 
 
 def test_overlay_node_is_not_running_until_its_overlay_address_shows(fake: FakeVast, clock: FakeClock) -> None:
