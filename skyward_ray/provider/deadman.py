@@ -10,7 +10,8 @@ worker checks that the head's GCS port accepts TCP connections every ``--interva
 it) without one success it destroys its own instance through the Vast API, with the *instance-scoped* key Vast gives
 every container (``CONTAINER_API_KEY``, valid only for that instance). The account key is never on a worker.
 
-Only one copy runs per node: a new one ends the previous one (by the PID in its pidfile).
+Only one copy runs per node: a new one ends the previous one (by the PID in its pidfile, once ``/proc`` shows that
+PID still runs this module: a pidfile outlives its process, and the PID may since belong to anything).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ log = logging.getLogger("skyward_ray.deadman")
 INSTANCE_TIMEOUT_ENV = "SKYWARD_INSTANCE_TIMEOUT"
 API_URL_ENV = "SKYWARD_VAST_URL"
 PIDFILE = Path("/tmp/skyward-deadman.pid")
+MODULE = "skyward_ray.provider.deadman"
 
 
 def reachable(address: tuple[str, int], timeout_s: float = 5.0) -> bool:
@@ -91,11 +93,32 @@ def destroy_self(api_url: str, instance_id: int, instance_key: str) -> bool:
         return False
 
 
+def is_deadman(pid: int, proc: Path = Path("/proc")) -> bool:
+    """Whether process ``pid`` runs this module (``python -m skyward_ray.provider.deadman`` or this file), read from
+    its ``/proc/<pid>/cmdline``. False when it is gone or unreadable: never signal what we cannot identify."""
+    try:
+        raw = (proc / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return False
+    args = [arg.decode(errors="replace") for arg in raw.split(b"\0") if arg]
+    for index, arg in enumerate(args):
+        if arg == "-m" and args[index + 1 : index + 2] == [MODULE]:
+            return True
+        if arg == f"-m{MODULE}" or arg.endswith("/skyward_ray/provider/deadman.py"):
+            return True
+    return False
+
+
 def _replace_previous(pidfile: Path) -> None:
+    """End the previous watch recorded in ``pidfile`` (only if that PID is still one), then record ours."""
     with contextlib.suppress(OSError, ValueError):
         previous = int(pidfile.read_text().strip())
-        if previous != os.getpid():
-            os.kill(previous, signal.SIGTERM)
+        if previous != os.getpid() and previous > 0:
+            if is_deadman(previous):
+                os.kill(previous, signal.SIGTERM)
+            else:
+                log.info("pidfile %s names PID %d, which is not a dead-man watch (any more): left alone", pidfile,
+                         previous)
     with contextlib.suppress(OSError):
         pidfile.write_text(f"{os.getpid()}\n")
 
@@ -105,6 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--head", required=True, help="the head's GCS address, HOST:PORT")
     parser.add_argument("--timeout", type=float, default=None, help=f"seconds (default ${INSTANCE_TIMEOUT_ENV})")
     parser.add_argument("--interval", type=float, default=10.0, help="seconds between probes (10)")
+    parser.add_argument("--pidfile", type=Path, default=PIDFILE, help=f"where the running copy's PID is ({PIDFILE})")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s deadman %(levelname)s %(message)s")
 
@@ -119,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("CONTAINER_ID, CONTAINER_API_KEY or %s missing: cannot self-destroy, switch off", API_URL_ENV)
         return 1
     head = parse_address(args.head)
-    _replace_previous(PIDFILE)
+    _replace_previous(args.pidfile)
     stopping = False
 
     def _stop(*_: object) -> None:
