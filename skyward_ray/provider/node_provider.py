@@ -111,6 +111,7 @@ RENT_ROUNDS = 3  # searches per launch when offers keep being taken by others
 MISSING_GRACE_S = 60.0  # a rented node absent from lists this long is checked with one GET
 DESTROY_RETRY_S = 30.0  # a terminated node still listed after this long is destroyed again
 OVERLAY_POLL_S = 1.0
+EXIT_FLUSH_BUDGET_S = 10.0  # at interpreter exit, all providers together wait at most this long for label writes
 
 
 class VastLaunchError(SkywardError):
@@ -711,6 +712,11 @@ class VastNodeProvider(NodeProvider):
                     self._written_at[node_id] = self._clock()
         return ok
 
+    def unflushed_node_ids(self) -> list[str]:
+        """Nodes whose latest tags have not reached Vast yet (pending or in flight)."""
+        with self._lock:
+            return sorted(self._dirty | self._writing, key=lambda node_id: (len(node_id), node_id))
+
     def close(self, timeout_s: float = 30.0) -> None:
         """Write pending tags and stop the background threads (also run at interpreter exit, so the last tags of
         ``ray up`` reach Vast). A label write in flight is waited for, not cut off."""
@@ -1179,6 +1185,36 @@ def _register_exit_flush(provider: VastNodeProvider) -> None:
         atexit.register(_flush_all_at_exit)
 
 
-def _flush_all_at_exit() -> None:
-    for provider in list(_EXIT_FLUSH):
-        provider.close()
+def _flush_all_at_exit(providers: Iterable[VastNodeProvider] | None = None,
+                       budget_s: float = EXIT_FLUSH_BUDGET_S) -> None:
+    """Close every provider (writing its pending labels) in parallel, within ``budget_s`` in all.
+
+    An unreachable API must not hold the exit of ``ray up`` (or the head's monitor) for minutes of client retries:
+    what is not written by then is named in a warning and left (the labels only lag; the next ``ray up`` writes the
+    tags again). The closes run in daemon threads, so one still blocked in a call does not hold the interpreter."""
+    deadline = time.monotonic() + budget_s
+    closing: list[tuple[VastNodeProvider, threading.Thread]] = []
+    for provider in list(_EXIT_FLUSH if providers is None else providers):
+        thread = threading.Thread(target=_close_quietly, args=(provider, budget_s), name="skyward-exit-flush",
+                                  daemon=True)
+        thread.start()
+        closing.append((provider, thread))
+    for _provider, thread in closing:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    for provider, thread in closing:
+        unflushed = provider.unflushed_node_ids()
+        within = f" within {budget_s:g} s" if thread.is_alive() else ""
+        if unflushed:
+            log.warning("exit: the tags of Vast instance(s) %s of cluster %r were not written%s (is the Vast API "
+                        "reachable?); their labels lag until the next write", ", ".join(unflushed),
+                        provider.cluster_name, within)
+        elif thread.is_alive():
+            log.warning("exit: closing the provider of cluster %r did not end%s (a Vast call still in flight); "
+                        "left behind", provider.cluster_name, within)
+
+
+def _close_quietly(provider: VastNodeProvider, timeout_s: float) -> None:
+    try:
+        provider.close(timeout_s)
+    except Exception as exc:  # at exit there is no caller to raise to; the warning after the join names the nodes
+        log.debug("closing the provider of cluster %r at exit failed: %s", provider.cluster_name, type(exc).__name__)
