@@ -16,7 +16,8 @@ refreshes share one list call; it guards no state.
 
 **Tags.** ``set_node_tags`` changes memory at once and marks the node dirty; a background thread writes the labels
 after ``tag_flush_delay_s`` (so the four writes of a node's setup coalesce), and at interpreter exit whatever is still
-pending. A snapshot never overwrites tags with a label older than our own last write.
+pending (within ``EXIT_FLUSH_BUDGET_S`` in all; a warning names what an unreachable API kept from being written). A
+snapshot never overwrites tags with a label older than our own last write.
 
 **Renting** (:meth:`create_node`, :meth:`create_node_with_resources_and_labels`): search, plan with
 :mod:`skyward_ray.placement`, then rent the plan's offers concurrently (the client spaces and retries requests). The
