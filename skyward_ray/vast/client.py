@@ -23,6 +23,10 @@ seconds replaces it. No retry starts after ``retry_deadline_s``; a ``Retry-After
 :class:`RateLimitedError` carrying ``retry_after``. ``search_quota_exceeded`` is never retried. A call therefore
 ends within about ``retry_deadline_s + timeout_s`` (the last attempt may start just before the deadline).
 
+``timeout_s`` bounds each attempt in wall-clock time (connect, send, headers and the whole body), not each socket
+read, so a server that trickles its headers or body cannot hold a call past it. A body larger than
+``max_body_bytes`` (64 MiB decoded by default) or too deeply nested to parse is a :class:`ProtocolError`.
+
 A client-side minimum interval per endpoint template (``min_interval_s``) spaces request *starts* so we stay under
 Vast's per-endpoint limits instead of provoking 429s. Keys are the templates in :data:`ENDPOINTS` (for example
 ``"GET /api/v1/instances/"``) or ``"*"`` for every other endpoint.
@@ -33,6 +37,7 @@ counters take a short lock that is never held during I/O or sleeps.
 
 from __future__ import annotations
 
+import contextvars
 import enum
 import json
 import logging
@@ -45,6 +50,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, TypeVar
 
+import httpcore
 import httpx
 import tenacity
 from pydantic import BaseModel, ValidationError
@@ -100,6 +106,8 @@ RUNTYPE_TOKENS = frozenset(
     }
 )
 _BODY_SNIPPET_CHARS = 300
+# Refuse bodies larger than this (decoded): the whole 12k-offer emulator market is ~27 MB, a real search far less.
+MAX_BODY_BYTES = 64 * 1024 * 1024
 
 
 def _user_agent() -> str:
@@ -260,6 +268,111 @@ def _strings(value: Any) -> Iterable[str]:
 _NO_BODY = object()
 
 
+# --- every socket operation bounded by the attempt's wall-clock deadline ----------------------------------------------
+#
+# httpx's timeouts are per socket operation: a server that sends its headers or body one byte at a time never trips
+# them. Our transport's streams cap each connect/read/write at what is left of the current attempt's deadline, which
+# the calling thread publishes here (sync httpx does its I/O in the calling thread). Unset means no cap.
+_ATTEMPT_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("vast_attempt_deadline", default=None)
+
+
+def _capped(timeout: float | None, expired: type[Exception]) -> float | None:
+    """``timeout`` lowered to what is left of the attempt's deadline; ``expired`` raised once nothing is left."""
+    deadline = _ATTEMPT_DEADLINE.get()
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise expired("the attempt's deadline passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose every blocking operation ends by the current attempt's deadline."""
+
+    def __init__(self, stream: httpcore.NetworkStream) -> None:
+        self._stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, _capped(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, _capped(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(
+        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
+        tls = self._stream.start_tls(ssl_context, server_hostname, _capped(timeout, httpcore.ConnectTimeout))
+        return _DeadlineStream(tls)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore's sync backend, handing out :class:`_DeadlineStream` connections."""
+
+    def __init__(self) -> None:
+        self._backend = httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        timeout = _capped(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._backend.connect_tcp(host, port, timeout, local_address, socket_options))
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.NetworkStream:
+        timeout = _capped(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._backend.connect_unix_socket(path, timeout, socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
+
+
+class _DeadlineTransport(httpx.HTTPTransport):
+    """httpx's default transport (same TLS, limits, keep-alive) over :class:`_DeadlineBackend`. Proxies from the
+    environment are mounted by httpx itself and keep its per-operation timeouts only."""
+
+    def __init__(self) -> None:
+        ssl_context = httpx.create_ssl_context()
+        super().__init__(verify=ssl_context)
+        limits = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=5.0)  # httpx's
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=ssl_context,
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=_DeadlineBackend(),
+        )
+
+
+@dataclass(frozen=True)
+class _Reply:
+    """What came back, fully read: httpx's streamed response keeps no ``content``/``text`` of its own."""
+
+    status: int
+    headers: httpx.Headers
+    content: bytes
+    encoding: str
+
+    @property
+    def text(self) -> str:
+        try:
+            return self.content.decode(self.encoding, errors="replace")
+        except LookupError:
+            return self.content.decode("utf-8", errors="replace")
+
+
 class VastClient:
     """The Vast REST API as typed methods. Use as a context manager or call :meth:`close`.
 
@@ -282,6 +395,7 @@ class VastClient:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         anonymous: bool = False,
+        max_body_bytes: int = MAX_BODY_BYTES,
     ) -> None:
         for name, value in (("timeout_s", timeout_s), ("backoff_cap_s", backoff_cap_s)):
             if not value > 0:
@@ -289,10 +403,13 @@ class VastClient:
         for name, value in (("retry_deadline_s", retry_deadline_s), ("backoff_base_s", backoff_base_s)):
             if not value >= 0:
                 raise ConfigError(f"{name} = {value!r} is not allowed: use seconds >= 0")
+        if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int) or max_body_bytes <= 0:
+            raise ConfigError(f"max_body_bytes = {max_body_bytes!r} is not allowed: use a byte count > 0")
         # Anonymous clients may only search offers (Vast serves bundles without a key): no key is resolved or sent.
         self._key = ApiKey("") if anonymous else ApiKey(resolve_api_key(api_key))
         self._base_url = resolve_base_url(base_url)
         self._timeout_s = float(timeout_s)
+        self._max_body_bytes = max_body_bytes
         self._deadline_s = float(retry_deadline_s)
         self._backoff_base_s = float(backoff_base_s)
         self._backoff_cap_s = float(backoff_cap_s)
@@ -310,7 +427,7 @@ class VastClient:
                 "Accept": "application/json",
             },
             timeout=httpx.Timeout(self._timeout_s),
-            transport=transport,
+            transport=transport if transport is not None else _DeadlineTransport(),
             follow_redirects=False,  # a redirect to another host would drop or leak the key; the URL must be exact
         )
 
@@ -637,6 +754,7 @@ class VastClient:
         log.info("retrying in %.2fs (attempt %d failed): %s", state.upcoming_sleep, state.attempt_number, exc)
 
     def _attempt(self, endpoint: Endpoint, path: str, json_body: Any, query: dict[str, str] | None) -> Any:
+        """One request, done within ``timeout_s`` of wall-clock time: connect, send, headers and the whole body."""
         self._limiter.wait_turn(str(endpoint))
         with self._stats_lock:
             self._stats[str(endpoint)] += 1
@@ -644,16 +762,18 @@ class VastClient:
         kwargs: dict[str, Any] = {"params": query}
         if json_body is not _NO_BODY:
             kwargs["json"] = json_body
+        deadline = time.monotonic() + self._timeout_s  # real time: the sockets are real even when the clock is not
+        token = _ATTEMPT_DEADLINE.set(deadline)
         try:
-            response = self._http.request(endpoint.method, path, **kwargs)
+            request = self._http.build_request(endpoint.method, path, **kwargs)
+            response = self._http.send(request, stream=True)
+            try:
+                content = self._read_body(endpoint, path, response, deadline)
+            finally:
+                response.close()
         except httpx.TimeoutException as exc:
             sent = not isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout)
-            raise RequestTimeoutError(
-                f"{endpoint.method} {path}: no response within {self._timeout_s:g}s ({type(exc).__name__})",
-                request_sent=sent,
-                outcome_unknown=sent and endpoint.writes,
-                endpoint=str(endpoint),
-            ) from None
+            raise self._timed_out(endpoint, path, type(exc).__name__, request_sent=sent) from None
         except httpx.TransportError as exc:
             sent = not isinstance(exc, httpx.ConnectError)
             raise ConnectionFailedError(
@@ -664,27 +784,63 @@ class VastClient:
             ) from None
         except httpx.HTTPError as exc:
             raise self._protocol(endpoint, path, f"{type(exc).__name__}: {self._scrub(str(exc))}") from None
+        finally:
+            _ATTEMPT_DEADLINE.reset(token)
         log.debug("%s %s -> %d in %.3fs", endpoint.method, path, response.status_code, self._clock() - started)
-        return self._check(endpoint, path, response)
+        reply = _Reply(response.status_code, response.headers, content, response.encoding or "utf-8")
+        try:
+            return self._check(endpoint, path, reply)
+        except RecursionError:  # a body nested deeper than Python can walk, wherever it is walked
+            raise self._protocol(endpoint, path, f"HTTP {reply.status} with a body nested too deeply") from None
 
-    def _check(self, endpoint: Endpoint, path: str, response: httpx.Response) -> Any:
+    def _read_body(self, endpoint: Endpoint, path: str, response: httpx.Response, deadline: float) -> bytes:
+        """The decoded body, read in chunks so its size and the attempt's deadline hold whatever the server does."""
+        limit = self._max_body_bytes
+        declared = _as_int(response.headers.get("Content-Length"))
+        if declared is not None and declared > limit:
+            raise self._too_big(endpoint, path, response.status_code, f"declares {declared} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > limit:
+                raise self._too_big(endpoint, path, response.status_code, f"exceeds {limit} bytes")
+            chunks.append(chunk)
+            if time.monotonic() > deadline:  # a transport without our socket deadline (a test's, a proxy's)
+                raise self._timed_out(endpoint, path, "body still arriving", request_sent=True)
+        return b"".join(chunks)
+
+    def _too_big(self, endpoint: Endpoint, path: str, status: int, how: str) -> ProtocolError:
+        return self._protocol(
+            endpoint, path, f"HTTP {status} with a body that {how}; at most {self._max_body_bytes} are read"
+        )
+
+    def _timed_out(self, endpoint: Endpoint, path: str, why: str, *, request_sent: bool) -> RequestTimeoutError:
+        return RequestTimeoutError(
+            f"{endpoint.method} {path}: no complete response within {self._timeout_s:g}s ({why})",
+            request_sent=request_sent,
+            outcome_unknown=request_sent and endpoint.writes,
+            endpoint=str(endpoint),
+        )
+
+    def _check(self, endpoint: Endpoint, path: str, reply: _Reply) -> Any:
         """The decoded body of a success, or the typed error the response means."""
         try:
-            body: Any = response.json()
-        except ValueError:
+            body: Any = json.loads(reply.content)
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser's stack allows
             body = None
-        status = response.status_code
+        status = reply.status
         if 200 <= status < 300:
-            if body is None and response.content.strip() != b"null":
+            if body is None and reply.content.strip() != b"null":
                 raise self._protocol(
-                    endpoint, path, f"HTTP {status} with a body that is not JSON: {self._snippet(response.text)!r}"
+                    endpoint, path, f"HTTP {status} with a body that is not JSON: {self._snippet(reply.text)!r}"
                 )
             if not (isinstance(body, dict) and body.get("success") is False):
                 return body
-        raise self._error(endpoint, path, response, body)
+        raise self._error(endpoint, path, reply, body)
 
-    def _error(self, endpoint: Endpoint, path: str, response: httpx.Response, body: Any) -> VastError:
-        status = response.status_code
+    def _error(self, endpoint: Endpoint, path: str, reply: _Reply, body: Any) -> VastError:
+        status = reply.status
         code: str | None = None
         text = ""
         ask_id = new_contract = None
@@ -696,9 +852,9 @@ class VastClient:
         elif body is not None:
             text = json.dumps(body)
         else:
-            text = response.text
+            text = reply.text
         text = self._snippet(text)
-        retry_after = _parse_seconds(response.headers.get("Retry-After"))
+        retry_after = _parse_seconds(reply.headers.get("Retry-After"))
         described = " ".join(part for part in (f"HTTP {status}", code) if part)
         message = self._scrub(f"{endpoint.method} {path}: {described}" + (f": {text}" if text else ""))
         fields: dict[str, Any] = {
@@ -713,7 +869,7 @@ class VastClient:
             log.warning("%s failed but created instance %d; it must be destroyed", endpoint, new_contract)
             message += f" (instance {new_contract} was created anyway and must be destroyed)"
         if code == "search_quota_exceeded":
-            reset_at = _parse_seconds(response.headers.get("X-RateLimit-Reset"))
+            reset_at = _parse_seconds(reply.headers.get("X-RateLimit-Reset"))
             return QuotaExceededError(message, reset_at=reset_at, **fields)
         if status == 429 or code == "rate_limit_exceeded":
             return RateLimitedError(message, **fields)
@@ -726,7 +882,7 @@ class VastClient:
         if status >= 500:
             return ServerError(message, outcome_unknown=endpoint.writes, **fields)
         if 300 <= status < 400:
-            where = self._scrub(response.headers.get("Location", "?"))
+            where = self._scrub(reply.headers.get("Location", "?"))
             return ProtocolError(f"{message}: redirect to {where}; set VAST_URL to the final server", **fields)
         if status >= 400 or (code or "").startswith("invalid"):
             return BadRequestError(message, **fields)
