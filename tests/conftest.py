@@ -10,12 +10,6 @@ KNOWN_DEFECTS: dict[str, str] = {
         "skyward-ray validate does not report a duplicate YAML key as one clear line",
     "test_validate_cli_gives_one_line_and_exit_2[YAML: head_node_type not a type]":
         "validate does not report an unknown head_node_type as one clear line naming field and allowed",
-    "deeply nested]": "a deeply nested JSON body does not end in a VastError",
-    "nested in the error]": "a deeply nested JSON error body does not end in a VastError",
-    "test_every_call_ends_within_its_deadline_with_a_vast_error[slow headers":
-        "a server that sends headers slowly can hold a call past its deadline (httpx timeouts are per read)",
-    "test_every_call_ends_within_its_deadline_with_a_vast_error[trickled body":
-        "a trickling body can hold a call past its deadline (httpx timeouts are per read)",
 }
 
 
