@@ -34,6 +34,13 @@ CREATED = json.dumps({"success": True, "new_contract": 31337, "instance_api_key"
 Reply = Callable[[BaseHTTPRequestHandler, threading.Event], None]
 
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that gives up mid-answer is what these tests provoke; no traceback on stderr for that."""
+
+
 class LoopbackServer:
     """A keep-alive HTTP/1.1 server whose every request is answered by ``reply``; counts connections and requests."""
 
@@ -61,8 +68,7 @@ class LoopbackServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        self._server = _QuietServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         daemon=True)
