@@ -266,15 +266,24 @@ def node_config_section(node_type: str) -> str:
     return f"available_node_types.{node_type}.node_config"
 
 
+def check_head_node_type(cluster_config: Mapping[str, Any]) -> str:
+    """``head_node_type`` names one of ``available_node_types`` (a mapping, checked by the caller); returns it.
+
+    ``skyward-ray validate`` runs it before Ray's own preparation, whose message names neither value nor choices."""
+    head_type = cluster_config.get("head_node_type")
+    node_types = cluster_config.get("available_node_types") or {}
+    if not isinstance(head_type, str) or head_type not in node_types:
+        raise ConfigError(f"head_node_type: {head_type!r} is not allowed (use one of {sorted(map(str, node_types))})")
+    return head_type
+
+
 def validate_cluster_config(cluster_config: Mapping[str, Any]) -> tuple[VastProviderConfig, dict[str, NodeTypeShape]]:
     """Validate ``provider:`` and every node type's ``node_config``; return them typed. Raises ConfigError."""
     provider = VastProviderConfig.from_config(cluster_config.get("provider"))
     node_types = cluster_config.get("available_node_types")
     if not isinstance(node_types, Mapping) or not node_types:
         raise ConfigError("available_node_types: missing or empty (allowed: a mapping of node type -> settings)")
-    head_type = cluster_config.get("head_node_type")
-    if head_type not in node_types:
-        raise ConfigError(f"head_node_type: {head_type!r} is not allowed (use one of {sorted(node_types)})")
+    head_type = check_head_node_type(cluster_config)
     shapes: dict[str, NodeTypeShape] = {}
     for name, settings in node_types.items():
         if not isinstance(settings, Mapping):
