@@ -6,10 +6,6 @@ from __future__ import annotations
 import pytest
 
 KNOWN_DEFECTS: dict[str, str] = {
-    "test_validate_cli_gives_one_line_and_exit_2[YAML: duplicate key]":
-        "skyward-ray validate does not report a duplicate YAML key as one clear line",
-    "test_validate_cli_gives_one_line_and_exit_2[YAML: head_node_type not a type]":
-        "validate does not report an unknown head_node_type as one clear line naming field and allowed",
 }
 
 
