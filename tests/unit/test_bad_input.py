@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import re
 import sys
 import textwrap
 from collections.abc import Callable
@@ -271,6 +272,46 @@ def test_validate_cli_gives_one_line_and_exit_2(case: Case, tmp_path: Path,
     assert code == 2, f"{case.id}: exit {code}\nstdout: {out}\nstderr: {err}"
     assert out == "" and err.startswith("skyward-ray: error: ") and err.count("\n") == 1, err
     check_message(case, err.strip())
+
+
+# Where ``skyward-ray validate`` places each whole-file case: the key at fault (its line must start with it at the
+# reported column), a line number (a syntax error: where the parser stopped), or None (the field is not in the file).
+PLACED: dict[str, str | int | None] = {
+    "YAML: unclosed bracket": 3,
+    "YAML: tab indentation": 3,
+    "YAML: a list at the top": None,
+    "YAML: empty file": None,
+    "YAML: duplicate key": "max_workers",
+    "YAML: unknown top-level key": "fancy_feature",
+    "YAML: missing required key": None,
+    "YAML: head_node_type not a type": "head_node_type",
+    "YAML: node_config missing": WORKER_TYPE,
+    "YAML: fractional resources": "CPU",
+}
+
+
+@pytest.mark.parametrize("case", YAML_CASES, ids=[c.id for c in YAML_CASES])
+def test_validate_cli_places_the_error_at_the_key_at_fault(case: Case, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from skyward_ray.cli import main
+
+    path = write_case(case, tmp_path)
+    assert main(["validate", str(path)]) == 2
+    message = capsys.readouterr().err.strip().removeprefix("skyward-ray: error: ")
+    placed = PLACED[case.id] if case.where == "yaml" else case.key
+    place = re.match(rf"{re.escape(str(path))}:(\d+):(\d+): \S", message)
+    if placed is None:
+        assert place is None and message.startswith(f"{path}: "), f"{case.id}: {message}"
+        return
+    assert place is not None, f"{case.id}: no FILE:LINE:COLUMN: {message}"
+    line_no, column = int(place[1]), int(place[2])
+    if isinstance(placed, int):
+        assert line_no == placed, f"{case.id}: {message}"
+        return
+    lines = path.read_text().splitlines()
+    assert lines[line_no - 1][column - 1:].startswith(f"{placed}:"), f"{case.id}: {message}\n{lines[line_no - 1]}"
+    if case.id == "YAML: duplicate key":  # the repeated key, not the first one
+        assert line_no == max(i for i, text in enumerate(lines, 1) if text.startswith("max_workers:")), message
 
 
 @pytest.fixture(scope="module")
