@@ -72,6 +72,8 @@ def compose_yaml(path: Path) -> tuple[dict[str, Any], yaml.Node]:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: byte at offset {exc.start} is not UTF-8; allowed: a UTF-8 text file") from None
     loader = _StrictLoader(text)
     try:
         root = loader.get_single_node()

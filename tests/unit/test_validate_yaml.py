@@ -58,3 +58,11 @@ def test_locate_points_at_the_deepest_key_present_and_handles_dotted_names_and_l
     assert place("l.1.k") == (7, 5)
     assert place("l.9.k") == (5, 1)
     assert place("nowhere") is None
+
+
+def test_a_file_that_is_not_utf8_is_one_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("cluster_name: caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as caught:
+        load_yaml(path)
+    assert str(caught.value) == f"{path}: byte at offset 17 is not UTF-8; allowed: a UTF-8 text file"
