@@ -47,7 +47,7 @@ class Image(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            raise config_error_from(exc, section="image") from None
+            raise config_error_from(exc, section="image", model=type(self)) from None
 
     @field_validator("pip", "apt", mode="before")
     @classmethod

@@ -29,7 +29,7 @@ class VastAI(PlacementOptions):
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            raise config_error_from(exc, section="VastAI") from None
+            raise config_error_from(exc, section="VastAI", model=type(self)) from None
 
     @field_validator("api_key", mode="before")
     @classmethod

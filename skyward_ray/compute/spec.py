@@ -42,7 +42,7 @@ class PoolSpec(BaseModel):
         try:
             return cls(**values)
         except ValidationError as exc:
-            raise config_error_from(exc, section="pool") from None
+            raise config_error_from(exc, section="pool", model=cls) from None
 
     @field_validator("provider", mode="before")
     @classmethod

@@ -9,6 +9,7 @@ value and what is allowed.
 
 from __future__ import annotations
 
+import difflib
 import enum
 from collections.abc import Iterable, Mapping
 from typing import Any, Self
@@ -50,11 +51,13 @@ class Allocation(enum.StrEnum):
 _SECRET_MARKERS = ("key", "token", "secret", "password")
 
 
-def config_error_from(error: ValidationError, *, section: str | None = None) -> ConfigError:
+def config_error_from(error: ValidationError, *, section: str | None = None,
+                      model: type[BaseModel] | None = None) -> ConfigError:
     """One ConfigError listing every problem as ``field: value is not allowed (why)``.
 
     Values of fields that look secret (``api_key``...) are masked, because subclasses add such fields and this
-    message is printed.
+    message is printed. With ``model``, an unknown top-level key also gets the closest field name and the list of
+    fields, since a misspelt key is the usual cause.
     """
     problems = []
     for item in error.errors(include_url=False):
@@ -62,7 +65,7 @@ def config_error_from(error: ValidationError, *, section: str | None = None) -> 
         where = f"{section}.{path}" if section else path
         message = str(item["msg"]).removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
-            problems.append(f"{where}: unknown field")
+            problems.append(f"{where}: unknown field{_unknown_field_hint(model, item['loc'])}")
             continue
         value = item.get("input")
         secret = any(marker in path.lower() for marker in _SECRET_MARKERS)
@@ -73,6 +76,16 @@ def config_error_from(error: ValidationError, *, section: str | None = None) -> 
         else:
             problems.append(f"{where}: {shown} is not allowed ({message})")
     return ConfigError("; ".join(problems))
+
+
+def _unknown_field_hint(model: type[BaseModel] | None, loc: tuple[int | str, ...]) -> str:
+    if model is None or len(loc) != 1:
+        return ""
+    names = [field.alias or name for name, field in model.model_fields.items()]
+    names = [name for name in names if not name.startswith("_")]  # set by Ray, not by users
+    close = difflib.get_close_matches(str(loc[0]), names, n=1)
+    guess = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"{guess}; allowed: {', '.join(sorted(names))}"
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -152,4 +165,4 @@ class PlacementOptions(BaseModel):
         try:
             return cls(**values)
         except ValidationError as exc:
-            raise config_error_from(exc, section=section) from None
+            raise config_error_from(exc, section=section, model=cls) from None

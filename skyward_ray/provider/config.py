@@ -113,7 +113,7 @@ class VastNodeConfig(BaseModel):
         try:
             return cls(**data)
         except ValidationError as exc:
-            raise config_error_from(exc, section=section) from None
+            raise config_error_from(exc, section=section, model=cls) from None
 
 
 class NodeTypeShape(BaseModel):
@@ -165,11 +165,11 @@ class VastProviderConfig(PlacementOptions):
     )
     loading_timeout_s: float = Field(
         900.0, gt=0.0, description="an instance not running this long after its rental is destroyed, its machine "
-        "avoided"
+        "avoided for avoid_machine_s"
     )
     ssh_timeout_s: float = Field(
         600.0, gt=0.0, description="a node Ray cannot SSH into this long (waiting-for-ssh) is destroyed, its machine "
-        "avoided"
+        "avoided for avoid_machine_s"
     )
     avoid_machine_s: float = Field(
         1800.0, gt=0.0, description="a machine whose instance failed, stuck loading or never took SSH is avoided "
@@ -249,7 +249,7 @@ class VastProviderConfig(PlacementOptions):
         try:
             return cls(**{**(data or {}), **overrides})
         except ValidationError as exc:
-            raise config_error_from(exc, section=section) from None
+            raise config_error_from(exc, section=section, model=cls) from None
 
 
 def overlay_name_for(cluster_name: str) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import inspect
 import re
 import sys
 import textwrap
@@ -195,6 +196,11 @@ CASES: list[Case] = [
     api("Image(env={X: 5})", lambda: sky.Image(env={"X": 5}), "image.env.X", "5"),  # type: ignore[dict-item]
     api("Image(pip_extra_index_url=5)", lambda: sky.Image(pip_extra_index_url=5), "image.pip_extra_index_url", "5"),
     api("Image(conda=...)", lambda: sky.Image(conda=["x"]), "image.conda", ""),  # type: ignore[call-arg]
+    # --- sky.integrations.torch ----------------------------------------------------------------------------------
+    api("torch(backend='nccl2')", lambda: sky.integrations.torch(backend="nccl2"), "torch.backend", "'nccl2'"),
+    api("torch(master_port=0)", lambda: sky.integrations.torch(master_port=0), "torch.master_port", "0"),
+    api("torch(timeout_s='10')", lambda: sky.integrations.torch(timeout_s="10"),  # type: ignore[arg-type]
+        "torch.timeout_s", "'10'"),
 ]
 YAML_CASES = [c for c in CASES if c.where in ("provider", "node_config", "yaml")]
 SECTION_CASES = [c for c in CASES if c.where in ("provider", "node_config")]
@@ -246,6 +252,8 @@ def check_message(case: Case, message: str) -> None:
         assert case.shown_text in message, f"{case.id}: the value {case.shown_text!r} is not shown: {message}"
     if case.where != "yaml":
         assert any(word in message.lower() for word in ALLOWED_WORDS), f"{case.id}: nothing allowed: {message}"
+    if "unknown field" in message and case.key.startswith("no_such"):
+        assert "; allowed: " in message, f"{case.id}: an unknown key without the allowed ones: {message}"
 
 
 # --- skyward-ray validate FILE -------------------------------------------------------------------------------------
@@ -426,4 +434,6 @@ def test_every_field_of_every_model_has_a_bad_input_case() -> None:
     wanted |= {("api", f"pool.{name}") for name in [*PoolSpec.model_fields, "launcher"]}
     wanted |= {("api", f"image.{name}") for name in sky.Image.model_fields}
     wanted |= {("api", f"accelerator.{name}") for name in ("name", "count")}
+    wanted |= {("api", f"torch.{name}") for name in inspect.signature(sky.integrations.torch).parameters
+               if not name.startswith("fn")}
     assert not wanted - covered, f"fields without a bad-input case: {sorted(wanted - covered)}"

@@ -90,8 +90,13 @@ def test_each_bad_value_names_field_value_and_what_is_allowed(field: str, value:
 
 
 def test_unknown_fields_are_refused() -> None:
-    with pytest.raises(ConfigError, match=r"^min_reliabilty: unknown field$"):
+    with pytest.raises(ConfigError) as caught:
         PlacementOptions.from_config({"min_reliabilty": 0.9})
+    message = str(caught.value)
+    assert message.startswith("min_reliabilty: unknown field (did you mean 'min_reliability'?); allowed: ")
+    assert set(message.split("; allowed: ")[1].split(", ")) == set(PlacementOptions.model_fields)
+    with pytest.raises(ConfigError, match=r"^zzz: unknown field; allowed: bid_multiplier, "):  # nothing close
+        PlacementOptions.from_config({"zzz": 1})
 
 
 def test_several_problems_are_reported_together() -> None:
