@@ -53,6 +53,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from click import ClickException
 from ray.autoscaler.node_launch_exception import NodeLaunchException
 from ray.autoscaler.node_provider import NodeProvider
 from ray.autoscaler.tags import (
@@ -65,7 +66,7 @@ from ray.autoscaler.tags import (
     TAG_RAY_USER_NODE_TYPE,
 )
 
-from skyward_ray.errors import SkywardError
+from skyward_ray.errors import ConfigError, SkywardError
 from skyward_ray.placement import (
     DEFAULT_SEARCH_LIMIT,
     NodeAssignment,
@@ -74,6 +75,7 @@ from skyward_ray.placement import (
     PlacementRequest,
     Plan,
     build_queries,
+    explain,
     plan,
 )
 from skyward_ray.provider.command_runner import Endpoint, VastSSHCommandRunner
@@ -117,6 +119,12 @@ EXIT_FLUSH_BUDGET_S = 10.0  # at interpreter exit, all providers together wait a
 
 class VastLaunchError(SkywardError):
     """A launch could not rent anything; the message says why (placement explanation or rental errors)."""
+
+
+class NodeLaunchError(NodeLaunchException, ClickException):
+    """What ``create_node`` raises: a NodeLaunchException for Ray's autoscalers (category + description), and a
+    ClickException because ``ray up`` (a click app) lets the head's ``create_node`` errors escape: click then prints
+    ``Error: <message>`` in one line instead of a traceback."""
 
 
 @dataclass
@@ -762,12 +770,14 @@ class VastNodeProvider(NodeProvider):
                 site, reserved = self._worker_site(), None
             outcome = self._rent(node, kind, group_name, tags, count, site, reserved)
         except NoPlacementError as exc:
-            raise NodeLaunchException("no-placement", str(exc), sys.exc_info()) from exc
+            raise NodeLaunchError("no-placement", str(exc), sys.exc_info()) from exc
+        except ConfigError as exc:
+            raise NodeLaunchError("bad-config", str(exc), sys.exc_info()) from exc
         except (VastError, SkywardError) as exc:
-            raise NodeLaunchException("vast-error", str(exc), sys.exc_info()) from exc
+            raise NodeLaunchError("vast-error", str(exc), sys.exc_info()) from exc
         if not outcome.created:
             details = "; ".join(dict.fromkeys(outcome.errors)) or "every offer was taken before we could rent it"
-            raise NodeLaunchException("rental-failed", f"no {group_name} node could be rented: {details}", None)
+            raise NodeLaunchError("rental-failed", f"no {group_name} node could be rented: {details}", None)
         if len(outcome.created) < count:
             log.warning("rented %d of %d %s nodes: %s", len(outcome.created), count, group_name,
                         "; ".join(dict.fromkeys(outcome.errors)))
@@ -891,21 +901,34 @@ class VastNodeProvider(NodeProvider):
         request = PlacementRequest(groups=tuple(groups), cluster_id=pinned_cluster, excluded_machines=excluded,
                                    physical_cluster=None if pinned_cluster is not None else physical_cluster)
         options = self.config.placement
-        queries = build_queries(request, options, limit=self._search_limit(request))
+        offers = self._search(build_queries(request, options, limit=self._search_limit(request)))
+        with self._lock:
+            committed = self._committed_per_hour()
+            try:
+                the_plan = plan(request, options, list(offers.values()), already_committed_per_hour=committed)
+            except NoPlacementError:
+                the_plan = None
+            else:
+                rentals = [_Rental(secrets.token_hex(4), assignment, the_plan.image)
+                           for assignment in the_plan.nodes_of(rent_group)]
+                for rental in rentals:
+                    self._inflight[rental.nonce] = rental.assignment.price_per_hour
+        if the_plan is None:
+            # A strict search returns nothing that fails a filter, so it cannot say which filter emptied it: one
+            # broad search (on failure only) lets the explanation name the filter and how far it would have to move.
+            broad = self._search(build_queries(request, options, limit=self._search_limit(request), broad=True))
+            raise NoPlacementError(explain(request, options, [*offers.values(), *broad.values()],
+                                           already_committed_per_hour=committed))
+        return the_plan, rentals
+
+    def _search(self, queries: list[dict[str, Any]]) -> dict[int, Offer]:
+        """Every query at once (a spot-if-available group searches bids and on-demand), offers merged by id."""
         offers: dict[int, Offer] = {}
-        # A spot-if-available group searches bids and on-demand: both at once.
-        with ThreadPoolExecutor(max_workers=len(queries), thread_name_prefix="skyward-search") as pool:
+        with ThreadPoolExecutor(max_workers=max(1, len(queries)), thread_name_prefix="skyward-search") as pool:
             for found in pool.map(self.client.search_offers, queries):
                 for offer in found:
                     offers.setdefault(offer.id, offer)
-        with self._lock:
-            the_plan = plan(request, options, list(offers.values()),
-                            already_committed_per_hour=self._committed_per_hour())
-            rentals = [_Rental(secrets.token_hex(4), assignment, the_plan.image)
-                       for assignment in the_plan.nodes_of(rent_group)]
-            for rental in rentals:
-                self._inflight[rental.nonce] = rental.assignment.price_per_hour
-        return the_plan, rentals
+        return offers
 
     def _excluded_now(self) -> frozenset[int]:
         """The configured exclusions plus the machines still avoided after a failure (lock held)."""

@@ -24,6 +24,8 @@ from typing import Any
 import pytest
 import yaml
 
+from skyward_ray.emulator.testing import running_emulator
+
 REPO = Path(__file__).resolve().parents[2]
 BASE = yaml.safe_load((REPO / "cluster_configs" / "vast-multinode.yaml").read_text())
 RAY = Path(sys.executable).with_name("ray")
@@ -116,3 +118,36 @@ def test_ray_up_prints_one_error_line_without_traceback_and_rents_nothing(
     assert len(errors) == 1, output
     assert case.expected in errors[0], output
     assert vast_api[1] == [], f"the Vast API was called: {vast_api[1]}"
+
+
+def test_ray_up_without_a_key_or_a_placement_says_why_in_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    """Past validation, what stops ``ray up`` is ours too (no API key, no offer passing a filter): one ``Error:``
+    line saying why, no traceback, and nothing rented. The no-placement line names the filter that emptied the
+    market (from one broad search made on failure), not just the GPU."""
+    home = tmp_path / "home"
+    home.mkdir()
+    with running_emulator(boot_delay_s=0.5) as emulator:
+        config = copy.deepcopy(BASE)
+        config["provider"]["api_url"] = emulator.url
+        config["provider"]["min_inet_down"] = 90_000  # faster than any host of the market
+        path = tmp_path / "unplaceable.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        base_env = {**os.environ, "HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"),
+                    "RAY_USAGE_STATS_ENABLED": "0"}
+        base_env.pop("VAST_API_KEY", None)
+        base_env.pop("VAST_URL", None)
+        command = [str(RAY), "up", "-y", "--no-config-cache", "--disable-usage-stats", str(path)]
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            no_key, no_offer = pool.map(
+                lambda env: subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env),
+                [base_env, {**base_env, "VAST_API_KEY": emulator.api_key}])
+        dump = emulator.market.dump()
+    for result, expected in ((no_key, "no Vast API key found"), (no_offer, "none has inet_down >= 90000")):
+        output = f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+        assert result.returncode != 0, output
+        assert "Traceback" not in result.stdout + result.stderr, output
+        errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+        assert len(errors) == 1 and expected in errors[0], output
+        assert emulator.api_key not in result.stdout + result.stderr
+    assert "min_inet_down" in next(line for line in no_offer.stderr.splitlines() if line.startswith("Error: "))
+    assert dump["instances"] == [] and dump["overlays"] == []
