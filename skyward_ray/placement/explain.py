@@ -68,6 +68,9 @@ class NoPlacementError(SkywardError):
         super().__init__(explanation.message)
         self.explanation = explanation
 
+    def __reduce__(self) -> tuple[type[NoPlacementError], tuple[Explanation]]:
+        return type(self), (self.explanation,)  # Ray ships exceptions between processes by pickle
+
 
 def _money(value: float) -> str:
     return f"${value:.4g}/h"
