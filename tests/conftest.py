@@ -1,12 +1,12 @@
-"""Known defects found by the reliability tests (issue 8, still open): the tests stay, marked as expected failures
-with the defect they show, so CI stays meaningful and a fix turns them into passes (non-strict xfail)."""
+"""Known defects: a test that shows a defect not fixed yet is listed here (a piece of its node id -> the defect), so it
+stays visible as an expected failure naming the defect while CI stays meaningful; a fix turns it into a pass
+(non-strict xfail) and its entry is removed. Empty: every defect the reliability tests found is fixed."""
 
 from __future__ import annotations
 
 import pytest
 
-KNOWN_DEFECTS: dict[str, str] = {
-}
+KNOWN_DEFECTS: dict[str, str] = {}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
