@@ -28,6 +28,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -138,9 +139,7 @@ def ensure_key_pair(auth: dict[str, Any]) -> str:
     if "ssh_private_key" not in auth:
         private = DEFAULT_SSH_KEY.expanduser()
         if not private.exists():
-            private.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "skyward-ray", "-f", str(private)])
-            log.info("generated SSH key %s", private)
+            _generate_key_pair(private)
         auth["ssh_private_key"] = str(private)
     private = Path(auth["ssh_private_key"]).expanduser()
     if not private.is_file():
@@ -149,6 +148,22 @@ def ensure_key_pair(auth: dict[str, Any]) -> str:
     if public_path.is_file():
         return public_path.read_text().strip()
     return _run(["ssh-keygen", "-y", "-f", str(private)]).strip()
+
+
+def _generate_key_pair(private: Path) -> None:
+    """Generate the default key pair so that two ``ray up`` runs on a fresh machine cannot collide (ssh-keygen fails
+    on an existing file, and a half-written key would be worse): each generates in its own scratch directory and
+    hard-links its private key into place; the first link wins, and a loser simply uses the winner's key."""
+    private.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with tempfile.TemporaryDirectory(dir=private.parent, prefix=".skyward-keygen-") as scratch:
+        fresh = Path(scratch) / private.name
+        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "skyward-ray", "-f", str(fresh)])
+        try:
+            os.link(fresh, private)
+        except FileExistsError:
+            return  # another process generated it first; until its .pub lands, the public half is derived
+        os.replace(f"{fresh}.pub", f"{private}.pub")
+    log.info("generated SSH key %s", private)
 
 
 def register_ssh_key(client: VastClient, public_key: str) -> SshKey | None:
@@ -249,13 +264,13 @@ def bootstrap_config(cluster_config: dict[str, Any], *, client: VastClient | Non
     provider = config["provider"]
     provider.setdefault("api_url", provider_model.api_url or resolve_base_url(None))
 
+    api_key = _read_api_key(provider_model.api_key_file)  # first: without a key, nothing is written anywhere
     auth = config.setdefault("auth", {})
     auth.setdefault("ssh_user", DEFAULT_SSH_USER)
     public_key = ensure_key_pair(auth)
     provider["ssh_public_key"] = public_key
     provider["node_types"] = {name: shape.model_dump(mode="json") for name, shape in shapes.items()}
 
-    api_key = _read_api_key(provider_model.api_key_file)
     own_client = client is None
     client = client or VastClient(api_key=api_key, base_url=provider["api_url"])
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import stat
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -182,3 +183,30 @@ def test_staged_key_file_is_rewritten_not_appended(home: Path) -> None:
     second = bootstrap_config(prepared, client=FakeKeys())  # type: ignore[arg-type]
     assert first["file_mounts"][REMOTE_KEY_PATH] == second["file_mounts"][REMOTE_KEY_PATH]
     assert Path(second["file_mounts"][REMOTE_KEY_PATH]).read_text() == "rotated-key\n"
+
+
+def test_concurrent_first_runs_generate_one_key_pair_and_all_use_it(home: Path) -> None:
+    """Two `ray up`s on a fresh machine both find no default key: one key pair must result, whole, used by both."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from skyward_ray.provider.bootstrap import DEFAULT_SSH_KEY, ensure_key_pair
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(lambda _: (lambda auth: (ensure_key_pair(auth), auth))({}), range(6)))
+    private = DEFAULT_SSH_KEY.expanduser()
+    derived = subprocess.run(["ssh-keygen", "-y", "-f", str(private)], capture_output=True, text=True,
+                             check=True).stdout
+    assert {key_body(public) for public, _ in results} == {key_body(derived)}
+    assert {auth["ssh_private_key"] for _, auth in results} == {str(private)}
+    assert key_body(Path(f"{private}.pub").read_text()) == key_body(derived)
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    assert [p.name for p in private.parent.iterdir() if p.name.startswith(".skyward-keygen-")] == []
+
+
+def test_without_an_api_key_bootstrap_writes_nothing(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from skyward_ray.vast.errors import CredentialsError
+
+    monkeypatch.delenv("VAST_API_KEY")
+    with pytest.raises(CredentialsError):
+        bootstrap_config(_prepared())
+    assert not (home / ".ssh" / "skyward-ray_ed25519").exists()
