@@ -13,6 +13,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from ray.autoscaler.node_launch_exception import NodeLaunchException
@@ -36,17 +37,23 @@ def emulator() -> Iterator[EmulatorServer]:
         yield emu
 
 
-@pytest.mark.timeout(300)
-def test_the_billed_rate_never_exceeds_a_binding_cap(emulator: EmulatorServer, tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def provider_config(emulator: EmulatorServer, tmp_path: Path) -> dict[str, Any]:
+    """The provider section both budget tests start from: a 0600 key file, fast refreshes, an unbounded cap (each
+    test sets the binding one after learning the market's prices)."""
     key_file = tmp_path / "key"
     key_file.write_text(emulator.api_key)
     key_file.chmod(0o600)
-    config = {"type": "external", "module": "skyward_ray.provider.VastNodeProvider", "api_url": emulator.url,
-              "api_key_file": str(key_file), "cache_ttl_s": 0.25, "tag_flush_delay_s": 0.1, "ssh_proxy": False,
-              "min_reliability": 0.9, "max_hourly_cost": 100.0,
-              "node_types": {"head": {"kind": "head", "node_config": CLUSTER.head_config},
-                             "gpu": {"kind": "worker", "max_workers": TARGET, "node_config": CLUSTER.worker_config}}}
+    return {"type": "external", "module": "skyward_ray.provider.VastNodeProvider", "api_url": emulator.url,
+            "api_key_file": str(key_file), "cache_ttl_s": 0.25, "tag_flush_delay_s": 0.1, "ssh_proxy": False,
+            "min_reliability": 0.9, "max_hourly_cost": 100.0,
+            "node_types": {"head": {"kind": "head", "node_config": CLUSTER.head_config},
+                           "gpu": {"kind": "worker", "max_workers": TARGET, "node_config": CLUSTER.worker_config}}}
+
+
+@pytest.mark.timeout(300)
+def test_the_billed_rate_never_exceeds_a_binding_cap(emulator: EmulatorServer, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    config = provider_config(emulator, tmp_path)
     # Learn the market's prices with an unbounded cap: the head, then the target's workers.
     probe = ProviderFactory(config, CLUSTER, emulator.api_key)
     factory: ProviderFactory | None = None
@@ -107,14 +114,7 @@ def test_the_billed_rate_never_exceeds_a_binding_cap(emulator: EmulatorServer, t
 def test_a_node_whose_destroy_failed_still_counts_against_the_cap(emulator: EmulatorServer, tmp_path: Path) -> None:
     """Terminating a node whose destroy keeps failing (the API down for that call) leaves it running and billing;
     until a list shows it gone, a new rental must not spend its share of ``max_hourly_cost``."""
-    key_file = tmp_path / "key"
-    key_file.write_text(emulator.api_key)
-    key_file.chmod(0o600)
-    config = {"type": "external", "module": "skyward_ray.provider.VastNodeProvider", "api_url": emulator.url,
-              "api_key_file": str(key_file), "cache_ttl_s": 0.25, "tag_flush_delay_s": 0.1, "ssh_proxy": False,
-              "min_reliability": 0.9, "max_hourly_cost": 100.0,
-              "node_types": {"head": {"kind": "head", "node_config": CLUSTER.head_config},
-                             "gpu": {"kind": "worker", "max_workers": TARGET, "node_config": CLUSTER.worker_config}}}
+    config = provider_config(emulator, tmp_path)
     probe = ProviderFactory(config, CLUSTER, emulator.api_key)
     sampler = Sampler(emulator.url, CLUSTER.name)
     transport = FailNext()
