@@ -17,6 +17,7 @@ from skyward_ray.errors import SkywardError
 _COMMAND_MODULES = (
     "skyward_ray.cli.emulator",
     "skyward_ray.cli.offers",
+    "skyward_ray.cli.status",
     "skyward_ray.cli.validate",
     "skyward_ray.cli.demo",
 )
