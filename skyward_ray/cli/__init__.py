@@ -1,7 +1,8 @@
 """The ``skyward-ray`` console.
 
 Each subcommand lives in its own module with a ``register(subparsers)`` function; this module only wires them and
-turns :class:`~skyward_ray.errors.SkywardError` into one line on stderr and exit code 2, with no traceback.
+turns :class:`~skyward_ray.errors.SkywardError` into one line on stderr and exit code 2, with no traceback. Ctrl-C
+(after whatever cleanup the command does on its way out) is one line and exit code 130, the shell's 128 + SIGINT.
 """
 
 from __future__ import annotations
@@ -39,16 +40,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_INTERRUPTED = 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
-    except SkywardError as exc:
-        print(f"skyward-ray: error: {exc}", file=sys.stderr)
-        return 2
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        try:
+            return int(args.func(args) or 0)
+        except SkywardError as exc:
+            print(f"skyward-ray: error: {exc}", file=sys.stderr)
+            return 2
     except KeyboardInterrupt:
-        return 130
+        print(f"skyward-ray: interrupted (exit {EXIT_INTERRUPTED})", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":
