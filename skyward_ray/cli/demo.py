@@ -278,9 +278,15 @@ def _pid_alive(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] != "Z"
 
 
+DEMO_PORT = 8911  # the demo's emulator port when cluster_configs/emulator.yaml names none (it follows VAST_URL)
+
+
 def _emulator_port() -> int:
-    """The port cluster_configs/emulator.yaml points at: the emulator must listen there."""
-    api_url = (yaml.safe_load(EMULATOR_CONFIG.read_text()).get("provider") or {}).get("api_url", "")
+    """The emulator's port: the one ``provider.api_url`` of cluster_configs/emulator.yaml names, else DEMO_PORT (the
+    demo sets VAST_URL for ``ray up``, which the config follows when it has no ``api_url``)."""
+    api_url = (yaml.safe_load(EMULATOR_CONFIG.read_text()).get("provider") or {}).get("api_url") or ""
+    if not api_url:
+        return DEMO_PORT
     port = urlsplit(api_url).port
     if port is None:
         raise SkywardError(f"{EMULATOR_CONFIG}: provider.api_url={api_url!r} names no port")
