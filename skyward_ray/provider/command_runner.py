@@ -97,6 +97,13 @@ def tcp_accepts(endpoint: Endpoint, timeout_s: float = 3.0) -> bool:
         return False
 
 
+def quiet_without_tty() -> None:
+    """Without a TTY, Ray's CLI logger runs at verbosity 999 unless ``-v`` was given: ``ray up | tee log`` or CI
+    output then shows every ssh command in full. Keep the terminal's default (0) there too; ``-v`` still wins."""
+    if not cli_logger.pretty and not getattr(cli_logger, "_verbosity_overriden", True):
+        cli_logger.configure(verbosity=0)
+
+
 class VastSSHCommandRunner(SSHCommandRunner):
     """``SSHCommandRunner`` that targets the first reachable of a node's SSH endpoints, with its port."""
 
@@ -107,6 +114,7 @@ class VastSSHCommandRunner(SSHCommandRunner):
         probe: Callable[[Endpoint], bool] = tcp_accepts,
         **common_args: Any,
     ) -> None:
+        quiet_without_tty()
         super().__init__(**common_args)
         self._endpoints = endpoints
         self._probe = probe
