@@ -156,6 +156,14 @@ class VastProviderConfig(PlacementOptions):
     )
     api_min_interval_s: float = Field(0.0, ge=0.0, description="client-side minimum seconds between calls of one "
                                       "endpoint (Vast limits per endpoint; 429s are retried anyway)")
+    api_rate_scale: float = Field(
+        1.0, gt=0.0, description="multiplies Vast's documented per-endpoint intervals the client paces itself to "
+        "(1 = as documented; below 1 only against a test server that scales its limits the same way)"
+    )
+    search_ttl_s: float = Field(
+        30.0, gt=0.0, le=300.0, description="an offer search's answer is shared by every launch for this long (Vast "
+        "allows 10 searches per minute)"
+    )
 
     # --- behaviour -------------------------------------------------------------------------------------------------
     cache_ttl_s: float = Field(4.0, gt=0.0, le=300.0, description="at most one instance list per this many seconds")
@@ -299,4 +307,26 @@ def validate_cluster_config(cluster_config: Mapping[str, Any]) -> tuple[VastProv
             max_workers=max_workers,
             node_config=node_config,
         )
+    check_overlay_for_workers(provider.use_overlay, shapes)
     return provider, shapes
+
+
+NO_OVERLAY_REASON = (
+    "on Vast, instances on different machines sit behind NAT and cannot reach each other's Ray ports"
+)
+
+
+def check_overlay_for_workers(use_overlay: bool, shapes: Mapping[str, NodeTypeShape]) -> None:
+    """Workers need the overlay: without it the head and its workers cannot reach each other. A single-node
+    cluster (no worker of any type) may go without one."""
+    if use_overlay:
+        return
+    for name, shape in shapes.items():
+        count = shape.max_workers or shape.min_workers
+        if count > 0:
+            key = "max_workers" if shape.max_workers else "min_workers"
+            raise ConfigError(
+                f"provider.use_overlay: false is not allowed with workers (available_node_types.{name}.{key}: "
+                f"{count}): {NO_OVERLAY_REASON}; allowed: use_overlay: true (the default), or no workers "
+                "(max_workers: 0) for a single-node cluster"
+            )
