@@ -167,6 +167,10 @@ class VastProviderConfig(PlacementOptions):
 
     # --- behaviour -------------------------------------------------------------------------------------------------
     cache_ttl_s: float = Field(4.0, gt=0.0, le=300.0, description="at most one instance list per this many seconds")
+    instance_list: Literal["unpaged", "paged"] = Field(
+        "unpaged", description="how the snapshot lists instances: unpaged (GET /api/v0/instances/, one call; the "
+        "paged list is used when the server lacks it) or paged (GET /api/v1/instances/, 25 a call, 1 call/s)"
+    )
     tag_flush_delay_s: float = Field(1.0, ge=0.0, le=60.0, description="tag writes are batched for this long")
     interrupted_policy: InterruptedPolicy = Field(
         InterruptedPolicy.REPLACE, description="outbid workers: replace (destroy, autoscaler re-rents) or rebid"
