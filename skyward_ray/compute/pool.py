@@ -194,14 +194,16 @@ class ComputePool:
             if handle.driver_ip:
                 kwargs["_node_ip_address"] = handle.driver_ip
         if not handle.address.startswith("ray://"):
-            ray.init(**kwargs)
+            with _no_sigterm_notice():
+                ray.init(**kwargs)
             return True
         # Ray Client: the head's proxier forks a server process per client, and that process intermittently dies in
         # gRPC's fork handling ("Starting Ray client server failed", ray-project/ray#63202, seen here on a loaded
         # 2-core machine). A new attempt gets a new server process.
         for attempt in range(1, CLIENT_CONNECT_ATTEMPTS + 1):
             try:
-                ray.init(**kwargs)
+                with _no_sigterm_notice():
+                    ray.init(**kwargs)
                 return True
             except ConnectionError as exc:
                 with contextlib.suppress(Exception):
@@ -319,6 +321,28 @@ def pool(fn: Callable[..., Any] | None = None, /, **kwargs: Any) -> Any:
 
 
 # --- signals ---------------------------------------------------------------------------------------------------------
+
+
+class _DropSigtermNotice(logging.Filter):
+    """``ray.init`` outside the main thread warns "SIGTERM handler is not set ..." on every call. A pool entered in a
+    thread needs no handler of Ray's (its teardown does not depend on one), so the line is noise to the user."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("SIGTERM handler is not set")
+
+
+@contextlib.contextmanager
+def _no_sigterm_notice() -> Iterator[None]:
+    if threading.current_thread() is threading.main_thread():
+        yield
+        return
+    worker_log = logging.getLogger("ray._private.worker")
+    notice_filter = _DropSigtermNotice()
+    worker_log.addFilter(notice_filter)
+    try:
+        yield
+    finally:
+        worker_log.removeFilter(notice_filter)
 
 
 @contextlib.contextmanager
