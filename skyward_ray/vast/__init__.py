@@ -1,7 +1,8 @@
 """Typed REST client for Vast.ai (httpx + pydantic + tenacity). Never imports Ray.
 
 ``VastClient`` (client.py) sends the requests; ``models`` parses and normalises what comes back; ``errors`` types
-every failure; ``credentials`` finds the key and server the way the official client does.
+every failure; ``credentials`` finds the key and server the way the official client does; ``pacing`` keeps every
+client of the process within Vast's documented per-endpoint limits.
 """
 
 from skyward_ray.vast.client import VastClient
@@ -32,6 +33,7 @@ from skyward_ray.vast.models import (
     User,
     node_state,
 )
+from skyward_ray.vast.pacing import LaneStatus, PaceLimits, Pacer, resolve_rate_scale, shared_pacer
 
 __all__ = [
     "ActionResult",
@@ -42,11 +44,14 @@ __all__ = [
     "CreatedInstance",
     "CredentialsError",
     "Instance",
+    "LaneStatus",
     "NodeState",
     "NotFoundError",
     "Offer",
     "OfferGoneError",
     "Overlay",
+    "PaceLimits",
+    "Pacer",
     "ProtocolError",
     "QuotaExceededError",
     "RateLimitedError",
@@ -60,4 +65,6 @@ __all__ = [
     "node_state",
     "resolve_api_key",
     "resolve_base_url",
+    "resolve_rate_scale",
+    "shared_pacer",
 ]

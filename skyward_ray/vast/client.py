@@ -19,17 +19,24 @@ Retries live in ONE place (:meth:`VastClient._call`), decided per endpoint by it
 ================  ======================================================================================
 
 Backoff is exponential with full jitter (``uniform(0, min(cap, base * 2**n))``); a positive ``Retry-After`` in
-seconds replaces it. No retry starts after ``retry_deadline_s``; a ``Retry-After`` beyond it ends the call with a
-:class:`RateLimitedError` carrying ``retry_after``. ``search_quota_exceeded`` is never retried. A call therefore
-ends within about ``retry_deadline_s + timeout_s`` (the last attempt may start just before the deadline).
+seconds replaces it. A 429 without ``Retry-After`` (Vast sends none) waits at least the endpoint's documented
+interval, 12 s for a create (its penalty), plus jitter, and closes the endpoint for that long to every caller of the
+identity (:meth:`Pacer.penalise`). No retry starts after ``retry_deadline_s``, counted from the call's first slot;
+a wait beyond it ends the call with a :class:`RateLimitedError` (carrying ``retry_after`` when sent).
+``search_quota_exceeded`` is never retried. A call therefore ends within about its pacing wait +
+``retry_deadline_s`` + one attempt's timeout (the last attempt may start just before the deadline).
 
-``timeout_s`` bounds each attempt in wall-clock time (connect, send, headers and the whole body), not each socket
-read, so a server that trickles its headers or body cannot hold a call past it. A body larger than
-``max_body_bytes`` (64 MiB decoded by default) or too deeply nested to parse is a :class:`ProtocolError`.
+Each attempt is bounded in wall-clock time (connect, send, headers and the whole body), not per socket read, so a
+server that trickles its headers or body cannot hold a call past it: ``timeout_s`` when given, else 120 s for slow
+calls (create, search, overlays: what the official client allows every call) and 30 s for the others. A body larger
+than ``max_body_bytes`` (64 MiB decoded by default) or too deeply nested to parse is a :class:`ProtocolError`.
 
-A client-side minimum interval per endpoint template (``min_interval_s``) spaces request *starts* so we stay under
-Vast's per-endpoint limits instead of provoking 429s. Keys are the templates in :data:`ENDPOINTS` (for example
-``"GET /api/v1/instances/"``) or ``"*"`` for every other endpoint.
+Pacing (:mod:`skyward_ray.vast.pacing`): every attempt first takes a slot from the process-wide book of its identity
+(server + key hash), shared by every client and thread, spaced by Vast's documented per-endpoint intervals (create
+4.5 s, search 10 per 60 s, list 1 s, ...) so that steady operation earns no 429. ``rate_scale`` (default
+``$SKYWARD_VAST_RATE_SCALE``, else 1) scales the table for a test server with scaled limits; ``min_interval_s``
+overrides it per endpoint template (keys of :data:`ENDPOINTS`, e.g. ``"GET /api/v1/instances/"``; ``"*"`` or a plain
+number is a floor for every endpoint). :meth:`VastClient.expected_wait` says how long the next create would queue.
 
 Thread safety: one client may be shared by any number of threads. httpx's pool is thread-safe; the limiter and the
 counters take a short lock that is never held during I/O or sleeps.
@@ -41,6 +48,7 @@ import contextvars
 import enum
 import json
 import logging
+import math
 import random
 import threading
 import time
@@ -83,6 +91,13 @@ from skyward_ray.vast.models import (
     User,
     validate_overlay_name,
 )
+from skyward_ray.vast.pacing import (
+    LaneStatus,
+    PaceLimits,
+    Pacer,
+    identity_of,
+    shared_pacer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +123,8 @@ RUNTYPE_TOKENS = frozenset(
 _BODY_SNIPPET_CHARS = 300
 # Refuse bodies larger than this (decoded): the whole 12k-offer emulator market is ~27 MB, a real search far less.
 MAX_BODY_BYTES = 64 * 1024 * 1024
+DEFAULT_TIMEOUT_S = 30.0  # one attempt of a quick call (reads, labels, destroys)
+SLOW_TIMEOUT_S = 120.0  # one attempt of a slow call (create, search, overlays): what the official client allows
 
 
 def _user_agent() -> str:
@@ -133,6 +150,7 @@ class Endpoint:
     template: str
     retry: RetryPolicy = RetryPolicy.IDEMPOTENT
     writes: bool = False  # a failure after sending may have changed state
+    slow: bool = False  # Vast may take long to answer: the attempt gets the official client's 120 s
 
     def __str__(self) -> str:
         return f"{self.method} {self.template}"
@@ -141,8 +159,8 @@ class Endpoint:
         return self.template.format(**ids)
 
 
-SEARCH_OFFERS = Endpoint("POST", "/api/v0/bundles/")
-CREATE_INSTANCE = Endpoint("PUT", "/api/v0/asks/{id}/", RetryPolicy.ONCE, writes=True)
+SEARCH_OFFERS = Endpoint("POST", "/api/v0/bundles/", slow=True)
+CREATE_INSTANCE = Endpoint("PUT", "/api/v0/asks/{id}/", RetryPolicy.ONCE, writes=True, slow=True)
 GET_INSTANCE = Endpoint("GET", "/api/v0/instances/{id}/")
 LIST_INSTANCES = Endpoint("GET", "/api/v1/instances/")
 LIST_INSTANCES_V0 = Endpoint("GET", "/api/v0/instances/")
@@ -151,8 +169,8 @@ DESTROY_INSTANCE = Endpoint("DELETE", "/api/v0/instances/{id}/", writes=True)
 DESTROY_INSTANCES = Endpoint("DELETE", "/api/v0/instances/", writes=True)
 CHANGE_BID = Endpoint("PUT", "/api/v0/instances/bid_price/{id}/", writes=True)
 LIST_OVERLAYS = Endpoint("GET", "/api/v0/overlay/")
-CREATE_OVERLAY = Endpoint("POST", "/api/v0/overlay/", RetryPolicy.ONCE, writes=True)
-JOIN_OVERLAY = Endpoint("PUT", "/api/v0/overlay/", writes=True)
+CREATE_OVERLAY = Endpoint("POST", "/api/v0/overlay/", RetryPolicy.ONCE, writes=True, slow=True)
+JOIN_OVERLAY = Endpoint("PUT", "/api/v0/overlay/", writes=True, slow=True)
 DELETE_OVERLAY = Endpoint("DELETE", "/api/v0/overlay/", writes=True)
 CURRENT_USER = Endpoint("GET", "/api/v0/users/current/")
 LIST_SSH_KEYS = Endpoint("GET", "/api/v0/ssh/")
@@ -166,55 +184,6 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     CURRENT_USER, LIST_SSH_KEYS, CREATE_SSH_KEY, ATTACH_SSH_KEY, LIST_INSTANCE_SSH_KEYS,
 )  # fmt: skip
 _ENDPOINT_KEYS = frozenset(str(e) for e in ENDPOINTS)
-
-
-class MinIntervalLimiter:
-    """Spaces request starts per key by a minimum interval. Each caller reserves the next free slot under the lock
-    and sleeps outside it, so concurrent threads queue up fairly instead of all firing and collecting 429s."""
-
-    def __init__(
-        self,
-        intervals: float | Mapping[str, float],
-        *,
-        clock: Callable[[], float],
-        sleep: Callable[[float], None],
-    ) -> None:
-        if isinstance(intervals, Mapping):
-            table = dict(intervals)
-            unknown = sorted(set(table) - _ENDPOINT_KEYS - {"*"})
-            if unknown:
-                raise ConfigError(
-                    f"min_interval_s key {unknown[0]!r} is not allowed: use '*' or one of {sorted(_ENDPOINT_KEYS)}"
-                )
-            default = table.pop("*", 0.0)
-        else:
-            table, default = {}, intervals
-        for key, value in [*table.items(), ("*", default)]:
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise ConfigError(f"min_interval_s[{key!r}] = {value!r} is not allowed: use seconds >= 0")
-        self._intervals = {key: float(value) for key, value in table.items()}
-        self._default = float(default)
-        self._clock = clock
-        self._sleep = sleep
-        self._next_start: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def interval(self, key: str) -> float:
-        return self._intervals.get(key, self._default)
-
-    def wait_turn(self, key: str) -> float:
-        """Block until ``key`` may start a request; return the seconds waited."""
-        interval = self.interval(key)
-        if interval <= 0:
-            return 0.0
-        with self._lock:
-            now = self._clock()
-            start = max(now, self._next_start.get(key, now))
-            self._next_start[key] = start + interval
-        delay = start - now
-        if delay > 0:
-            self._sleep(delay)
-        return delay
 
 
 def _is_retryable(endpoint: Endpoint, exc: BaseException) -> bool:
@@ -266,6 +235,13 @@ def _strings(value: Any) -> Iterable[str]:
 
 
 _NO_BODY = object()
+
+
+@dataclass
+class _CallState:
+    """What the attempts of one logical call share: the retry deadline, set once the first attempt has its slot."""
+
+    deadline: float = math.inf
 
 
 # --- every socket operation bounded by the attempt's wall-clock deadline ----------------------------------------------
@@ -384,9 +360,10 @@ class VastClient:
         api_key: str | None = None,
         base_url: str | None = None,
         *,
-        timeout_s: float = 30.0,
+        timeout_s: float | None = None,
         retry_deadline_s: float = 60.0,
-        min_interval_s: float | dict[str, float] = 0.0,
+        min_interval_s: float | Mapping[str, float] = 0.0,
+        rate_scale: float | None = None,
         transport: httpx.BaseTransport | None = None,
         backoff_base_s: float = 0.5,
         backoff_cap_s: float = 30.0,
@@ -397,7 +374,7 @@ class VastClient:
         max_body_bytes: int = MAX_BODY_BYTES,
     ) -> None:
         for name, value in (("timeout_s", timeout_s), ("backoff_cap_s", backoff_cap_s)):
-            if not value > 0:
+            if value is not None and not value > 0:
                 raise ConfigError(f"{name} = {value!r} is not allowed: use seconds > 0")
         for name, value in (("retry_deadline_s", retry_deadline_s), ("backoff_base_s", backoff_base_s)):
             if not value >= 0:
@@ -407,7 +384,9 @@ class VastClient:
         # Anonymous clients may only search offers (Vast serves bundles without a key): no key is resolved or sent.
         self._key = ApiKey("") if anonymous else ApiKey(resolve_api_key(api_key))
         self._base_url = resolve_base_url(base_url)
-        self._timeout_s = float(timeout_s)
+        # One explicit timeout for every call, else the official client's 120 s for slow calls and 30 s for others.
+        self._timeout_s = float(timeout_s) if timeout_s is not None else DEFAULT_TIMEOUT_S
+        self._slow_timeout_s = float(timeout_s) if timeout_s is not None else SLOW_TIMEOUT_S
         self._max_body_bytes = max_body_bytes
         self._deadline_s = float(retry_deadline_s)
         self._backoff_base_s = float(backoff_base_s)
@@ -415,7 +394,10 @@ class VastClient:
         self._sleep = sleep
         self._clock = clock
         self._rng = rng or random.Random()
-        self._limiter = MinIntervalLimiter(min_interval_s, clock=clock, sleep=sleep)
+        self._limits = PaceLimits.documented(
+            rate_scale=rate_scale, min_interval_s=min_interval_s, known_keys=_ENDPOINT_KEYS
+        )
+        self._pacer = shared_pacer(identity_of(self._base_url, self._key.reveal()), clock)
         self._stats: Counter[str] = Counter()
         self._stats_lock = threading.Lock()
         self._http = httpx.Client(
@@ -425,7 +407,7 @@ class VastClient:
                 "User-Agent": _user_agent(),
                 "Accept": "application/json",
             },
-            timeout=httpx.Timeout(self._timeout_s),
+            timeout=httpx.Timeout(max(self._timeout_s, self._slow_timeout_s)),
             transport=transport if transport is not None else _DeadlineTransport(),
             follow_redirects=False,  # a redirect to another host would drop or leak the key; the URL must be exact
         )
@@ -447,6 +429,26 @@ class VastClient:
 
     def __repr__(self) -> str:
         return f"VastClient(base_url={self._base_url!r}, api_key={self._key!r})"
+
+    # --- pacing ------------------------------------------------------------------------------------------------------
+
+    @property
+    def pacer(self) -> Pacer:
+        """The process-wide book this client queues on (shared with every client of the same server and key)."""
+        return self._pacer
+
+    @property
+    def pace_limits(self) -> PaceLimits:
+        """The intervals, penalties and windows this client paces by (documented, scaled, overridden)."""
+        return self._limits
+
+    def expected_wait(self, endpoint: Endpoint | str = CREATE_INSTANCE) -> float:
+        """Seconds a call of ``endpoint`` made now would wait for its slot (default: the next create)."""
+        return self._pacer.expected_wait(str(endpoint), self._limits)
+
+    def pacing_status(self, endpoint: Endpoint | str = CREATE_INSTANCE) -> LaneStatus:
+        """Callers queued on ``endpoint``, the wait for a new one, and what is left of a 429 penalty."""
+        return self._pacer.status(str(endpoint), self._limits)
 
     @property
     def stats(self) -> dict[str, int]:
@@ -725,26 +727,33 @@ class VastClient:
         if json_body is _NO_BODY and endpoint.method != "GET":
             json_body = {}  # the CLI sends a JSON body with every PUT/POST/DELETE
         query = _encode_query(params) if params else None
-        deadline = self._clock() + self._deadline_s
+        call = _CallState()
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(lambda exc: _is_retryable(endpoint, exc)),
-            wait=self._backoff,
-            stop=lambda state: self._clock() + state.upcoming_sleep >= deadline,
+            wait=lambda state: self._backoff(endpoint, state),
+            stop=lambda state: self._clock() + state.upcoming_sleep >= call.deadline,
             sleep=self._sleep,
             before_sleep=self._log_retry,
             reraise=True,
         )
         try:
-            return retrying(self._attempt, endpoint, path, json_body, query)
+            return retrying(self._attempt, endpoint, path, json_body, query, call)
         except VastError as exc:
             exc.attempts = int(retrying.statistics.get("attempt_number", 1))
             log.debug("%s failed: %s", endpoint, exc)
             raise
 
-    def _backoff(self, state: tenacity.RetryCallState) -> float:
+    def _backoff(self, endpoint: Endpoint, state: tenacity.RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, VastError) and exc.retry_after:
             return exc.retry_after  # "Retry-After: 0" falls through to the jitter, so it cannot cause a tight loop
+        if isinstance(exc, RateLimitedError):
+            # Vast sends no Retry-After: stay away at least the endpoint's interval (its penalty for creates), plus
+            # jitter so that callers refused together do not come back together.
+            penalty = self._limits.penalty(str(endpoint))
+            if penalty > 0:
+                spread = min(self._backoff_cap_s, max(self._backoff_base_s, penalty / 4))
+                return penalty + self._rng.uniform(0.0, spread)
         ceiling = min(self._backoff_cap_s, self._backoff_base_s * 2 ** (state.attempt_number - 1))
         return self._rng.uniform(0.0, ceiling)
 
@@ -752,19 +761,24 @@ class VastClient:
         exc = state.outcome.exception() if state.outcome else None
         log.info("retrying in %.2fs (attempt %d failed): %s", state.upcoming_sleep, state.attempt_number, exc)
 
-    def _attempt(self, endpoint: Endpoint, path: str, json_body: Any, query: dict[str, str] | None) -> Any:
-        """One request, done within ``timeout_s`` of wall-clock time: connect, send, headers and the whole body."""
-        self._limiter.wait_turn(str(endpoint))
+    def _attempt(
+        self, endpoint: Endpoint, path: str, json_body: Any, query: dict[str, str] | None, call: _CallState
+    ) -> Any:
+        """One request, done within its timeout of wall-clock time: connect, send, headers and the whole body."""
+        self._pacer.acquire(str(endpoint), self._limits, self._sleep)
+        if call.deadline == math.inf:  # the retry deadline counts from the first slot, not from the queue
+            call.deadline = self._clock() + self._deadline_s
         with self._stats_lock:
             self._stats[str(endpoint)] += 1
         started = self._clock()
         kwargs: dict[str, Any] = {"params": query}
         if json_body is not _NO_BODY:
             kwargs["json"] = json_body
-        deadline = time.monotonic() + self._timeout_s  # real time: the sockets are real even when the clock is not
+        timeout = self._attempt_timeout(endpoint)
+        deadline = time.monotonic() + timeout  # real time: the sockets are real even when the clock is not
         token = _ATTEMPT_DEADLINE.set(deadline)
         try:
-            request = self._http.build_request(endpoint.method, path, **kwargs)
+            request = self._http.build_request(endpoint.method, path, timeout=httpx.Timeout(timeout), **kwargs)
             response = self._http.send(request, stream=True)
             try:
                 content = self._read_body(endpoint, path, response, deadline)
@@ -789,6 +803,13 @@ class VastClient:
         reply = _Reply(response.status_code, response.headers, content, response.encoding or "utf-8")
         try:
             return self._check(endpoint, path, reply)
+        except RateLimitedError as exc:
+            # Refused for coming too early: close the endpoint to every caller of this identity for the server's
+            # Retry-After, else the documented penalty, so queued callers do not walk into it too.
+            wait = exc.retry_after or self._limits.penalty(str(endpoint))
+            if wait > 0:
+                self._pacer.penalise(str(endpoint), wait, self._limits)
+            raise
         except RecursionError:  # a body nested deeper than Python can walk, wherever it is walked
             raise self._protocol(endpoint, path, f"HTTP {reply.status} with a body nested too deeply") from None
 
@@ -814,9 +835,12 @@ class VastClient:
             endpoint, path, f"HTTP {status} with a body that {how}; at most {self._max_body_bytes} are read"
         )
 
+    def _attempt_timeout(self, endpoint: Endpoint) -> float:
+        return self._slow_timeout_s if endpoint.slow else self._timeout_s
+
     def _timed_out(self, endpoint: Endpoint, path: str, why: str, *, request_sent: bool) -> RequestTimeoutError:
         return RequestTimeoutError(
-            f"{endpoint.method} {path}: no complete response within {self._timeout_s:g}s ({why})",
+            f"{endpoint.method} {path}: no complete response within {self._attempt_timeout(endpoint):g}s ({why})",
             request_sent=request_sent,
             outcome_unknown=request_sent and endpoint.writes,
             endpoint=str(endpoint),

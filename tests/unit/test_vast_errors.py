@@ -20,6 +20,7 @@ from vast_fixtures import (
     ENVELOPE_NO_SUCH_ASK,
     ENVELOPE_NO_SUCH_INSTANCE,
     INSTANCE,
+    NO_PACING,
     QUOTA_BODY,
     RATE_LIMIT_TEXT,
     FakeClock,
@@ -331,29 +332,32 @@ def test_a_destroy_retried_after_it_worked_reports_already_gone(fake: FakeVast, 
 def test_min_interval_spaces_requests_of_one_endpoint(fake: FakeVast, clock: FakeClock) -> None:
     fake.on("GET", ONE, json_response(200, OK_INSTANCE))
     fake.on("POST", BUNDLES, json_response(200, {"offers": []}))
-    with make_client(fake, clock, min_interval_s={"GET /api/v0/instances/{id}/": 2.0}) as client:
+    with make_client(fake, clock, min_interval_s={**NO_PACING, "GET /api/v0/instances/{id}/": 2.0}) as client:
         for _ in range(3):
             client.get_instance(31337)
         client.search_offers({})  # another endpoint: not held back
-    assert clock.sleeps == [2.0, 2.0]
+    margin = client.pace_limits.margin_s
+    assert clock.sleeps == pytest.approx([2.0 + margin, 2.0 + margin])
 
 
 def test_min_interval_default_and_per_endpoint_override(fake: FakeVast, clock: FakeClock) -> None:
     fake.on("GET", ONE, json_response(200, OK_INSTANCE))
     fake.on("POST", BUNDLES, json_response(200, {"offers": []}))
-    with make_client(fake, clock, min_interval_s={"*": 1.0, "POST /api/v0/bundles/": 6.0}) as client:
+    with make_client(fake, clock, min_interval_s={**NO_PACING, "*": 1.0, "POST /api/v0/bundles/": 6.0}) as client:
         client.search_offers({})
         client.get_instance(31337)
         client.get_instance(31337)
         client.search_offers({})
-    assert clock.sleeps == [1.0, 5.0]  # the second search had already waited 1 s of its 6
+    margin = client.pace_limits.margin_s
+    assert clock.sleeps == pytest.approx([1.0 + margin, 5.0])  # the second search had already waited 1.1 s of its 6.1
 
 
 def test_min_interval_applies_to_retries_too(fake: FakeVast, clock: FakeClock) -> None:
     fake.on("GET", ONE, json_response(503, {}, **{"Retry-After": "1"}), json_response(200, OK_INSTANCE))
-    with make_client(fake, clock, min_interval_s=3.0) as client:
+    with make_client(fake, clock, min_interval_s=3.0) as client:  # a floor above the documented 2 s
         client.get_instance(31337)
-    assert clock.sleeps == [1.0, 2.0]  # Retry-After, then the rest of the 3 s interval
+    margin = client.pace_limits.margin_s
+    assert clock.sleeps == pytest.approx([1.0, 2.0 + margin])  # Retry-After, then the rest of the 3 s interval
 
 
 def test_min_interval_queues_concurrent_threads(fake: FakeVast) -> None:
@@ -368,7 +372,7 @@ def test_min_interval_queues_concurrent_threads(fake: FakeVast) -> None:
 
     fake.on("GET", ONE, answer)
     client = VastClient(API_KEY, "http://127.0.0.1:18080", transport=httpx.MockTransport(fake.handler),
-                        min_interval_s=0.05)  # fmt: skip
+                        min_interval_s={**NO_PACING, "*": 0.05})  # fmt: skip
     threads = [threading.Thread(target=client.get_instance, args=(31337,)) for _ in range(5)]
     for thread in threads:
         thread.start()

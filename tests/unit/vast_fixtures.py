@@ -15,7 +15,8 @@ from typing import Any
 
 import httpx
 
-from skyward_ray.vast.client import VastClient
+from skyward_ray.vast.client import ENDPOINTS, VastClient
+from skyward_ray.vast.pacing import DOCUMENTED_INTERVALS_S, DOCUMENTED_WINDOWS
 
 # A fake key, long and distinctive so a leak anywhere is found by a plain substring search.
 API_KEY = "vk-TEST-4f1c9a7e2b6d4c08a3e5f7b9d1c3e5a7-DO-NOT-LEAK"
@@ -228,8 +229,20 @@ class FakeClock:
         self.now += seconds
 
 
+# Every endpoint unpaced: tests about parsing, errors and retries assert their own waits, and the documented pacing
+# would add sleeps that have nothing to do with them. Pacing has its own tests (test_vast_pacing.py).
+NO_PACING: dict[str, float] = {
+    "*": 0.0,
+    **{str(e): 0.0 for e in ENDPOINTS},
+    **dict.fromkeys(DOCUMENTED_INTERVALS_S, 0.0),
+    **dict.fromkeys(DOCUMENTED_WINDOWS, 0.0),
+}
+
+
 def make_client(fake: FakeVast, clock: FakeClock | None = None, **kwargs: Any) -> VastClient:
     clock = clock or FakeClock()
+    if "min_interval_s" not in kwargs and "rate_scale" not in kwargs:
+        kwargs["min_interval_s"] = NO_PACING
     return VastClient(
         API_KEY,
         BASE_URL,

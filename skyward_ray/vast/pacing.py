@@ -1,0 +1,326 @@
+"""Client-side pacing to Vast's documented per-endpoint limits, shared by everything in the process.
+
+Vast limits each endpoint per identity (API key + client address) to a minimum interval between two calls, and
+refuses a call inside it with a 429 that carries no ``Retry-After``. Its published table (OpenAPI ``x-rate-limit``)
+is :data:`DOCUMENTED_INTERVALS_S`, plus two special rules:
+
+* create (``PUT /api/v0/asks/{id}/``) every 4.5 s, with a **penalty of 12 s**: we read it as "a create refused for
+  coming too early blocks that identity's next create until 12 s after the refused call", so after a 429 on a create
+  no create of this identity starts for 12 s (:data:`DOCUMENTED_PENALTIES_S`);
+* search (``POST /api/v0/bundles/``) at most 10 calls in any 60 s (a sliding window, :data:`DOCUMENTED_WINDOWS`).
+
+Every other endpoint has no documented limit and is not paced (a caller may add a floor with ``min_interval_s``).
+
+One :class:`Pacer` exists per process and identity (:func:`shared_pacer`; the identity is the base URL and a hash of
+the key, never the key), so every client instance and thread of the process queues on the same book: a caller
+reserves the next free slot of its endpoint under a short lock and sleeps outside it until that slot, so N threads
+that want to create at once start 4.5 s apart in the order they asked, with no burst. A 429 moves the endpoint's
+waiting slots behind the penalty (:meth:`Pacer.penalise`), so threads already queued do not walk into it.
+
+Slots are spaced from the *start* of the previous call plus a small margin (:attr:`PaceLimits.margin_s`), because
+Vast measures arrival to arrival and two requests' network latencies differ a little.
+
+:class:`PaceLimits` is the table a client paces by: the documented one, scaled by ``rate_scale`` (every interval,
+penalty and window; ``SKYWARD_VAST_RATE_SCALE`` by default) and with ``min_interval_s`` overrides per endpoint key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+
+from skyward_ray.errors import ConfigError
+
+CREATE_KEY = "PUT /api/v0/asks/{id}/"
+SEARCH_KEY = "POST /api/v0/bundles/"
+RATE_SCALE_ENV = "SKYWARD_VAST_RATE_SCALE"
+
+# Minimum seconds between two calls of one endpoint by one identity (vast-ai/docs, x-rate-limit).
+DOCUMENTED_INTERVALS_S: Mapping[str, float] = MappingProxyType(
+    {
+        CREATE_KEY: 4.5,
+        "GET /api/v1/instances/": 1.0,
+        "GET /api/v0/instances/{id}/": 2.0,
+        "DELETE /api/v0/instances/{id}/": 3.0,
+        "PUT /api/v0/instances/{id}/": 1.0,
+        "PUT /api/v0/instances/bid_price/{id}/": 5.5,
+        "POST /api/v0/ssh/": 1.0,
+        "DELETE /api/v0/instances/{id}/ssh/{key}/": 2.0,
+    }
+)
+# How long an endpoint stays closed after Vast refused a call of it for coming too early (see the module docstring).
+DOCUMENTED_PENALTIES_S: Mapping[str, float] = MappingProxyType({CREATE_KEY: 12.0})
+
+
+@dataclass(frozen=True)
+class Window:
+    """At most ``calls`` starts in any ``seconds``."""
+
+    calls: int
+    seconds: float
+
+
+DOCUMENTED_WINDOWS: Mapping[str, Window] = MappingProxyType({SEARCH_KEY: Window(10, 60.0)})
+# Added to every interval and window: Vast sees arrivals, which differ from our starts by each request's latency.
+DEFAULT_MARGIN_S = 0.1
+
+
+def resolve_rate_scale(value: float | None = None) -> float:
+    """``value``, else ``$SKYWARD_VAST_RATE_SCALE``, else 1.0; it must be a finite number > 0."""
+    source = "rate_scale"
+    raw: object = value
+    if value is None:
+        text = os.environ.get(RATE_SCALE_ENV, "").strip()
+        if not text:
+            return 1.0
+        source, raw = f"${RATE_SCALE_ENV}", text
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(
+            f"{source} = {raw!r} is not allowed: use a number > 0 that multiplies Vast's documented intervals "
+            "(1 = as documented, 0.1 = ten times faster, for a test server only)"
+        )
+    return float(value)
+
+
+@dataclass(frozen=True)
+class PaceLimits:
+    """The table a client paces by. Keys are ``"METHOD /template"`` endpoint strings."""
+
+    intervals: Mapping[str, float] = field(default_factory=lambda: dict(DOCUMENTED_INTERVALS_S))
+    penalties: Mapping[str, float] = field(default_factory=lambda: dict(DOCUMENTED_PENALTIES_S))
+    windows: Mapping[str, Window] = field(default_factory=lambda: dict(DOCUMENTED_WINDOWS))
+    floor_s: float = 0.0  # minimum interval of every endpoint, documented or not
+    margin_s: float = DEFAULT_MARGIN_S
+
+    @classmethod
+    def documented(
+        cls,
+        *,
+        rate_scale: float | None = None,
+        min_interval_s: float | Mapping[str, float] = 0.0,
+        known_keys: frozenset[str] | None = None,
+    ) -> PaceLimits:
+        """Vast's table scaled by ``rate_scale`` (see :func:`resolve_rate_scale`), then ``min_interval_s`` applied.
+
+        ``min_interval_s`` as a number is a floor for every endpoint (0 = the documented table alone). As a mapping,
+        each key replaces that endpoint's documented rule (interval and window; 0 stops pacing it) and ``"*"`` is the
+        floor for the others. Overrides are seconds, not scaled. ``known_keys`` lists the keys a mapping may use.
+        """
+        limits = cls().scaled(resolve_rate_scale(rate_scale))
+        return limits.overridden(min_interval_s, known_keys=known_keys)
+
+    def scaled(self, factor: float) -> PaceLimits:
+        """Every interval, penalty and window length multiplied by ``factor``. The margin stays: it covers latency
+        jitter, which a faster test server does not shrink."""
+        return replace(
+            self,
+            intervals={k: v * factor for k, v in self.intervals.items()},
+            penalties={k: v * factor for k, v in self.penalties.items()},
+            windows={k: Window(w.calls, w.seconds * factor) for k, w in self.windows.items()},
+            floor_s=self.floor_s * factor,
+        )
+
+    def overridden(
+        self, min_interval_s: float | Mapping[str, float], *, known_keys: frozenset[str] | None = None
+    ) -> PaceLimits:
+        if isinstance(min_interval_s, Mapping):
+            table = dict(min_interval_s)
+            allowed = (known_keys or frozenset()) | frozenset(self.intervals) | frozenset(self.windows) | {"*"}
+            unknown = sorted(set(table) - allowed)
+            if unknown:
+                raise ConfigError(
+                    f"min_interval_s key {unknown[0]!r} is not allowed: use '*' or one of {sorted(allowed - {'*'})}"
+                )
+            floor = table.pop("*", self.floor_s)
+        else:
+            table, floor = {}, min_interval_s
+        for key, value in [*table.items(), ("*", floor)]:
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0 or math.isinf(value):
+                raise ConfigError(f"min_interval_s[{key!r}] = {value!r} is not allowed: use seconds >= 0")
+        return replace(
+            self,
+            intervals={**self.intervals, **{k: float(v) for k, v in table.items()}},
+            windows={k: w for k, w in self.windows.items() if k not in table},
+            floor_s=float(floor),
+        )
+
+    def interval(self, key: str) -> float:
+        """Seconds between two starts of ``key`` (0 = not paced)."""
+        return max(self.intervals.get(key, 0.0), self.floor_s)
+
+    def window(self, key: str) -> Window | None:
+        return self.windows.get(key)
+
+    def penalty(self, key: str) -> float:
+        """Seconds to stay away from ``key`` after Vast refused it without saying how long: at least its interval."""
+        return max(self.penalties.get(key, 0.0), self.interval(key))
+
+    def paced(self, key: str) -> bool:
+        return self.interval(key) > 0 or key in self.windows
+
+
+def identity_of(base_url: str, api_key: str) -> str:
+    """What Vast limits by, as far as one process can tell: the server and the key (hashed; the key itself is never
+    kept). The client address is the same for every caller in the process."""
+    digest = hashlib.sha256(api_key.encode("utf-8")).hexdigest()[:16] if api_key else "anonymous"
+    return f"{base_url.rstrip('/')}#{digest}"
+
+
+class Ticket:
+    """One booked start. ``slot`` may move later (never earlier) when a 429 closes the endpoint for a while."""
+
+    __slots__ = ("key", "slot")
+
+    def __init__(self, key: str, slot: float) -> None:
+        self.key = key
+        self.slot = slot
+
+    def __repr__(self) -> str:
+        return f"Ticket({self.key!r}, slot={self.slot:.3f})"
+
+
+@dataclass
+class _Lane:
+    """The book of one endpoint key."""
+
+    next_free: float = -math.inf  # earliest start a new booking may get (last slot + interval)
+    closed_until: float = -math.inf  # after a 429: nothing starts before this
+    waiting: list[Ticket] = field(default_factory=list)  # booked, not started, in slot order
+    recent: deque[Ticket] = field(default_factory=deque)  # booked starts still inside the window (for a budget)
+
+
+@dataclass(frozen=True)
+class LaneStatus:
+    """What a caller (e.g. a provider telling its user why nothing happens yet) can know about one endpoint."""
+
+    key: str
+    waiting: int  # callers booked and sleeping until their slot
+    next_slot_in_s: float  # seconds until a call booked now would start
+    closed_for_s: float  # seconds left of a penalty after a 429 (0 when open)
+
+
+class Pacer:
+    """The slot book of one identity: per endpoint key, who may start when. Thread-safe; the lock is held only to
+    book or move slots, never while sleeping. ``clock`` is a monotonic clock (tests pass a fake one)."""
+
+    def __init__(self, identity: str = "", clock: Callable[[], float] = time.monotonic) -> None:
+        self.identity = identity
+        self._clock = clock
+        self._lanes: dict[str, _Lane] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        return self._clock
+
+    def reserve(self, key: str, limits: PaceLimits) -> Ticket:
+        """Book the next start of ``key`` allowed by ``limits`` and return its ticket (see :meth:`wait`)."""
+        with self._lock:
+            now = self._clock()
+            if not limits.paced(key):
+                return Ticket(key, now)
+            lane = self._lanes.setdefault(key, _Lane())
+            slot = self._first_free(lane, key, limits, now)
+            ticket = Ticket(key, slot)
+            self._book(lane, ticket, key, limits)
+            if slot > now:
+                lane.waiting.append(ticket)
+            return ticket
+
+    def wait(self, ticket: Ticket, sleep: Callable[[float], None]) -> float:
+        """Sleep until ``ticket``'s slot (which a penalty may move while we sleep); return the seconds waited."""
+        waited = 0.0
+        while True:
+            with self._lock:
+                now = self._clock()
+                remaining = ticket.slot - now
+                if remaining <= 0:
+                    lane = self._lanes.get(ticket.key)
+                    if lane is not None and ticket in lane.waiting:
+                        lane.waiting.remove(ticket)
+                    return waited
+            sleep(remaining)
+            waited += remaining
+
+    def acquire(self, key: str, limits: PaceLimits, sleep: Callable[[float], None]) -> float:
+        """Book and wait in one step; return the seconds waited."""
+        return self.wait(self.reserve(key, limits), sleep)
+
+    def expected_wait(self, key: str, limits: PaceLimits) -> float:
+        """Seconds a call of ``key`` booked now would wait for its slot (nothing is booked)."""
+        with self._lock:
+            now = self._clock()
+            if not limits.paced(key):
+                return 0.0
+            lane = self._lanes.get(key) or _Lane()
+            return max(0.0, self._first_free(lane, key, limits, now) - now)
+
+    def penalise(self, key: str, seconds: float, limits: PaceLimits) -> None:
+        """Vast refused ``key``: nothing starts for ``seconds``; the waiting slots move behind that, in order."""
+        with self._lock:
+            lane = self._lanes.setdefault(key, _Lane())
+            until = self._clock() + max(0.0, seconds)
+            lane.closed_until = max(lane.closed_until, until)
+            step = limits.interval(key) + limits.margin_s if limits.interval(key) > 0 else 0.0
+            start = lane.closed_until
+            for ticket in lane.waiting:  # already in slot order
+                ticket.slot = max(ticket.slot, start)
+                start = ticket.slot + step
+            lane.next_free = max(lane.next_free, start)
+
+    def status(self, key: str, limits: PaceLimits) -> LaneStatus:
+        with self._lock:
+            now = self._clock()
+            lane = self._lanes.get(key) or _Lane()
+            waiting = sum(1 for t in lane.waiting if t.slot > now)
+            closed = max(0.0, lane.closed_until - now)
+            nxt = max(0.0, self._first_free(lane, key, limits, now) - now) if limits.paced(key) else 0.0
+        return LaneStatus(key=key, waiting=waiting, next_slot_in_s=nxt, closed_for_s=closed)
+
+    # --- under the lock ----------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _first_free(lane: _Lane, key: str, limits: PaceLimits, now: float) -> float:
+        slot = max(now, lane.next_free, lane.closed_until)
+        window = limits.window(key)
+        if window is not None and window.calls > 0:
+            while lane.recent and lane.recent[0].slot <= slot - window.seconds - limits.margin_s:
+                lane.recent.popleft()
+            if len(lane.recent) >= window.calls:
+                # The call `calls` places back must have left the window before this one starts.
+                slot = max(slot, lane.recent[-window.calls].slot + window.seconds + limits.margin_s)
+        return slot
+
+    @staticmethod
+    def _book(lane: _Lane, ticket: Ticket, key: str, limits: PaceLimits) -> None:
+        interval = limits.interval(key)
+        lane.next_free = ticket.slot + (interval + limits.margin_s if interval > 0 else 0.0)
+        window = limits.window(key)
+        if window is not None and window.calls > 0:
+            lane.recent.append(ticket)
+            while len(lane.recent) > window.calls:
+                lane.recent.popleft()
+
+
+_REGISTRY: dict[tuple[str, Callable[[], float]], Pacer] = {}
+_REGISTRY_LOCK = threading.Lock()
+
+
+def shared_pacer(identity: str, clock: Callable[[], float] = time.monotonic) -> Pacer:
+    """THE pacer of ``identity`` in this process (one per clock, so a test's fake clock gets a book of its own)."""
+    with _REGISTRY_LOCK:
+        pacer = _REGISTRY.get((identity, clock))
+        if pacer is None:
+            pacer = _REGISTRY[(identity, clock)] = Pacer(identity, clock)
+        return pacer
