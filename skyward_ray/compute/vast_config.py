@@ -34,7 +34,7 @@ from skyward_ray.compute.spec import PoolSpec
 from skyward_ray.errors import ConfigError
 from skyward_ray.placement.options import Allocation
 from skyward_ray.provider.bootstrap import DEFAULT_SSH_USER, validate
-from skyward_ray.provider.config import PROVIDER_MODULE
+from skyward_ray.provider.config import NO_OVERLAY_REASON, PROVIDER_MODULE
 
 HEAD_TYPE = "head"
 WORKER_TYPE = "worker"
@@ -76,6 +76,11 @@ def render_cluster_config(
                 f"{field}: {getattr(spec, field)!r} is not allowed with sky.VastAI(...) (Vast offers are chosen by "
                 f"GPU, reliability, location and price here); allowed: None"
             )
+    if spec.nodes > 1 and not spec.provider.use_overlay:
+        raise ConfigError(
+            f"use_overlay: False is not allowed with nodes={spec.nodes}: {NO_OVERLAY_REASON}; allowed: "
+            "sky.VastAI(use_overlay=True) (the default), or nodes=1"
+        )
     overrides = dict(provider_overrides or {})
     for secret in ("api_key", "api_key_file"):
         if secret in overrides:
