@@ -104,7 +104,8 @@ class PlacementOptions(BaseModel):
     bid_multiplier: float = Field(1.2, ge=1.0, le=100.0, description="bid = min_bid * bid_multiplier, >= 1.0")
     docker_image: str | None = Field(None, description="image reference; None picks a CUDA image")
     disk_gb: int = Field(100, ge=1, le=100_000, description="disk per node in GB")
-    use_overlay: bool = Field(True, description="multi-node on one physical cluster joined by a Vast overlay")
+    use_overlay: bool = Field(True, description="nodes on one physical cluster joined by a Vast overlay; false only "
+                              "for single-node clusters (workers behind Vast's NAT cannot reach the head)")
     verified_only: bool = Field(True, description="only hosts Vast has verified")
     datacenter_only: bool = Field(False, description="only datacenter (secure cloud) hosts")
     min_cuda: float | None = Field(12.0, ge=7.0, le=30.0, description="minimum host CUDA (cuda_max_good)")
