@@ -20,12 +20,17 @@ pending (within ``EXIT_FLUSH_BUDGET_S`` in all; a warning names what an unreacha
 snapshot never overwrites tags with a label older than our own last write.
 
 **Renting** (:meth:`create_node`, :meth:`create_node_with_resources_and_labels`): search, plan with
-:mod:`skyward_ray.placement`, then rent the plan's offers concurrently (the client spaces and retries requests). The
-head's creation picks the physical cluster that can host the head plus the cluster's workers, and creates the overlay
-there; workers are searched on that cluster and join the overlay. A rental is never repeated after a 5xx or a
-timeout (its nonce is remembered, and an instance carrying it is destroyed as a ghost); an offer taken by someone
-else moves on to a fresh search; a failed create that still names an instance destroys it. ``max_hourly_cost``
-counts live nodes and rentals in flight.
+:mod:`skyward_ray.placement`, then rent the plan's offers. Vast accepts one rental per 4.5 s per account and address
+(and refuses a burst with 429s and a 12 s penalty), so the rentals queue on the client's process-wide pacer and start
+4.5 s apart: 16 nodes take about 70 s whatever we do. Meanwhile every accepted rental is a node at once (visible to
+``non_terminated_nodes`` with its tags, so Ray's v2 autoscaler takes it before the batch ends), and a log line says
+how far the batch is and when the next rental goes out. Searches are budgeted too (10 per minute): launches share
+answers for ``search_ttl_s`` (:mod:`skyward_ray.provider.search_cache`). The head's creation picks the physical
+cluster that can host the head plus the cluster's workers, and creates the overlay there; workers are searched on
+that cluster and join the overlay. An account without overlays fails ``ray up`` in one line with Vast's answer and
+nothing rented. A rental is never repeated after a 5xx or a timeout (its nonce is remembered, and an instance
+carrying it is destroyed as a ghost); an offer taken by someone else moves on to the next offer; a failed create
+that still names an instance destroys it. ``max_hourly_cost`` counts live nodes and rentals in flight.
 
 **Keeping nodes honest** (on every refresh, in both processes): an outbid worker is destroyed and reported terminated
 (policy ``replace``) or re-bid up to ``max_bid`` (``rebid``); a failed instance, one stuck loading past
@@ -87,6 +92,7 @@ from skyward_ray.provider.config import (
     overlay_name_for,
 )
 from skyward_ray.provider.overlay_ip import SUBNET_ENV
+from skyward_ray.provider.search_cache import OfferCache
 from skyward_ray.provider.tags import (
     TAG_OVERLAY_IP,
     TAG_OVERLAY_SUBNET,
@@ -96,9 +102,9 @@ from skyward_ray.provider.tags import (
     encode_label,
     is_cluster_label,
 )
-from skyward_ray.vast.client import VastClient
+from skyward_ray.vast.client import CREATE_INSTANCE, VastClient
 from skyward_ray.vast.credentials import resolve_api_key
-from skyward_ray.vast.errors import NotFoundError, OfferGoneError, VastError
+from skyward_ray.vast.errors import NotFoundError, OfferGoneError, ProtocolError, VastError
 from skyward_ray.vast.models import Instance, NodeState, Offer, Overlay, overlay_env_key, port_env_key
 
 log = logging.getLogger(__name__)
@@ -195,6 +201,56 @@ class _Action:
     price: float | None = None
 
 
+class _Progress:
+    """How far one launch is, told in log lines while the pacer spaces its rentals (Ray shows the provider's log):
+    the expected time when it starts, then "k of N rented" and when the next rental goes out, after each one."""
+
+    def __init__(self, provider: VastNodeProvider, group: str, total: int) -> None:
+        self._provider = provider
+        self._group = group
+        self._total = total
+        self._done = 0
+        self._queued = 0
+        self._lock = threading.Lock()
+
+    def _pace(self) -> tuple[float, float, float]:
+        """From the client's pacer: (seconds until a create booked now starts, seconds until the first create
+        already queued starts, seconds between two creates)."""
+        client = self._provider.client
+        try:
+            status = client.pacing_status(CREATE_INSTANCE)
+            limits = client.pace_limits
+        except AttributeError:  # a client without a pacer (a test double)
+            return 0.0, 0.0, 0.0
+        step = limits.interval(str(CREATE_INSTANCE)) + limits.margin_s
+        queued_first = max(0.0, status.next_slot_in_s - status.waiting * step) if status.waiting else \
+            status.next_slot_in_s
+        return status.next_slot_in_s, max(queued_first, status.closed_for_s), step
+
+    def starting(self, rentals: int) -> None:
+        with self._lock:
+            self._queued += rentals
+        new, _, step = self._pace()
+        if rentals > 1 and step > 0:
+            log.info("renting %d %s node(s): Vast accepts one rental every %.1f s per account, so the last should be "
+                     "accepted in about %.0f s; each node is reported as soon as Vast accepts it", rentals,
+                     self._group, step, new + (rentals - 1) * step)
+
+    def accepted(self) -> None:
+        with self._lock:
+            self._done += 1
+            done, queued = self._done, self._queued
+        left = max(0, queued - done)
+        if self._total <= 1:
+            return
+        if left == 0:
+            log.info("rented %d of %d %s node(s)", done, self._total, self._group)
+            return
+        _, first, step = self._pace()
+        log.info("rented %d of %d %s node(s); the next rental goes out in %.1f s, about %.0f s for the %d left",
+                 done, self._total, self._group, first, first + (left - 1) * step, left)
+
+
 class VastNodeProvider(NodeProvider):
     """Ray ``NodeProvider`` for Vast.ai. See the module docstring for the design; it is thread-safe."""
 
@@ -230,6 +286,8 @@ class VastNodeProvider(NodeProvider):
         self._unsettled_ghosts: dict[str, float] = {}
         self._avoided_until: dict[int, float] = {}  # machine id -> our clock when it may be rented again
         self._overlay_cache: _Site | None = None
+        self.offer_cache = OfferCache(lambda query: self.client.search_offers(query), ttl_s=self.config.search_ttl_s,
+                                      clock=clock)
 
         self._flush_wanted = threading.Event()
         self._closing = threading.Event()
@@ -250,6 +308,7 @@ class VastNodeProvider(NodeProvider):
                     api_key=self._api_key(),
                     base_url=self.config.api_url,
                     min_interval_s=self.config.api_min_interval_s,
+                    rate_scale=self.config.api_rate_scale,
                 )
             return self._client
 
@@ -765,7 +824,12 @@ class VastNodeProvider(NodeProvider):
             kind = tags.get(TAG_RAY_NODE_KIND, NODE_KIND_WORKER)
             group_name = tags.get(TAG_RAY_USER_NODE_TYPE) or kind
             if kind == NODE_KIND_HEAD:
-                site, reserved = self._head_site(node, group_name)
+                try:
+                    site, reserved = self._head_site(node, group_name)
+                except VastError as exc:
+                    if not overlay_refused(exc):
+                        raise
+                    raise NodeLaunchError("overlay-unavailable", overlays_unavailable_message(exc), None) from None
             else:
                 site, reserved = self._worker_site(), None
             outcome = self._rent(node, kind, group_name, tags, count, site, reserved)
@@ -901,34 +965,48 @@ class VastNodeProvider(NodeProvider):
         request = PlacementRequest(groups=tuple(groups), cluster_id=pinned_cluster, excluded_machines=excluded,
                                    physical_cluster=None if pinned_cluster is not None else physical_cluster)
         options = self.config.placement
-        offers = self._search(build_queries(request, options, limit=self._search_limit(request)))
-        with self._lock:
-            committed = self._committed_per_hour()
-            try:
-                the_plan = plan(request, options, list(offers.values()), already_committed_per_hour=committed)
-            except NoPlacementError:
-                the_plan = None
-            else:
-                rentals = [_Rental(secrets.token_hex(4), assignment, the_plan.image)
-                           for assignment in the_plan.nodes_of(rent_group)]
-                for rental in rentals:
-                    self._inflight[rental.nonce] = rental.assignment.price_per_hour
+        queries = build_queries(request, options, limit=self._search_limit(request))
+        offers = self._search(queries)
+        the_plan, rentals, committed, offers = self._plan_and_reserve(request, rent_group, queries, offers)
+        if the_plan is None and self.offer_cache.is_dirty(queries):
+            # The shared answer lost offers to our own rentals or to rivals since it was fetched: a fresh search may
+            # hold what it lacks. A clean answer that cannot place says what a new search would, so none is made.
+            self.offer_cache.note_refresh()
+            offers = self._search(queries, fresh=True)
+            the_plan, rentals, committed, offers = self._plan_and_reserve(request, rent_group, queries, offers)
         if the_plan is None:
             # A strict search returns nothing that fails a filter, so it cannot say which filter emptied it: one
-            # broad search (on failure only) lets the explanation name the filter and how far it would have to move.
+            # broad search (on failure only, shared like any other) lets the explanation name the filter and how far
+            # it would have to move.
             broad = self._search(build_queries(request, options, limit=self._search_limit(request), broad=True))
             raise NoPlacementError(explain(request, options, [*offers.values(), *broad.values()],
                                            already_committed_per_hour=committed))
         return the_plan, rentals
 
-    def _search(self, queries: list[dict[str, Any]]) -> dict[int, Offer]:
-        """Every query at once (a spot-if-available group searches bids and on-demand), offers merged by id."""
-        offers: dict[int, Offer] = {}
-        with ThreadPoolExecutor(max_workers=max(1, len(queries)), thread_name_prefix="skyward-search") as pool:
-            for found in pool.map(self.client.search_offers, queries):
-                for offer in found:
-                    offers.setdefault(offer.id, offer)
-        return offers
+    def _plan_and_reserve(
+        self, request: PlacementRequest, rent_group: str, queries: list[dict[str, Any]], offers: dict[int, Offer]
+    ) -> tuple[Plan | None, list[_Rental], float, dict[int, Offer]]:
+        """Plan on the shared answers as they are now and reserve ``rent_group``'s nodes (money and GPUs) in one
+        locked step. Returns (plan or None, rentals, $/h already committed, the offers planned on)."""
+        with self._lock:
+            offers = self.offer_cache.current(queries, offers)
+            committed = self._committed_per_hour()
+            try:
+                the_plan = plan(request, self.config.placement, list(offers.values()),
+                                already_committed_per_hour=committed)
+            except NoPlacementError:
+                return None, [], committed, offers
+            rentals = [_Rental(secrets.token_hex(4), assignment, the_plan.image)
+                       for assignment in the_plan.nodes_of(rent_group)]
+            for rental in rentals:
+                self._inflight[rental.nonce] = rental.assignment.price_per_hour
+                self.offer_cache.take(rental.nonce, rental.assignment.machine_id, rental.assignment.offer.num_gpus)
+        return the_plan, rentals, committed, offers
+
+    def _search(self, queries: list[dict[str, Any]], *, fresh: bool = False) -> dict[int, Offer]:
+        """Every query's offers merged by id (a spot-if-available group searches bids and on-demand), from the
+        answers every launch shares for ``search_ttl_s`` unless ``fresh``; missing ones are searched at once."""
+        return self.offer_cache.offers(queries, fresh=fresh)
 
     def _excluded_now(self) -> frozenset[int]:
         """The configured exclusions plus the machines still avoided after a failure (lock held)."""
@@ -953,6 +1031,7 @@ class VastNodeProvider(NodeProvider):
         with self._lock:
             for rental in rentals:
                 self._inflight.pop(rental.nonce, None)
+                self.offer_cache.released(rental.nonce)
 
     def _committed_per_hour(self) -> float:
         """Billed nodes plus rentals in flight (lock held): what max_hourly_cost is already spent on. A terminated
@@ -975,8 +1054,9 @@ class VastNodeProvider(NodeProvider):
         site: _Site,
         reserved: list[_Rental] | None,
     ) -> _Outcome:
-        """Rent ``count`` nodes: plan, rent concurrently, and search again while offers were taken by others."""
+        """Rent ``count`` nodes: plan, rent through the pacer, and plan again while offers were taken by others."""
         outcome = _Outcome()
+        progress = _Progress(self, group_name, count)
         group = NodeGroup(name=group_name, accelerator=node.accelerator, gpus_per_node=node.gpus, count=1,
                           allocation=node.allocation_for(kind), include_variants=node.include_variants)
         rentals = reserved
@@ -987,21 +1067,24 @@ class VastNodeProvider(NodeProvider):
             if rentals is None:
                 _, rentals = self._plan([group.model_copy(update={"count": missing})], group_name,
                                         pinned_cluster=site.cluster_id, physical_cluster=site.cluster_id is not None)
-            round_outcome = self._rent_round(node, tags, rentals, site)
+            round_outcome = self._rent_round(node, tags, rentals, site, progress)
             outcome.created += round_outcome.created
             outcome.errors += round_outcome.errors
             outcome.gone += round_outcome.gone
             rentals = None
             if not round_outcome.gone:
-                break  # only offers taken by others are worth a new search
+                break  # only offers taken by others are worth a new plan
         return outcome
 
     def _rent_round(self, node: VastNodeConfig, tags: Mapping[str, str], rentals: list[_Rental],
-                    site: _Site) -> _Outcome:
+                    site: _Site, progress: _Progress) -> _Outcome:
+        """Rent ``rentals`` at once: each queues on the client's pacer, which starts them one create interval apart
+        in the order they asked (no burst for Vast to refuse), so the batch takes (n - 1) x 4.5 s."""
         outcome = _Outcome()
+        progress.starting(len(rentals))
         workers = max(min(len(rentals), self.config.rent_concurrency), 1)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="skyward-rent") as pool:
-            futures = [pool.submit(self._rent_one, node, tags, rental, site) for rental in rentals]
+            futures = [pool.submit(self._rent_one, node, tags, rental, site, progress) for rental in rentals]
             for future in futures:
                 result = future.result()
                 if isinstance(result, str):
@@ -1012,8 +1095,10 @@ class VastNodeProvider(NodeProvider):
                     outcome.errors.append(str(result))
         return outcome
 
-    def _rent_one(self, node: VastNodeConfig, tags: Mapping[str, str], rental: _Rental, site: _Site) -> str | Exception:
-        """One ``PUT /asks``; returns the new node id, or the error. Never retried here."""
+    def _rent_one(self, node: VastNodeConfig, tags: Mapping[str, str], rental: _Rental, site: _Site,
+                  progress: _Progress | None = None) -> str | Exception:
+        """One ``PUT /asks``; returns the new node id, or the error. Never retried here (the client retries a 429,
+        which Vast refused before doing anything)."""
         assignment = rental.assignment
         node_tags = {**tags, TAG_RAY_CLUSTER_NAME: self.cluster_name, TAG_RENTAL: rental.nonce}
         if site.cluster_id is not None:
@@ -1032,6 +1117,9 @@ class VastNodeProvider(NodeProvider):
                 price=assignment.bid_price,
             )
         except VastError as exc:
+            if isinstance(exc, OfferGoneError):
+                self.offer_cache.gone(assignment.machine_id)
+            self.offer_cache.released(rental.nonce)
             with self._lock:
                 if exc.outcome_unknown and exc.new_contract is None:
                     # It may exist anyway: destroy it when a list shows it, and keep its price reserved until then.
@@ -1056,8 +1144,11 @@ class VastNodeProvider(NodeProvider):
                                          machine_id=assignment.machine_id,
                                          price_per_hour=assignment.price_per_hour)
             self._inflight.pop(rental.nonce, None)
+        self.offer_cache.rented(rental.nonce)
         log.info("rented Vast instance %s: offer %s on machine %s, $%.4f/h%s", node_id, assignment.offer_id,
                  assignment.machine_id, assignment.price_per_hour, " (bid)" if assignment.is_bid else "")
+        if progress is not None:
+            progress.accepted()
         if self.config.ssh_public_key:
             try:
                 self.client.attach_ssh_key(created.new_contract, self.config.ssh_public_key)
@@ -1155,7 +1246,13 @@ class VastNodeProvider(NodeProvider):
                     with contextlib.suppress(VastError):
                         self.client.destroy_instance(instance_id)
             time.sleep(OVERLAY_POLL_S)
-        overlay = self._find_overlay()
+        try:
+            overlay = self._find_overlay()
+        except VastError as exc:
+            if not overlay_refused(exc):
+                raise
+            overlay = None  # an account without overlays has none to delete
+            log.info("no overlay to delete (Vast refused listing overlays: %s)", exc)
         if overlay is not None:
             log.info("deleting overlay %s", overlay.name)
             self.client.delete_overlay(name=overlay.name)
@@ -1194,6 +1291,36 @@ class VastNodeProvider(NodeProvider):
 
         stage_api_key(self._api_key(), self.cluster_name)
         return prepare_head_config(cluster_config)
+
+
+def is_partial_row(instance: Instance) -> bool:
+    """A row the client could not parse, returned with its id and label only (so a labelled node is never lost):
+    it still names the node and its tags, but says nothing about its state."""
+    return instance.model_fields_set <= {"id", "label"}
+
+
+def _unpaged_list_missing(exc: VastError) -> bool:
+    """Whether an error of the unpaged list says the server does not serve it (rather than that it failed now): a
+    404 or 410 without Vast's error code (a route that is gone), a 405, or a body of another shape."""
+    if isinstance(exc, ProtocolError):
+        return True
+    return (exc.status in (404, 410) and exc.error_code is None) or exc.status == 405
+
+
+def overlay_refused(exc: VastError) -> bool:
+    """Whether Vast refused an overlay call as an account without overlays is refused (a 4xx other than a 429),
+    rather than failing now. The overlay endpoints are in none of Vast's published API files and the official client
+    ships its overlay commands disabled, so an account may well lack them."""
+    status = exc.status
+    return (status is not None and 400 <= status < 500 and status != 429
+            and "/api/v0/overlay/" in (exc.endpoint or ""))
+
+
+def overlays_unavailable_message(exc: VastError) -> str:
+    """The one line ``ray up`` prints when the account has no overlays: what failed with Vast's answer, and the way
+    that still works."""
+    return (f"Vast refused the overlay network this cluster needs ({exc}); nothing was rented. A multi-node cluster "
+            "needs Vast overlays; single-node clusters (provider.use_overlay: false) still work")
 
 
 # Pending tag writes must reach Vast even when the process ends right after the last set_node_tags (ray up does).
