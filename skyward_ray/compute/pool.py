@@ -23,6 +23,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 
 import ray
 
+from skyward_ray.compute.autoscale import NodeRequest
 from skyward_ray.compute.context import pop_pool, push_pool
 from skyward_ray.compute.dispatch import Dispatcher
 from skyward_ray.compute.image import missing_apt_packages, missing_requirements
@@ -49,6 +50,7 @@ class _Running:
     nodes: tuple[NodeInfo, ...]
     dispatcher: Dispatcher
     token: Any
+    node_request: NodeRequest | None = None
 
 
 def _image_report(pip: tuple[str, ...], apt: tuple[str, ...]) -> dict[str, list[str]]:
@@ -123,10 +125,16 @@ class ComputePool:
             launcher = self._choose_launcher()
             handle: ClusterHandle | None = None
             owns_connection = False
+            node_request: NodeRequest | None = None
             try:
                 handle = launcher.up(self.spec)
                 owns_connection = self._connect(handle)
-                nodes = tuple(wait_for_nodes(self.spec.nodes, ray.nodes, timeout_s=self.spec.ready_timeout))
+                if handle.created:  # the launcher brought up every node already
+                    nodes = tuple(wait_for_nodes(self.spec.nodes, ray.nodes, timeout_s=self.spec.ready_timeout))
+                else:  # a cluster found as it is: ask its autoscaler for what is missing, and say so
+                    gpus = self.spec.accelerator.count if self.spec.accelerator is not None else 0
+                    node_request = NodeRequest(self.spec.nodes, gpus)
+                    nodes = tuple(node_request.wait(ray.nodes, timeout_s=self.spec.ready_timeout))
                 ready = getattr(launcher, "ready", None)  # a launcher that reports progress says "connected"
                 if ready is not None:
                     ready(nodes)
@@ -136,10 +144,10 @@ class ComputePool:
                     self._report_image(dispatcher)
             except BaseException:
                 with _teardown_shield():
-                    self._teardown(launcher, handle, owns_connection)
+                    self._teardown(launcher, handle, owns_connection, node_request)
                 raise
             token = push_pool(self)
-            self._running = _Running(launcher, handle, owns_connection, nodes, dispatcher, token)
+            self._running = _Running(launcher, handle, owns_connection, nodes, dispatcher, token, node_request)
             _SIGTERM.acquire(handle.created)
         log.info("pool ready: %s", ", ".join(f"rank {n.rank} {n.ip} ({n.gpus} GPU)" for n in nodes))
         return self
@@ -153,7 +161,7 @@ class ComputePool:
             with _teardown_shield():
                 pop_pool(self, running.token)
                 _SIGTERM.release(running.handle.created)
-                self._teardown(running.launcher, running.handle, running.owns_connection)
+                self._teardown(running.launcher, running.handle, running.owns_connection, running.node_request)
 
     def __enter__(self) -> ComputePool:
         return self.start()
@@ -216,8 +224,11 @@ class ComputePool:
         raise AssertionError("unreachable")
 
     @staticmethod
-    def _teardown(launcher: Launcher, handle: ClusterHandle | None, owns_connection: bool) -> None:
+    def _teardown(launcher: Launcher, handle: ClusterHandle | None, owns_connection: bool,
+                  node_request: NodeRequest | None = None) -> None:
         try:
+            if node_request is not None and ray.is_initialized():
+                node_request.withdraw()
             if owns_connection and ray.is_initialized():
                 ray.shutdown()
         finally:
