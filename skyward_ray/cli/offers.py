@@ -3,8 +3,10 @@
 It runs the same searches and the same planner as the provider (:mod:`skyward_ray.placement`), so what it shows is
 what ``ray up`` would choose: the physical cluster, each node's offer and price, the total $/h and the runners-up.
 When nothing fits it searches again with only the GPU filter, so the explanation can say which option emptied the
-result and how far it would have to move. ``VAST_URL`` points it at the emulator; the key is resolved as the client
-does (``VAST_API_KEY``, then the vastai CLI's key files).
+result and how far it would have to move. Vast allows 10 searches per minute per address: a run makes one search per
+allocation type (two for spot-if-available), plus as many broad ones when nothing fits, and the client paces them
+within that budget. ``VAST_URL`` points it at the emulator; the key is resolved as the client does
+(``VAST_API_KEY``, then the vastai CLI's key files).
 """
 
 from __future__ import annotations
@@ -90,9 +92,14 @@ def _options(args: argparse.Namespace) -> PlacementOptions:
     return PlacementOptions.from_config(values)
 
 
-def _search(client: VastClient, queries: Iterable[dict[str, Any]]) -> list[Offer]:
+SEARCH_BUDGET_PER_MINUTE = 10  # Vast's documented search limit per client address
+
+
+def _search(client: VastClient, queries: Iterable[dict[str, Any]], spent: list[int]) -> list[Offer]:
+    """Every query's offers; ``spent[0]`` counts the searches (each counts against Vast's 10 per minute)."""
     offers: list[Offer] = []
     for query in queries:
+        spent[0] += 1
         offers.extend(client.search_offers(query))
     return offers
 
@@ -116,22 +123,24 @@ def run(args: argparse.Namespace) -> int:
         include_variants=args.gpu_variants,
     )
     with VastClient(anonymous=not _have_api_key()) as client:
-        offers = _search(client, build_queries(request, options, limit=args.limit))
+        spent = [0]
+        offers = _search(client, build_queries(request, options, limit=args.limit), spent)
         try:
             result = plan(request, options, offers, runners_up=args.runners_up)
         except NoPlacementError:
-            broad = _search(client, build_queries(request, options, limit=args.limit, broad=True))
+            broad = _search(client, build_queries(request, options, limit=args.limit, broad=True), spent)
             explanation = explain(request, options, [*offers, *broad])
             if not args.json:
                 raise NoPlacementError(explanation) from None
             error = {"stage": explanation.stage, "group": explanation.group, "reason": explanation.reason,
                      "suggestions": list(explanation.suggestions), "message": explanation.message}
-            print(json.dumps({"plan": None, "error": error}, indent=2))
+            print(json.dumps({"plan": None, "error": error, "searches": spent[0]}, indent=2))
             return 2
+        searches = spent[0]
     if args.json:
-        print(json.dumps({"plan": result.summary(), "offers_searched": len(offers)}, indent=2))
+        print(json.dumps({"plan": result.summary(), "offers_searched": len(offers), "searches": searches}, indent=2))
     else:
-        print(render(request, result, searched=len(offers)))
+        print(render(request, result, searched=len(offers), searches=searches))
     return 0
 
 
@@ -141,7 +150,7 @@ def _table(rows: list[list[str]]) -> list[str]:
             for row in rows]
 
 
-def render(request: PlacementRequest, result: Plan, *, searched: int) -> str:
+def render(request: PlacementRequest, result: Plan, *, searched: int, searches: int | None = None) -> str:
     """The plan as people read it: where, each node, the total, the image and the runners-up."""
     if result.cluster_id is not None:
         where = f"physical cluster {result.cluster_id}" + (f" ({result.country})" if result.country else "")
@@ -164,5 +173,7 @@ def render(request: PlacementRequest, result: Plan, *, searched: int) -> str:
             country = f" ({option.country})" if option.country else ""
             lines.append(f"  cluster {option.cluster_id}{country}: ${option.total_per_hour:.4f}/h "
                          f"on {option.machines} machine{'s' if option.machines != 1 else ''}")
-    lines.append(f"searched {searched} offers")
+    spent = f" in {searches} search{'es' if searches != 1 else ''} (Vast allows {SEARCH_BUDGET_PER_MINUTE} per " \
+        "minute)" if searches is not None else ""
+    lines.append(f"searched {searched} offers{spent}")
     return "\n".join(lines)
