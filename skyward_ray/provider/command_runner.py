@@ -12,9 +12,14 @@ first that accepts a TCP connection, then drives Ray's own machinery with ``-o P
   ``auth.ssh_private_key``);
 * ``remote_shell_command_str`` carries ``-p <port>``.
 
-Vast documents no API field for an instance's overlay address. When the provider does not know it, the runner reads
-the node's addresses over its first connection (from ``/proc/net/fib_trie``, which every Linux has) and hands them
-to the provider, which keeps the one in the overlay's subnet in the node's label.
+Vast documents no API field for an instance's overlay address; it is read on the node at the first SSH contact and
+handed to the provider, which keeps the one in the overlay's subnet in the node's label. From the laptop the first
+contact is the public endpoint, and the runner reads the node's addresses over it (from ``/proc/net/fib_trie``, which
+every Linux has). From the head (``use_internal_ip``), a worker's public ports may not be reachable at all (Vast's
+NAT between instances), so the runner looks for the node on the overlay itself: it tries port 22 on every address of
+the overlay subnet no known node holds (all at once, about a second), asks each that answers which instance it is
+(``$CONTAINER_ID``, with its addresses) over SSH, and pins the one that is this node. No fixed wait: the node is
+reached as soon as its sshd answers on the overlay.
 
 Ray copies file mounts with rsync before it runs a single setup command, and many images lack rsync, so the first
 rsync of a runner makes sure the node has it (installing it with the image's package manager when it does not).
@@ -25,9 +30,11 @@ re-reads them, because Ray retries ``uptime`` while a node boots and the right e
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import re
+import selectors
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -58,6 +65,16 @@ ENSURE_RSYNC = (
 LOCAL_ADDRESSES = "awk '/32 host LOCAL/ {print last} {last=$2}' /proc/net/fib_trie | sort -u"
 _IPV4 = re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b")
 
+# Which instance answers at an address, and its addresses: Vast's CONTAINER_ID (in the login environment, else in the
+# container's PID 1 environment, which SSH sessions do not always inherit), then the local addresses.
+_PID1_CONTAINER_ID = "$(tr '\\0' '\\n' < /proc/1/environ 2>/dev/null | sed -n 's/^CONTAINER_ID=//p')"
+IDENTIFY = f'echo SKYWARD-ID "${{CONTAINER_ID:-{_PID1_CONTAINER_ID}}}"; {LOCAL_ADDRESSES}'
+_IDENTITY_LINE = re.compile(r"^SKYWARD-ID (\d+)\s*$", re.M)
+OVERLAY_SSH_PORT = 22  # overlay members reach each other on every port; a container's sshd listens on 22
+SCAN_TIMEOUT_S = 1.0  # a LAN answers in milliseconds; absent addresses are given up after this
+SCAN_EVERY_S = 2.0  # a runner looks on the overlay at most this often while its node has not answered
+IDENTIFY_TIMEOUT_S = 20  # one SSH login and two small commands
+
 
 class EndpointSource(Protocol):
     def ssh_endpoints(self, node_id: str, use_internal_ip: bool) -> list[Endpoint]:
@@ -70,6 +87,11 @@ class EndpointSource(Protocol):
 
     def learn_node_addresses(self, node_id: str, addresses: list[str]) -> str | None:
         """Addresses read on the node; the source keeps the one in the overlay subnet."""
+        ...
+
+    def overlay_search(self, node_id: str) -> list[str]:
+        """Overlay addresses where the node may answer, when its address is unknown and this process is on its
+        overlay (every address of the subnet no known node holds); empty otherwise."""
         ...
 
 
@@ -97,6 +119,52 @@ def tcp_accepts(endpoint: Endpoint, timeout_s: float = 3.0) -> bool:
         return False
 
 
+def tcp_scan(endpoints: Sequence[Endpoint], timeout_s: float = SCAN_TIMEOUT_S) -> list[Endpoint]:
+    """The endpoints that accept a TCP connection within ``timeout_s``, all tried at once (in input order)."""
+    selector = selectors.DefaultSelector()
+    accepted: set[Endpoint] = set()
+    try:
+        for endpoint in endpoints:
+            if is_documentation_address(endpoint[0]):
+                continue
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            code = sock.connect_ex(endpoint)
+            if code == 0:
+                accepted.add(endpoint)
+                sock.close()
+            elif code in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
+                selector.register(sock, selectors.EVENT_WRITE, endpoint)
+            else:
+                sock.close()
+        deadline = time.monotonic() + timeout_s
+        while selector.get_map():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            for key, _ in selector.select(remaining):
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                selector.unregister(sock)
+                if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+                    accepted.add(key.data)
+                sock.close()
+    finally:
+        for key in list(selector.get_map().values()):
+            key.fileobj.close()  # type: ignore[union-attr]
+        selector.close()
+    return [endpoint for endpoint in endpoints if endpoint in accepted]
+
+
+def parse_identity(output: str) -> tuple[str, list[str]] | None:
+    """``(instance id, addresses)`` from the output of :data:`IDENTIFY`, or None when the node did not say."""
+    match = _IDENTITY_LINE.search(output)
+    if match is None:
+        return None
+    rest = output[: match.start()] + output[match.end() :]
+    return match.group(1), _IPV4.findall(rest)
+
+
 def quiet_without_tty() -> None:
     """Without a TTY, Ray's CLI logger runs at verbosity 999 unless ``-v`` was given: ``ray up | tee log`` or CI
     output then shows every ssh command in full. Keep the terminal's default (0) there too; ``-v`` still wins."""
@@ -112,15 +180,20 @@ class VastSSHCommandRunner(SSHCommandRunner):
         *,
         endpoints: EndpointSource,
         probe: Callable[[Endpoint], bool] = tcp_accepts,
+        scan: Callable[[Sequence[Endpoint]], list[Endpoint]] = tcp_scan,
+        clock: Callable[[], float] = time.monotonic,
         **common_args: Any,
     ) -> None:
         quiet_without_tty()
         super().__init__(**common_args)
         self._endpoints = endpoints
         self._probe = probe
+        self._scan = scan
+        self._clock = clock
         self._endpoint: Endpoint | None = None
         self._has_rsync = False
         self._overlay_checked = False
+        self._last_scan: float | None = None
 
     # --- endpoint choice -------------------------------------------------------------------------------------------
 
@@ -128,17 +201,66 @@ class VastSSHCommandRunner(SSHCommandRunner):
         return self._endpoints.ssh_endpoints(self.node_id, self.use_internal_ip)
 
     def _choose_endpoint(self) -> Endpoint | None:
-        """The first candidate that answers; if none does yet, the first one (unpinned, so it is tried again)."""
+        """The first candidate that answers; if none does yet, the first one (unpinned, so it is tried again).
+
+        From the head to a node whose overlay address nobody knows yet, the node is looked for on the overlay
+        first; while it is not found there and no other endpoint answers, None (Ray's wait polls again)."""
         if self._endpoint is not None:
             return self._endpoint
         candidates = list(self._candidates())
-        if not candidates:
-            return None
+        searching = False
+        if self.use_internal_ip:
+            targets = self._endpoints.overlay_search(self.node_id)
+            if targets:
+                searching = True
+                found = self._find_on_overlay(targets)
+                if found is not None:
+                    self._endpoint = (found, OVERLAY_SSH_PORT)
+                    self._overlay_checked = True  # the identification read its addresses already
+                    return self._endpoint
+                candidates = list(self._candidates())  # the search may have taught the provider the address
         for endpoint in candidates:
             if self._probe(endpoint):
                 self._endpoint = endpoint
                 return endpoint
+        if searching or not candidates:
+            return None
         return candidates[0]
+
+    def _find_on_overlay(self, targets: Sequence[str]) -> str | None:
+        """Look for this node on the overlay (at most every ``SCAN_EVERY_S``): the address where it answers, or None.
+
+        Every node that answers is identified and reported to the provider, so one search also places the other
+        nodes booting at the same time."""
+        now = self._clock()
+        if self._last_scan is not None and now - self._last_scan < SCAN_EVERY_S:
+            return None
+        self._last_scan = now
+        answering = self._scan([(address, OVERLAY_SSH_PORT) for address in targets])
+        for address, _ in answering:
+            identity = self._identify(address)
+            if identity is None:
+                continue
+            instance_id, addresses = identity
+            self._endpoints.learn_node_addresses(instance_id, addresses)
+            if instance_id == self.node_id:
+                log.info("node %s answers on the overlay at %s", self.node_id, address)
+                return address
+        return None
+
+    def _identify(self, address: str) -> tuple[str, list[str]] | None:
+        """Which instance answers SSH at ``address`` on the overlay, and its addresses (None if it does not say)."""
+        options = ["-o", f"Port={OVERLAY_SSH_PORT}", "-o", "BatchMode=yes"]
+        options += self.ssh_options.to_ssh_options_list(timeout=5)
+        cmd = ["ssh", *options, f"{self.ssh_user}@{address}", IDENTIFY]
+        try:
+            output = self.process_runner.check_output(cmd, stderr=self.process_runner.DEVNULL,
+                                                      timeout=IDENTIFY_TIMEOUT_S)
+        except Exception as exc:  # not up yet, not our key yet, or not a node of ours: looked at again later
+            log.debug("identifying the node at %s failed: %s", address, exc)
+            return None
+        text = output.decode(errors="replace") if isinstance(output, bytes) else str(output)
+        return parse_identity(text)
 
     def _learn_overlay_address(self) -> None:
         """When the API does not show the node's overlay address, read it on the node once (first connection)."""

@@ -45,6 +45,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ipaddress
+import itertools
 import logging
 import secrets
 import sys
@@ -91,7 +92,7 @@ from skyward_ray.provider.config import (
     VastProviderConfig,
     overlay_name_for,
 )
-from skyward_ray.provider.overlay_ip import SUBNET_ENV
+from skyward_ray.provider.overlay_ip import SUBNET_ENV, interface_addresses
 from skyward_ray.provider.search_cache import OfferCache
 from skyward_ray.provider.tags import (
     TAG_OVERLAY_IP,
@@ -120,6 +121,7 @@ RENT_ROUNDS = 3  # searches per launch when offers keep being taken by others
 MISSING_GRACE_S = 60.0  # a rented node absent from lists this long is checked with one GET
 DESTROY_RETRY_S = 30.0  # a terminated node still listed after this long is destroyed again
 OVERLAY_POLL_S = 1.0
+OVERLAY_SEARCH_MAX = 1022  # addresses of an overlay subnet searched for a node (Vast's overlays are /24s)
 EXIT_FLUSH_BUDGET_S = 10.0  # at interpreter exit, all providers together wait at most this long for label writes
 
 
@@ -275,6 +277,10 @@ class VastNodeProvider(NodeProvider):
         self._refresh_lock = threading.Lock()
         self._nodes: dict[str, _Node] = {}
         self._next_refresh_at: float | None = None  # None: never listed
+        self._listed = False  # one list has succeeded: from then on the tick never waits on a list
+        self._refreshing = False  # a background refresh is running (one at a time)
+        self._last_list_s: float | None = None  # how long the last successful list took (our clock)
+        self._list_source = self.config.instance_list  # "unpaged" until the server shows it lacks that list
         self._dirty: set[str] = set()
         self._writing: set[str] = set()
         self._written_at: dict[str, float] = {}
@@ -286,6 +292,7 @@ class VastNodeProvider(NodeProvider):
         self._unsettled_ghosts: dict[str, float] = {}
         self._avoided_until: dict[int, float] = {}  # machine id -> our clock when it may be rented again
         self._overlay_cache: _Site | None = None
+        self._overlay_claims: dict[str, str] = {}  # address -> instance id, as read on the instances themselves
         self.offer_cache = OfferCache(lambda query: self.client.search_offers(query), ttl_s=self.config.search_ttl_s,
                                       clock=clock)
 
@@ -333,7 +340,18 @@ class VastNodeProvider(NodeProvider):
     # =============================================================================================================
 
     def refresh(self, *, force: bool = False) -> None:
-        """List the account's instances if the snapshot is older than ``cache_ttl_s`` (one call for all threads)."""
+        """List the account's instances now if the snapshot is older than ``cache_ttl_s`` (one call for all threads).
+
+        Blocking: for callers that need the newest state (a launch choosing its site, tests). Ray's tick and the
+        getters never call it after the first list; they start :meth:`_refresh_behind` instead. A failed list is
+        logged and the last snapshot kept."""
+        try:
+            self._refresh(force=force)
+        except VastError as exc:
+            log.warning("Vast instance list failed, serving the last snapshot: %s", exc)
+
+    def _refresh(self, *, force: bool = False) -> None:
+        """One list (if still due once the refresh lock is ours); raises the list's VastError."""
         if not force and self._fresh():
             return
         with self._refresh_lock:
@@ -341,21 +359,86 @@ class VastNodeProvider(NodeProvider):
                 return  # another thread refreshed while we waited
             started = self._clock()
             try:
-                instances = self.client.list_instances()
-            except VastError as exc:
-                # Serve the stale snapshot; try again after one TTL instead of hammering a failing API.
-                log.warning("Vast instance list failed, serving the last snapshot: %s", exc)
-                with self._lock:
+                instances = self._list_account()
+            except VastError:
+                with self._lock:  # try again after one TTL instead of hammering a failing API
                     self._next_refresh_at = started + self.config.cache_ttl_s
-                return
+                raise
             with self._lock:
                 actions = self._apply_snapshot(instances, started)
                 self._next_refresh_at = started + self.config.cache_ttl_s
+                self._listed = True
+                self._last_list_s = self._clock() - started
         self._dispatch(actions)
+
+    def _list_account(self) -> list[Instance]:
+        """Every instance of the account, the cheapest documented way.
+
+        ``unpaged``: the legacy ``GET /api/v0/instances/`` (Vast's hello-world check), one call whatever the number
+        of instances. The current ``GET /api/v1/instances/`` pages 25 rows at a time and allows one call per second,
+        so 500 nodes take 20 calls and about 20 s. A server filter does not shorten that (the rows to see are our own
+        cluster's; the filters have no prefix test, and a string range on ``label`` depends on the server's
+        collation, which could hide our rows). When the unpaged list is not served (404 without Vast's error body,
+        405, 410) or answers in another shape, the paged list is used from then on."""
+        if self._list_source == "unpaged":
+            try:
+                return self.client.list_instances_v0()
+            except VastError as exc:
+                if not _unpaged_list_missing(exc):
+                    raise
+                log.warning("the unpaged instance list (GET /api/v0/instances/) is not served (%s): listing with "
+                            "the paged GET /api/v1/instances/ from now on", exc)
+                self._list_source = "paged"
+        return self.client.list_instances()
 
     def _fresh(self) -> bool:
         with self._lock:
             return self._next_refresh_at is not None and self._clock() < self._next_refresh_at
+
+    def _current_snapshot(self) -> None:
+        """What Ray's tick and every getter call: never waits on a list, except for the first.
+
+        Until one list has succeeded the process knows nothing, and answering "no nodes" would let a freshly started
+        monitor (or ``ray up``) rent a second head or duplicate workers: so the first list is made in the caller's
+        thread and its failure raised. After that a stale snapshot is served as is while one background thread lists
+        behind it (:meth:`_refresh_behind`)."""
+        with self._lock:
+            listed = self._listed
+        if not listed:
+            self._refresh()
+            return
+        self._refresh_behind()
+
+    def _refresh_behind(self) -> None:
+        """Start a refresh in the background when the snapshot is due (one refresher at a time; never waits)."""
+        with self._lock:
+            due = self._next_refresh_at is None or self._clock() >= self._next_refresh_at
+            if not due or self._refreshing or self._closing.is_set():
+                return
+            self._refreshing = True
+            inline = not self._start_threads
+        if inline:  # no threads wanted (tests with a fake clock): refresh in the caller, deterministically
+            try:
+                self.refresh()
+            finally:
+                with self._lock:
+                    self._refreshing = False
+            return
+        try:
+            threading.Thread(target=self._background_refresh, name="skyward-refresh", daemon=True).start()
+        except BaseException:
+            with self._lock:
+                self._refreshing = False
+            raise
+
+    def _background_refresh(self) -> None:
+        try:
+            self.refresh()
+        except Exception:  # a bug must not end the refresher silently for good: the next tick starts another
+            log.exception("refreshing the Vast instance snapshot failed")
+        finally:
+            with self._lock:
+                self._refreshing = False
 
     def _apply_snapshot(self, instances: Iterable[Instance], started: float) -> list[_Action]:
         """Merge one list into the state (lock held) and decide what each node's state calls for."""
@@ -387,16 +470,22 @@ class VastNodeProvider(NodeProvider):
                 continue  # its rental thread registers it with the price it paid
             listed.add(node_id)
             self._looked_up.discard(node_id)
+            partial = is_partial_row(instance)
+            if partial:
+                log.warning("Vast instance %s of cluster %s: its row did not parse; kept as a node from its label "
+                            "(terminating it still destroys it)", node_id, self.cluster_name)
             node = self._nodes.get(node_id)
             if node is None:
                 node = self._nodes[node_id] = _Node(node_id, label_tags, instance, first_seen=now, status_since=now,
                                                     machine_id=instance.machine_id)
             else:
-                node.instance = instance
+                if not partial or node.instance is None:
+                    node.instance = instance  # a row that did not parse keeps the facts of the last one that did
                 node.machine_id = node.machine_id or instance.machine_id
                 if self._label_is_newer(node_id, started):
                     self._set_tags(node, label_tags, now)
-            actions.extend(self._judge(node, now))
+            if not partial or node.terminated:
+                actions.extend(self._judge(node, now))  # no facts, no verdict (a terminated node's destroy is retried)
         for nonce, failed_at in list(self._unsettled_ghosts.items()):
             if started >= failed_at:  # this list shows the ghost if it exists: the reservation has done its job
                 del self._unsettled_ghosts[nonce]
@@ -404,6 +493,8 @@ class VastNodeProvider(NodeProvider):
         for node_id, node in list(self._nodes.items()):
             if node_id in listed:
                 continue
+            if node.first_seen > started:
+                continue  # rented (or looked up) after this list began: it cannot be in it yet
             if node.terminated or node.instance is not None:
                 del self._nodes[node_id]  # destroyed: by us, by Ray, or by someone else
                 self._dirty.discard(node_id)
@@ -532,16 +623,19 @@ class VastNodeProvider(NodeProvider):
                 self._destroy_ended([action.node_id], ok=False)
 
     def _node(self, node_id: str) -> _Node | None:
-        """The node, or after one GET for an id the snapshot lacks (never more than one per absence).
+        """The node from the snapshot, or after one GET for an id the snapshot lacks (never more than one per absence).
 
-        A node that is not ready yet (rented but unlisted, loading, no overlay address) refreshes the snapshot first
-        (at most once per TTL, shared): between autoscaler ticks, ``ray up``'s updater waits on these getters alone.
-        Ready nodes never cause a refresh, so a steady tick still costs the list pages only."""
+        Never waits on a list once one has succeeded: a node that is not ready yet (rented but unlisted, loading)
+        only starts a background refresh when the snapshot is due, and its caller (Ray's updater polls) sees the
+        result at its next look. Ready nodes never cause a refresh, so a steady tick still costs one list per TTL."""
         with self._lock:
+            listed = self._listed
             node = self._nodes.get(node_id)
             pending = node is not None and not node.terminated and not self._ready(node)
-        if pending:
-            self.refresh()
+        if not listed:
+            self.refresh()  # the first list (a failure is logged; the GET below still answers for this id)
+        elif pending:
+            self._refresh_behind()
         with self._lock:
             node = self._nodes.get(node_id)
             if node is not None or node_id in self._looked_up:
@@ -550,19 +644,12 @@ class VastNodeProvider(NodeProvider):
         return self._lookup(node_id)
 
     def _ready(self, node: _Node) -> bool:
-        """Running with an SSH endpoint and, on an overlay, with its overlay address (lock held).
+        """Running with an SSH endpoint (lock held): the moment Ray may start installing over SSH.
 
-        Ray installs over SSH as soon as a node is ready, from the head to the worker's overlay address (on Vast the
-        public ports of two instances may not reach each other). Vast documents no API field for the overlay address
-        (the emulator lists it in ``local_ipaddrs``), so after ``overlay_timeout`` seconds of running without one the
-        node counts as ready anyway: the SSH runner then uses the public endpoint and learns the overlay address on
-        the node itself (:meth:`learn_node_addresses`)."""
-        if node.instance is None or not node.instance.ready:
-            return False
-        if not node.tags.get(TAG_OVERLAY_SUBNET) or self._overlay_ip(node) is not None:
-            return True
-        started = node.running_since if node.running_since is not None else self._clock()
-        return self._clock() - started >= self.config.overlay_timeout
+        A node on an overlay needs nothing more. Vast documents no API field for the overlay address, so it is
+        read on the node at the first SSH contact (the command runner finds the node on the overlay when the API
+        does not say where it is) and kept in the node's tags; nobody waits for the API to show it."""
+        return node.instance is not None and node.instance.ready
 
     def _lookup(self, node_id: str) -> _Node | None:
         """One ``GET /instances/{id}/``: adopt the instance if it is ours, forget it if it is gone."""
@@ -598,7 +685,9 @@ class VastNodeProvider(NodeProvider):
     # =============================================================================================================
 
     def non_terminated_nodes(self, tag_filters: dict[str, str]) -> list[str]:
-        self.refresh()
+        """The snapshot's live nodes (see :meth:`_current_snapshot`: only the first call of a process waits on a
+        list, and raises if it fails rather than report an empty cluster)."""
+        self._current_snapshot()
         with self._lock:
             return [
                 node_id
@@ -609,7 +698,7 @@ class VastNodeProvider(NodeProvider):
     def is_running(self, node_id: str) -> bool:
         node = self._node(node_id)
         with self._lock:
-            # Ray installs over SSH to the overlay address as soon as this is true: it must be known by then.
+            # Ray starts installing over SSH as soon as this is true; the runner finds the node's overlay address.
             return node is not None and not node.terminated and self._ready(node)
 
     def is_terminated(self, node_id: str) -> bool:
@@ -660,19 +749,24 @@ class VastNodeProvider(NodeProvider):
 
     def learn_node_addresses(self, node_id: str, addresses: Iterable[str]) -> str | None:
         """Record the node's overlay address among ``addresses`` (read on the node) in its tags, so its label carries
-        it to every other process. Returns the address, or None when none is in the subnet."""
+        it to every other process. Returns the address, or None when none is in the subnet. An address read on an
+        instance this process does not know yet is remembered as taken, so an overlay search skips it."""
+        texts = list(addresses)
         with self._lock:
+            self._overlay_claims.update(dict.fromkeys(texts, node_id))
             node = self._nodes.get(node_id)
             subnet = node.tags.get(TAG_OVERLAY_SUBNET) if node is not None else None
             if node is None or not subnet:
                 return None
             network = ipaddress.ip_network(subnet, strict=False)
-            for text in addresses:
+            for text in texts:
                 try:
                     address = ipaddress.ip_address(text)
                 except ValueError:
                     continue
                 if address in network:
+                    if node.tags.get(TAG_OVERLAY_IP) == str(address):
+                        return str(address)  # known already: nothing to write
                     node.tags[TAG_OVERLAY_IP] = str(address)
                     self._dirty.add(node_id)
                     break
@@ -682,6 +776,33 @@ class VastNodeProvider(NodeProvider):
         self._ensure_flusher()
         self._flush_wanted.set()
         return str(address)
+
+    def overlay_search(self, node_id: str) -> list[str]:
+        """Where on the overlay a node whose overlay address is unknown may answer: every address of its subnet that
+        neither this process nor a known node holds. Empty when the address is known, or when this process is not on
+        the overlay (the laptop reads it over the public endpoint instead)."""
+        with self._lock:
+            node = self._nodes.get(node_id)
+            if node is None or node.terminated or self._overlay_ip(node) is not None:
+                return []
+            subnet = node.tags.get(TAG_OVERLAY_SUBNET)
+            if not subnet:
+                return []
+            taken = set(self._overlay_claims)
+            for other in self._nodes.values():
+                if other is not node:
+                    address = self._overlay_ip(other)
+                    if address:
+                        taken.add(address)
+        try:
+            network = ipaddress.ip_network(subnet, strict=False)
+        except ValueError:
+            return []
+        local = {str(iface.ip) for _, iface in interface_addresses()}
+        if not any(ipaddress.ip_address(address) in network for address in local):
+            return []  # not on this overlay: nothing there is reachable from here
+        hosts = itertools.islice(network.hosts(), OVERLAY_SEARCH_MAX)
+        return [str(address) for address in hosts if str(address) not in taken and str(address) not in local]
 
     def ssh_endpoints(self, node_id: str, use_internal_ip: bool) -> list[Endpoint]:
         """SSH endpoints, best first: the overlay (head -> worker), the direct mapped port, then Vast's proxy."""

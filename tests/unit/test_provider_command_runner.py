@@ -1,14 +1,24 @@
 """The SSH runner reaches Vast's mapped port on every path Ray uses: commands, the initialization-commands override,
-rsync, and the remote-shell string; it prefers the direct endpoint and falls back to the proxy."""
+rsync, and the remote-shell string; it prefers the direct endpoint and falls back to the proxy. From the head, a node
+whose overlay address nobody knows is found on the overlay itself (scan + identification over SSH), with no wait."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
-from skyward_ray.provider.command_runner import Endpoint, VastSSHCommandRunner
+from skyward_ray.provider.command_runner import (
+    IDENTIFY,
+    SCAN_EVERY_S,
+    Endpoint,
+    VastSSHCommandRunner,
+    parse_identity,
+    tcp_scan,
+)
 
 DIRECT: Endpoint = ("198.51.100.7", 41022)
 PROXY: Endpoint = ("203.0.113.9", 20417)
@@ -21,26 +31,35 @@ class FakeProcessRunner:
     DEVNULL = subprocess.DEVNULL
     PIPE = subprocess.PIPE
 
-    def __init__(self) -> None:
-        self.commands: list[list[str]] = []
-
     def check_call(self, cmd: list[str], **_: Any) -> int:
         self.commands.append(list(cmd))
         return 0
 
+    def __init__(self) -> None:
+        self.commands: list[list[str]] = []
+        self.identities: dict[str, bytes] = {}  # overlay address -> what IDENTIFY prints there
+
     def check_output(self, cmd: list[str], **_: Any) -> bytes:
         self.commands.append(list(cmd))
+        if any("SKYWARD-ID" in part for part in cmd):
+            host = next(part for part in cmd if part.startswith("root@")).split("@", 1)[1]
+            if host not in self.identities:
+                raise subprocess.CalledProcessError(255, cmd)  # not up yet / refused
+            return self.identities[host]
         if any("fib_trie" in part for part in cmd):
             return b"Welcome to vast.ai\r\n10.8.0.3\r\n127.0.0.1\r\n172.17.0.5\r\n"
         return b"ok"
 
 
 class FakeEndpoints:
-    def __init__(self, by_internal: dict[bool, list[Endpoint]], unknown_subnet: str | None = None) -> None:
+    def __init__(self, by_internal: dict[bool, list[Endpoint]], unknown_subnet: str | None = None,
+                 search: list[str] | None = None) -> None:
         self.by_internal = by_internal
         self.calls = 0
         self.unknown_subnet = unknown_subnet
+        self.search = search or []
         self.learned: list[list[str]] = []
+        self.learned_by: dict[str, list[str]] = {}
 
     def ssh_endpoints(self, node_id: str, use_internal_ip: bool) -> list[Endpoint]:
         self.calls += 1
@@ -51,8 +70,13 @@ class FakeEndpoints:
 
     def learn_node_addresses(self, node_id: str, addresses: list[str]) -> str | None:
         self.learned.append(addresses)
-        self.unknown_subnet = None
+        self.learned_by[node_id] = addresses
+        if node_id == "4242":
+            self.unknown_subnet = None
         return None
+
+    def overlay_search(self, node_id: str) -> list[str]:
+        return [a for a in self.search if all(a not in seen for seen in self.learned_by.values())]
 
 
 class FakeProvider:
@@ -60,19 +84,33 @@ class FakeProvider:
         return False
 
 
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def _runner(endpoints: FakeEndpoints, reachable: set[Endpoint], *, use_internal_ip: bool = False,
-            key: str | None = "/keys/id_ed25519") -> tuple[VastSSHCommandRunner, FakeProcessRunner, list[Endpoint]]:
+            key: str | None = "/keys/id_ed25519", clock: FakeClock | None = None,
+            ) -> tuple[VastSSHCommandRunner, FakeProcessRunner, list[Endpoint]]:
     probed: list[Endpoint] = []
 
     def probe(endpoint: Endpoint) -> bool:
         probed.append(endpoint)
         return endpoint in reachable
 
+    def scan(targets: Sequence[Endpoint]) -> list[Endpoint]:
+        probed.extend(targets)
+        return [endpoint for endpoint in targets if endpoint in reachable]
+
     process = FakeProcessRunner()
     auth = {"ssh_user": "root", **({"ssh_private_key": key} if key else {})}
     runner = VastSSHCommandRunner(
-        endpoints=endpoints, probe=probe, log_prefix="test: ", node_id="4242", provider=FakeProvider(),
-        auth_config=auth, cluster_name="unit", process_runner=process, use_internal_ip=use_internal_ip,
+        endpoints=endpoints, probe=probe, scan=scan, clock=clock or FakeClock(), log_prefix="test: ",
+        node_id="4242", provider=FakeProvider(), auth_config=auth, cluster_name="unit", process_runner=process,
+        use_internal_ip=use_internal_ip,
     )
     return runner, process, probed
 
@@ -203,3 +241,67 @@ def test_waiting_for_an_address_stops_when_the_node_is_terminated(monkeypatch: p
     monkeypatch.setattr(command_runner.time, "sleep", lambda _: None)
     monkeypatch.setattr(FakeProvider, "is_terminated", lambda self, node_id: True)
     assert runner._wait_for_ip(deadline=command_runner.time.time() + 60) is None
+
+
+# --- finding a node on the overlay (the API does not say where it is) -------------------------------------------------
+
+
+def test_head_finds_a_worker_on_the_overlay_by_asking_who_answers() -> None:
+    """The worker's public port is unreachable from the head; its overlay address is unknown to the API. The runner
+    scans the overlay, asks each answering address which instance it is, and pins the one that is this node; the
+    other node it met is reported too, so its own runner need not look."""
+    search = ["10.8.0.2", "10.8.0.3", "10.8.0.4"]
+    endpoints = FakeEndpoints({True: [DIRECT], False: [DIRECT]}, unknown_subnet="10.8.0.0/24", search=search)
+    reachable = {("10.8.0.3", 22), ("10.8.0.4", 22)}
+    runner, process, probed = _runner(endpoints, reachable, use_internal_ip=True)
+    process.identities = {"10.8.0.3": b"SKYWARD-ID 4243\n10.8.0.3\n127.0.0.1\n",
+                          "10.8.0.4": b"Welcome to vast.ai\nSKYWARD-ID 4242\n10.8.0.4\n172.17.0.5\n"}
+    assert runner.run("uptime", with_output=True) == b"ok"
+    assert runner.endpoint == ("10.8.0.4", 22)
+    assert not any(f"root@{DIRECT[0]}" in cmd for cmd in process.commands)  # never the public endpoint
+    assert _option(process.commands[-1], "Port") == "22" and "root@10.8.0.4" in process.commands[-1]
+    assert endpoints.learned_by == {"4243": ["10.8.0.3", "127.0.0.1"], "4242": ["10.8.0.4", "172.17.0.5"]}
+    identify = [cmd for cmd in process.commands if IDENTIFY in cmd]
+    assert [_option(cmd, "Port") for cmd in identify] == ["22", "22"]
+    assert all(_option(cmd, "BatchMode") == "yes" for cmd in identify)
+    assert not any("fib_trie" in part for cmd in process.commands if IDENTIFY not in cmd for part in cmd)
+    assert probed[:3] == [("10.8.0.2", 22), ("10.8.0.3", 22), ("10.8.0.4", 22)]
+
+
+def test_a_node_not_on_the_overlay_yet_is_waited_for_without_a_public_fallback() -> None:
+    clock = FakeClock()
+    endpoints = FakeEndpoints({True: [DIRECT]}, unknown_subnet="10.8.0.0/24", search=["10.8.0.2", "10.8.0.3"])
+    reachable: set[Endpoint] = set()
+    runner, process, probed = _runner(endpoints, reachable, use_internal_ip=True, clock=clock)
+    assert runner._get_node_ip() is None  # Ray's wait polls again; no public endpoint it cannot reach
+    scanned = len(probed)
+    clock.now += SCAN_EVERY_S / 2
+    assert runner._get_node_ip() is None and len(probed) == scanned + 1  # no second scan yet (the DIRECT probe)
+    reachable.add(("10.8.0.3", 22))
+    process.identities["10.8.0.3"] = b"SKYWARD-ID 4242\n10.8.0.3\n"
+    clock.now += SCAN_EVERY_S
+    assert runner._get_node_ip() == "10.8.0.3" and runner.endpoint == ("10.8.0.3", 22)
+
+
+def test_a_reachable_public_endpoint_still_serves_when_the_overlay_search_finds_nothing() -> None:
+    endpoints = FakeEndpoints({True: [DIRECT]}, unknown_subnet="10.8.0.0/24", search=["10.8.0.2"])
+    runner, _, _ = _runner(endpoints, {DIRECT}, use_internal_ip=True)
+    assert runner._get_node_ip() == DIRECT[0] and runner.endpoint == DIRECT
+
+
+def test_identify_prints_the_container_id_and_addresses() -> None:
+    out = subprocess.run(["sh", "-c", IDENTIFY], capture_output=True, text=True, timeout=10,
+                         env={"CONTAINER_ID": "31337", "PATH": "/usr/bin:/bin"}).stdout
+    identity = parse_identity(out)
+    assert identity is not None and identity[0] == "31337" and "127.0.0.1" in identity[1]
+    assert parse_identity("SKYWARD-ID \n127.0.0.1\n") is None  # the node did not say who it is
+
+
+def test_tcp_scan_reports_only_what_accepts() -> None:
+    with socket.socket() as listening, socket.socket() as closed:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        closed.bind(("127.0.0.1", 0))  # bound, not listening: refused
+        open_ep = listening.getsockname()
+        shut_ep = closed.getsockname()
+        assert tcp_scan([shut_ep, open_ep, ("192.0.2.1", 22)], timeout_s=2.0) == [open_ep]

@@ -6,7 +6,9 @@ fails the test that provokes it. Time is a fake clock; nothing sleeps.
 
 from __future__ import annotations
 
+import ipaddress
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -20,8 +22,15 @@ from ray.autoscaler.tags import (
 )
 
 from skyward_ray.provider.node_provider import VastNodeProvider
-from skyward_ray.provider.tags import TAG_OVERLAY_SUBNET, TAG_PHYSICAL_CLUSTER, TAG_RENTAL, decode_label, encode_label
-from skyward_ray.vast.errors import OfferGoneError, ServerError
+from skyward_ray.provider.tags import (
+    TAG_OVERLAY_IP,
+    TAG_OVERLAY_SUBNET,
+    TAG_PHYSICAL_CLUSTER,
+    TAG_RENTAL,
+    decode_label,
+    encode_label,
+)
+from skyward_ray.vast.errors import NotFoundError, OfferGoneError, ServerError, VastError
 from skyward_ray.vast.models import CreatedInstance, Instance, Offer, Overlay
 
 CLUSTER = "unit"
@@ -82,6 +91,10 @@ class FakeVast:
     def list_instances(self, select_filters: Any = None) -> list[Instance]:
         self._record("list_instances")
         return [Instance.model_validate(row) for row in self.instances.values()]
+
+    def list_instances_v0(self) -> list[Instance]:
+        """The unpaged list: the same rows as ``list_instances`` (counted under that name; patch either)."""
+        return self.list_instances()
 
     def get_instance(self, instance_id: int) -> Instance | None:
         self._record("get_instance", instance_id)
@@ -251,6 +264,154 @@ def test_list_failure_serves_the_stale_snapshot(fake: FakeVast, clock: FakeClock
     assert provider.non_terminated_nodes({}) == ["11"]
 
 
+def test_the_first_list_waits_and_its_failure_is_raised_not_an_empty_cluster(fake: FakeVast,
+                                                                              clock: FakeClock) -> None:
+    """A freshly started monitor (or ray up) that saw "no nodes" would rent a second head or duplicate workers."""
+    fake.add_instance(11, worker_label())
+    original = fake.list_instances
+
+    def broken(select_filters: Any = None) -> list[Instance]:
+        raise ServerError("503", status=503)
+
+    fake.list_instances = broken  # type: ignore[method-assign]
+    provider = make_provider(fake, clock)
+    with pytest.raises(VastError):
+        provider.non_terminated_nodes({})
+    fake.list_instances = original  # type: ignore[method-assign]
+    clock.advance(10)
+    assert provider.non_terminated_nodes({}) == ["11"]
+
+
+def test_a_tick_never_waits_on_a_list_one_refresher_runs_behind_it(fake: FakeVast, clock: FakeClock) -> None:
+    fake.add_instance(11, worker_label())
+    provider = VastNodeProvider({**PROVIDER, "cache_ttl_s": 4.0}, CLUSTER, client=fake,  # type: ignore[arg-type]
+                                clock=clock)  # threads on: the refresh runs in the background
+    fake.provider = provider
+    assert provider.non_terminated_nodes({}) == ["11"]  # the first list, in the caller
+    listing, release = threading.Event(), threading.Event()
+    original = fake.list_instances
+
+    def slow(select_filters: Any = None) -> list[Instance]:
+        rows = original()
+        listing.set()
+        assert release.wait(10)
+        return rows
+
+    fake.list_instances = slow  # type: ignore[method-assign]
+    fake.add_instance(12, worker_label())
+    clock.advance(5)
+    try:
+        longest = 0.0
+        for _ in range(20):  # ticks while the list is stuck
+            started = time.perf_counter()
+            nodes = provider.non_terminated_nodes({})
+            for node_id in nodes:
+                provider.node_tags(node_id)
+                provider.is_running(node_id)
+                provider.internal_ip(node_id)
+            longest = max(longest, time.perf_counter() - started)
+            assert nodes == ["11"], "the last snapshot is served while the refresh runs"
+        assert listing.wait(5)
+        assert fake.count("list_instances") == 2, "one refresher at a time"
+        assert longest < 0.5, f"a tick waited {longest:.3f} s"
+    finally:
+        release.set()
+    deadline = time.monotonic() + 5
+    while sorted(provider.non_terminated_nodes({})) != ["11", "12"]:
+        assert time.monotonic() < deadline, "the background refresh never landed"
+        time.sleep(0.01)
+    provider.close()
+
+
+def test_a_node_adopted_while_a_list_runs_does_not_vanish_with_that_list(fake: FakeVast, clock: FakeClock) -> None:
+    provider = make_provider(fake, clock)
+    provider.non_terminated_nodes({})
+    listing, release = threading.Event(), threading.Event()
+    original = fake.list_instances
+
+    def slow(select_filters: Any = None) -> list[Instance]:
+        rows = original()  # the server's view when the list began: without node 21
+        listing.set()
+        assert release.wait(10)
+        return rows
+
+    fake.list_instances = slow  # type: ignore[method-assign]
+    clock.advance(5)
+    refresher = threading.Thread(target=provider.refresh)
+    refresher.start()
+    assert listing.wait(5)
+    clock.advance(1)
+    fake.add_instance(21, worker_label())  # rented by the head meanwhile; this process looks it up
+    assert provider.node_tags("21")[TAG_RAY_USER_NODE_TYPE] == "gpu"
+    release.set()
+    refresher.join(5)
+    assert "21" in provider.non_terminated_nodes({}), "a list begun before the node existed must not drop it"
+    fake.list_instances = original  # type: ignore[method-assign]
+    clock.advance(5)
+    provider.refresh()
+    assert "21" in provider.non_terminated_nodes({})
+
+
+def test_the_unpaged_list_is_one_call_and_the_paged_one_takes_over_when_it_is_not_served(
+        fake: FakeVast, clock: FakeClock) -> None:
+    fake.add_instance(11, worker_label())
+    calls: list[str] = []
+
+    def v0_gone() -> list[Instance]:
+        calls.append("v0")
+        raise NotFoundError("404 Not Found", status=404)  # no Vast error code: the route is gone
+
+    fake.list_instances_v0 = v0_gone  # type: ignore[method-assign]
+    provider = make_provider(fake, clock)
+    assert provider.non_terminated_nodes({}) == ["11"]
+    clock.advance(5)
+    provider.non_terminated_nodes({})
+    assert calls == ["v0"] and fake.count("list_instances") == 2, "the unpaged list is not asked for again"
+
+
+def test_a_failing_unpaged_list_serves_the_snapshot_and_is_tried_again(fake: FakeVast, clock: FakeClock) -> None:
+    fake.add_instance(11, worker_label())
+    provider = make_provider(fake, clock)
+    assert provider.non_terminated_nodes({}) == ["11"]
+    fake.list_instances_v0 = lambda: (_ for _ in ()).throw(ServerError("503", status=503))  # type: ignore[method-assign]
+    clock.advance(5)
+    assert provider.non_terminated_nodes({}) == ["11"]
+    assert fake.count("list_instances") == 1, "a 5xx is a failure now, not a missing endpoint"
+    assert provider._list_source == "unpaged"
+
+
+def test_paged_listing_never_asks_for_the_unpaged_list(fake: FakeVast, clock: FakeClock) -> None:
+    fake.add_instance(11, worker_label())
+    fake.list_instances_v0 = None  # type: ignore[assignment]
+    provider = make_provider(fake, clock, instance_list="paged")
+    assert provider.non_terminated_nodes({}) == ["11"]
+
+
+def test_a_labelled_row_that_did_not_parse_is_a_node_until_terminate_destroys_it(fake: FakeVast,
+                                                                                 clock: FakeClock) -> None:
+    fake.add_instance(11, worker_label())
+    fake.add_instance(12, worker_label())
+    original = fake.list_instances
+    unparsed = {12}
+
+    def tolerant(select_filters: Any = None) -> list[Instance]:
+        # What the client returns for a row it could not read: id and label only.
+        return [Instance(id=i.id, label=i.label) if i.id in unparsed else i for i in original()]
+
+    fake.list_instances = tolerant  # type: ignore[method-assign]
+    provider = make_provider(fake, clock, loading_timeout_s=60)
+    assert sorted(provider.non_terminated_nodes({})) == ["11", "12"]
+    assert provider.node_tags("12")[TAG_RAY_USER_NODE_TYPE] == "gpu"
+    assert not provider.is_running("12"), "no facts: not ready"
+    unparsed.add(11)  # a node that parsed before keeps its last facts
+    clock.advance(120)  # past loading_timeout_s: no verdict on a row that says nothing
+    assert sorted(provider.non_terminated_nodes({})) == ["11", "12"]
+    assert provider.is_running("11")
+    assert fake.count("destroy_instance") == 0
+    provider.terminate_nodes(["11", "12"])
+    assert 11 not in fake.instances and 12 not in fake.instances
+
+
 # --- tags -----------------------------------------------------------------------------------------------------------
 
 
@@ -358,17 +519,16 @@ def test_node_ray_cannot_ssh_into_is_ended(fake: FakeVast, clock: FakeClock) -> 
     assert 79 in provider._avoided_until
 
 
-def test_overlay_node_is_not_running_until_its_overlay_address_shows(fake: FakeVast, clock: FakeClock) -> None:
-    fake.add_instance(11, worker_label(**{TAG_OVERLAY_SUBNET: "10.9.0.0/24"}), local_ipaddrs="172.17.0.2")
+def test_local_ipaddrs_counts_only_when_it_holds_an_overlay_address(fake: FakeVast, clock: FakeClock) -> None:
+    fake.add_instance(11, worker_label(**{TAG_OVERLAY_SUBNET: "10.9.0.0/24"}), local_ipaddrs="10.9.0.3 172.17.0.2")
+    fake.add_instance(12, worker_label(**{TAG_OVERLAY_SUBNET: "10.9.0.0/24"}), local_ipaddrs="192.168.0.7 172.17.0.1")
     provider = make_provider(fake, clock)
     provider.non_terminated_nodes({})
-    assert not provider.is_running("11") and provider.internal_ip("11") is None
-    fake.instances[11]["local_ipaddrs"] = "10.9.0.3 172.17.0.2"
-    clock.advance(10)
-    provider.non_terminated_nodes({})
-    assert provider.is_running("11") and provider.internal_ip("11") == "10.9.0.3"
+    assert provider.internal_ip("11") == "10.9.0.3"
     assert provider.ssh_endpoints("11", use_internal_ip=True)[0] == ("10.9.0.3", 22)
     assert provider.ssh_endpoints("11", use_internal_ip=False)[0] == ("198.51.100.4", 40022)
+    assert provider.internal_ip("12") is None, "host-side addresses are not the node's overlay address"
+    assert provider.unknown_overlay_subnet("12") == "10.9.0.0/24"
 
 
 # --- terminating ----------------------------------------------------------------------------------------------------
@@ -527,18 +687,47 @@ def test_cleanup_destroys_labelled_leftovers_and_the_overlay(fake: FakeVast, clo
     assert [o.name for o in fake.overlays] == ["someone-else"]
 
 
-def test_overlay_address_missing_from_the_api_is_waited_for_then_learned_on_the_node(fake: FakeVast,
-                                                                                    clock: FakeClock) -> None:
-    # Real Vast may never list the overlay address: after overlay_timeout the node counts as running anyway, and
-    # the address the SSH runner reads on the node goes into the label for every other process.
-    fake.add_instance(11, worker_label(**{TAG_OVERLAY_SUBNET: "10.9.0.0/24"}), local_ipaddrs="172.17.0.2")
+def test_overlay_node_is_running_at_once_and_its_address_is_learned_on_the_node(fake: FakeVast,
+                                                                                 clock: FakeClock) -> None:
+    # Vast lists host-side addresses only: the node is ready as soon as it runs with an SSH endpoint (no wait for an
+    # address the API never serves), and the address read on the node goes into the label for every other process.
+    fake.add_instance(11, worker_label(**{TAG_OVERLAY_SUBNET: "10.9.0.0/24"}), local_ipaddrs="192.168.0.7 172.17.0.1")
     provider = make_provider(fake, clock, overlay_timeout=60)
     provider.non_terminated_nodes({})
-    assert not provider.is_running("11")
-    clock.advance(61)
-    assert provider.is_running("11") and provider.internal_ip("11") is None
+    assert provider.is_running("11") and provider.internal_ip("11") is None  # no clock advance: no fixed wait
     assert provider.unknown_overlay_subnet("11") == "10.9.0.0/24"
     assert provider.learn_node_addresses("11", ["127.0.0.1", "172.17.0.2", "10.9.0.4"]) == "10.9.0.4"
     assert provider.internal_ip("11") == "10.9.0.4" and provider.unknown_overlay_subnet("11") is None
+    assert provider.ssh_endpoints("11", use_internal_ip=True)[0] == ("10.9.0.4", 22)
     provider.flush_tags()
+    assert fake.count("set_label") == 1
+    assert provider.learn_node_addresses("11", ["10.9.0.4"]) == "10.9.0.4"
+    provider.flush_tags()
+    assert fake.count("set_label") == 1, "an address known already is not written again"
     assert make_provider(fake, clock).internal_ip("11") == "10.9.0.4"  # a fresh process reads it from the label
+
+
+def test_overlay_search_covers_the_subnet_minus_known_addresses_only_on_the_overlay(
+        fake: FakeVast, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    from skyward_ray.provider import node_provider
+
+    on_overlay = [("lo", ipaddress.IPv4Interface("127.0.0.1/8")), ("eth0", ipaddress.IPv4Interface("10.9.0.1/24"))]
+    monkeypatch.setattr(node_provider, "interface_addresses", lambda: on_overlay)
+    subnet = {TAG_OVERLAY_SUBNET: "10.9.0.0/24"}
+    fake.add_instance(11, worker_label(**subnet), local_ipaddrs="192.168.0.7")
+    fake.add_instance(12, worker_label(**subnet, **{TAG_OVERLAY_IP: "10.9.0.2"}), local_ipaddrs="192.168.0.8")
+    fake.add_instance(13, worker_label(), local_ipaddrs="192.168.0.9")  # not on an overlay
+    provider = make_provider(fake, clock)
+    provider.non_terminated_nodes({})
+    targets = provider.overlay_search("11")
+    assert targets[0] == "10.9.0.3" and len(targets) == 252  # .1 is this process, .2 is node 12
+    provider.learn_node_addresses("777", ["10.9.0.3", "127.0.0.1"])  # an instance met on the overlay, unknown here
+    assert "10.9.0.3" not in provider.overlay_search("11")
+    assert provider.overlay_search("12") == [] and provider.overlay_search("13") == []
+    provider.learn_node_addresses("11", ["10.9.0.9"])
+    assert provider.overlay_search("11") == []
+    monkeypatch.setattr(node_provider, "interface_addresses", lambda: on_overlay[:1])  # the laptop
+    fake.add_instance(14, worker_label(**subnet), local_ipaddrs="192.168.0.10")
+    assert provider.overlay_search("14") == []
+
+
