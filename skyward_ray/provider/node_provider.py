@@ -4,15 +4,27 @@ Loaded by Ray with ``provider: {type: external, module: skyward_ray.provider.Vas
 runs ``ray up`` and in the head's autoscaler. Node ids are Vast instance ids (as strings).
 
 **One source of truth.** A node's tags live in its Vast label (:mod:`skyward_ray.provider.tags`). Both sides rebuild
-the same state from one paged ``GET /api/v1/instances/`` per ``cache_ttl_s`` (:meth:`non_terminated_nodes`); every
-per-node getter reads that snapshot. A node this process just rented is visible at once with its tags; a node
-missing from the snapshot costs at most one ``GET /instances/{id}/``. In steady state a tick costs the list pages
-alone, whatever the number of nodes.
+the same state from one list of the account's instances per ``cache_ttl_s``: the unpaged ``GET /api/v0/instances/``,
+one call whatever the number of nodes (the paged ``GET /api/v1/instances/`` takes one call per 25 rows at one call
+per second, 20 s for 500 nodes, and serves only where the unpaged list is gone). Every per-node getter reads that
+snapshot. A node this process just rented is visible at once with its tags; a node missing from the snapshot costs
+at most one ``GET /instances/{id}/``. A labelled row the client could not parse is still a node (from its label), so
+``ray down`` destroys it.
+
+**The tick never waits on a list.** ``non_terminated_nodes`` and the getters serve the last snapshot; when it is due,
+one background thread lists behind it (never two at once). Only the first list of a process is made in the caller's
+thread, and its failure is raised: a freshly started monitor (or ``ray up``) that believed it had no nodes would rent
+a second head or duplicate workers. A node rented or looked up after a list began is not dropped by that list.
+
+**Overlay addresses come from the nodes.** Vast serves no overlay address (``local_ipaddrs`` holds host-side ones and
+counts only when it holds one in the overlay subnet). A node is ready as soon as it runs with an SSH endpoint; its
+address is read on the node at the first SSH contact (:mod:`skyward_ray.provider.command_runner`: over the public
+endpoint from the laptop, by a search of the overlay from the head) and written to its label. No fixed wait.
 
 **Thread safety.** Ray calls the provider from its main loop, launcher threads, updater threads and executors. All
 state sits behind ``self._lock``, which is never held during an API call (or a sleep): methods copy what they need,
 release it, do the I/O, then take it again to record the result. ``self._refresh_lock`` only makes concurrent
-refreshes share one list call; it guards no state.
+refreshes share one list call; it guards no state, and the tick never takes it.
 
 **Tags.** ``set_node_tags`` changes memory at once and marks the node dirty; a background thread writes the labels
 after ``tag_flush_delay_s`` (so the four writes of a node's setup coalesce), and at interpreter exit whatever is still
