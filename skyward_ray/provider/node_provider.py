@@ -1367,7 +1367,7 @@ class VastNodeProvider(NodeProvider):
         deadline = self._clock() + max(120.0, self.config.overlay_timeout)
         leftovers: list[int] = []
         while True:
-            leftovers = [i.id for i in self.client.list_instances() if is_cluster_label(i.label, self.cluster_name)]
+            leftovers = [i.id for i in self._list_account() if is_cluster_label(i.label, self.cluster_name)]
             if not leftovers or self._clock() >= deadline:
                 break
             log.info("destroying %d leftover instance(s) of cluster %s: %s", len(leftovers), self.cluster_name,
