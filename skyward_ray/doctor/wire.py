@@ -1,0 +1,144 @@
+"""What the Vast API answered, seen from inside our own client: a transport that watches every exchange, and raw
+reads of rows that our models may not fit.
+
+:class:`WireLog` wraps the transport the client would use anyway (same deadlines, TLS and pool) and keeps, per
+request: method, endpoint path, status and time; for a 429 also its body and the headers that matter (is there a
+``Retry-After``?); for a create the body we sent (so the report can show exactly what ``ray up`` sends, values of
+``env`` left out). The client keeps doing its own retries and pacing; the doctor only reads the log.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from skyward_ray.vast import client as vast_client
+from skyward_ray.vast.client import Endpoint, VastClient
+
+# Headers a 429 is judged by; anything else (cookies, tracing ids) stays out of the report.
+_RATE_HEADERS = ("retry-after", "x-ratelimit-reset", "x-ratelimit-limit", "x-ratelimit-remaining", "content-type")
+_BODY_CHARS = 200
+
+
+@dataclass
+class Exchange:
+    """One HTTP request and its answer, as much as the report needs."""
+
+    at: float  # seconds since the log started, when the request left
+    method: str
+    path: str
+    status: int | None
+    seconds: float = 0.0  # until the answer's headers
+    body: str | None = None  # 429s only
+    headers: dict[str, str] = field(default_factory=dict)  # 429s only
+    sent: dict[str, Any] | None = None  # create bodies only
+
+
+def _inner_transport() -> httpx.BaseTransport:
+    """The transport the client uses by default (its per-attempt deadline), else httpx's own."""
+    factory = getattr(vast_client, "_DeadlineTransport", None)
+    return factory() if factory is not None else httpx.HTTPTransport()
+
+
+class WireLog(httpx.BaseTransport):
+    """An httpx transport that records every exchange of the client it is given to."""
+
+    def __init__(self, inner: httpx.BaseTransport | None = None,
+                 on_secret: Callable[[str], None] | None = None) -> None:
+        self._inner = inner or _inner_transport()
+        self._on_secret = on_secret
+        self._started = time.monotonic()
+        self._lock = threading.Lock()
+        self.exchanges: list[Exchange] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        at = time.monotonic() - self._started
+        sent = _create_body(request)
+        try:
+            response = self._inner.handle_request(request)
+        except Exception:
+            took = time.monotonic() - self._started - at
+            self._record(Exchange(at, request.method, request.url.path, None, took, sent=sent))
+            raise
+        took = time.monotonic() - self._started - at
+        status = response.status_code
+        if status != 429 and sent is None:
+            self._record(Exchange(at, request.method, request.url.path, status, took))
+            return response
+        # Small bodies we must look at: a 429's text, and a create's answer (its instance key is a secret to scrub).
+        raw = b"".join(response.iter_raw())
+        response.close()
+        encoded = "content-encoding" in response.headers
+        text = raw.decode("utf-8", errors="replace") if not encoded else ""
+        if sent is not None and self._on_secret is not None and text:
+            try:
+                answer = json.loads(text)
+            except ValueError:
+                answer = None
+            if isinstance(answer, dict) and isinstance(answer.get("instance_api_key"), str):
+                self._on_secret(answer["instance_api_key"])
+        if status == 429:
+            headers = {k: v for k, v in response.headers.items() if k.lower() in _RATE_HEADERS}
+            body = " ".join(text.split())[:_BODY_CHARS] if not encoded else "(encoded)"
+            self._record(Exchange(at, request.method, request.url.path, 429, took, body, headers, sent))
+        else:
+            self._record(Exchange(at, request.method, request.url.path, status, took, sent=sent))
+        return httpx.Response(status, headers=response.headers, stream=httpx.ByteStream(raw), request=request,
+                              extensions=response.extensions)
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def _record(self, exchange: Exchange) -> None:
+        with self._lock:
+            self.exchanges.append(exchange)
+
+    def snapshot(self) -> list[Exchange]:
+        with self._lock:
+            return list(self.exchanges)
+
+    def rate_limited(self) -> list[Exchange]:
+        return [e for e in self.snapshot() if e.status == 429]
+
+    def last(self, method: str, path: str) -> Exchange | None:
+        for exchange in reversed(self.snapshot()):
+            if exchange.method == method and exchange.path == path:
+                return exchange
+        return None
+
+    def creates(self) -> list[Exchange]:
+        return [e for e in self.snapshot() if e.sent is not None]
+
+
+def _create_body(request: httpx.Request) -> dict[str, Any] | None:
+    """The JSON body of a ``PUT /api/v0/asks/{id}/`` with env values blanked (a user's env may hold tokens)."""
+    if request.method != "PUT" or not request.url.path.startswith("/api/v0/asks/"):
+        return None
+    try:
+        body = json.loads(request.content or b"{}")
+    except ValueError:
+        return {"unparsable": True}
+    if isinstance(body, dict) and isinstance(body.get("env"), dict):
+        body["env"] = {key: ("1" if key.startswith("-") else "…") for key in body["env"]}
+    if isinstance(body, dict) and isinstance(body.get("onstart"), str):
+        body["onstart"] = f"({len(body['onstart'])} characters)"
+    return body if isinstance(body, dict) else {"not_an_object": True}
+
+
+def raw_call(client: VastClient, endpoint: Endpoint, *, params: dict[str, Any] | None = None,
+             ids: dict[str, int] | None = None, json_body: Any = None) -> Any:
+    """One request through the client's own pipeline (pacing, retries, errors), returning the decoded body as it
+    came, so rows our models do not fit can be named field by field."""
+    public = getattr(client, "request_json", None)
+    if callable(public):  # a public raw call, when the client offers one
+        return public(endpoint, params=params, ids=ids, json_body=json_body)
+    kwargs: dict[str, Any] = {"params": params, "ids": ids}
+    if json_body is not None:
+        kwargs["json_body"] = json_body
+    return client._call(endpoint, **kwargs)  # the doctor reads what our models would hide
