@@ -21,6 +21,7 @@ _COMMAND_MODULES = (
     "skyward_ray.cli.status",
     "skyward_ray.cli.validate",
     "skyward_ray.cli.demo",
+    "skyward_ray.cli.doctor",
 )
 
 
