@@ -64,7 +64,7 @@ import tenacity
 from pydantic import BaseModel, ValidationError
 
 from skyward_ray.errors import ConfigError
-from skyward_ray.vast.credentials import ApiKey, redact, resolve_api_key, resolve_base_url
+from skyward_ray.vast.credentials import ApiKey, redact, resolve_api_key, resolve_base_url_and_source
 from skyward_ray.vast.errors import (
     AuthError,
     BadRequestError,
@@ -89,6 +89,7 @@ from skyward_ray.vast.models import (
     Overlay,
     SshKey,
     User,
+    tolerant_instance,
     validate_overlay_name,
 )
 from skyward_ray.vast.pacing import (
@@ -124,6 +125,7 @@ _BODY_SNIPPET_CHARS = 300
 # Refuse bodies larger than this (decoded): the whole 12k-offer emulator market is ~27 MB, a real search far less.
 MAX_BODY_BYTES = 64 * 1024 * 1024
 DEFAULT_TIMEOUT_S = 30.0  # one attempt of a quick call (reads, labels, destroys)
+FIRST_CONTACT_RETRY_S = 2.0  # how long a refused connection is retried before any answer came from the server
 SLOW_TIMEOUT_S = 120.0  # one attempt of a slow call (create, search, overlays): what the official client allows
 
 
@@ -237,11 +239,32 @@ def _strings(value: Any) -> Iterable[str]:
 _NO_BODY = object()
 
 
+_NOTED_SHAPES: set[tuple[str, tuple[str, ...]]] = set()
+_NOTED_LOCK = threading.Lock()
+
+
+def _failed_shapes(row: Any, exc: ValidationError) -> list[str]:
+    """``"name (type)"`` of each top-level field that failed: no values, they may be secrets."""
+    if not isinstance(row, dict):
+        return [f"row ({type(row).__name__})"]
+    names = {str(err["loc"][0]) for err in exc.errors() if err["loc"]}
+    return [f"{name} ({type(row[name]).__name__})" if name in row else name for name in sorted(names)] or ["row"]
+
+
+def _note_shape(endpoint: Endpoint, problems: tuple[str, ...], what: str) -> None:
+    """Log an unexpected row shape once per process (a refresh every few seconds would repeat it forever)."""
+    with _NOTED_LOCK:
+        first = (str(endpoint), problems) not in _NOTED_SHAPES
+        _NOTED_SHAPES.add((str(endpoint), problems))
+    log.log(logging.WARNING if first else logging.DEBUG, "%s: %s: %s", endpoint, what, ", ".join(problems))
+
+
 @dataclass
 class _CallState:
     """What the attempts of one logical call share: the retry deadline, set once the first attempt has its slot."""
 
     deadline: float = math.inf
+    first_slot: float = 0.0
 
 
 # --- every socket operation bounded by the attempt's wall-clock deadline ----------------------------------------------
@@ -364,6 +387,7 @@ class VastClient:
         retry_deadline_s: float = 60.0,
         min_interval_s: float | Mapping[str, float] = 0.0,
         rate_scale: float | None = None,
+        base_url_source: str | None = None,
         transport: httpx.BaseTransport | None = None,
         backoff_base_s: float = 0.5,
         backoff_cap_s: float = 30.0,
@@ -383,7 +407,8 @@ class VastClient:
             raise ConfigError(f"max_body_bytes = {max_body_bytes!r} is not allowed: use a byte count > 0")
         # Anonymous clients may only search offers (Vast serves bundles without a key): no key is resolved or sent.
         self._key = ApiKey("") if anonymous else ApiKey(resolve_api_key(api_key))
-        self._base_url = resolve_base_url(base_url)
+        self._base_url, self._base_url_source = resolve_base_url_and_source(base_url, base_url_source)
+        self._reached = False  # set by the first HTTP answer: until then a refused connection is a wrong URL
         # One explicit timeout for every call, else the official client's 120 s for slow calls and 30 s for others.
         self._timeout_s = float(timeout_s) if timeout_s is not None else DEFAULT_TIMEOUT_S
         self._slow_timeout_s = float(timeout_s) if timeout_s is not None else SLOW_TIMEOUT_S
@@ -474,16 +499,25 @@ class VastClient:
         rows = body if isinstance(body, list) else self._field(body, "offers", SEARCH_OFFERS, list)
         offers: list[Offer] = []
         first_problem: ProtocolError | None = None
+        shapes: set[str] = set()
         for row in rows:
             try:
-                offers.append(self._parse(Offer, row, SEARCH_OFFERS))
-            except ProtocolError as exc:
-                first_problem = first_problem or exc
+                offers.append(Offer.model_validate(row))
+            except ValidationError as exc:
+                shapes.update(_failed_shapes(row, exc))
+                if first_problem is None:
+                    try:
+                        self._parse(Offer, row, SEARCH_OFFERS)
+                    except ProtocolError as problem:
+                        first_problem = problem
         if first_problem is not None:
             if not offers:
-                raise first_problem
-            log.warning("dropped %d of %d offers that did not parse; first: %s", len(rows) - len(offers), len(rows),
-                        first_problem)  # fmt: skip
+                raise first_problem  # not one row we understand: the answer is not what we think it is
+            _note_shape(
+                SEARCH_OFFERS,
+                tuple(sorted(shapes)),
+                f"dropped {len(rows) - len(offers)} of {len(rows)} offers that did not parse",
+            )
         return offers
 
     def create_instance(
@@ -569,7 +603,12 @@ class VastClient:
                 raise  # not Vast's answer (an HTML 404 from a wrong base URL): do not report the node as gone
             return None
         row = self._field(body, "instances", GET_INSTANCE, (dict, type(None)))
-        return None if row is None else self._parse(Instance, row, GET_INSTANCE)
+        if row is None:
+            return None
+        parsed = self._instance_rows([row], GET_INSTANCE)
+        if not parsed:
+            return self._parse(Instance, row, GET_INSTANCE)  # raises the ProtocolError that says why
+        return parsed[0]
 
     def list_instances(
         self, select_filters: dict[str, Any] | None = None, page_size: int = MAX_PAGE_SIZE
@@ -594,8 +633,9 @@ class VastClient:
         seen_tokens: set[str] = set()
         while True:
             body = self._call(LIST_INSTANCES, params=params)
-            page = self._parse(InstancePage, body, LIST_INSTANCES)
-            instances.extend(page.instances)
+            rows = self._field(body, "instances", LIST_INSTANCES, (list, type(None))) or []
+            page = self._parse(InstancePage, {**body, "instances": []}, LIST_INSTANCES)
+            instances.extend(self._instance_rows(rows, LIST_INSTANCES))
             if not page.next_token:
                 return instances
             if page.next_token in seen_tokens:
@@ -607,7 +647,7 @@ class VastClient:
         """The deprecated unpaged list (``GET /api/v0/instances/?owner=me``), for servers without v1."""
         body = self._call(LIST_INSTANCES_V0, params={"owner": "me"})
         rows = self._field(body, "instances", LIST_INSTANCES_V0, (list, type(None))) or []
-        return [self._parse(Instance, row, LIST_INSTANCES_V0) for row in rows]
+        return self._instance_rows(rows, LIST_INSTANCES_V0)
 
     # --- changing instances --------------------------------------------------------------------------------------
 
@@ -689,7 +729,13 @@ class VastClient:
         return self._parse(User, self._call(CURRENT_USER), CURRENT_USER)
 
     def list_ssh_keys(self) -> list[SshKey]:
-        body = self._call(LIST_SSH_KEYS)
+        """The account's keys; Vast answers 404 "No SSH keys found for the user" for none, which is an empty list."""
+        try:
+            body = self._call(LIST_SSH_KEYS)
+        except NotFoundError as exc:
+            if "<html" in exc.message.lower() or "<!doctype" in exc.message.lower():
+                raise  # a web page, not Vast's answer: the base URL is wrong
+            return []
         if isinstance(body, dict):
             body = body.get("ssh_keys", body.get("keys"))
         if not isinstance(body, list):
@@ -767,7 +813,8 @@ class VastClient:
         """One request, done within its timeout of wall-clock time: connect, send, headers and the whole body."""
         self._pacer.acquire(str(endpoint), self._limits, self._sleep)
         if call.deadline == math.inf:  # the retry deadline counts from the first slot, not from the queue
-            call.deadline = self._clock() + self._deadline_s
+            call.first_slot = self._clock()
+            call.deadline = call.first_slot + self._deadline_s
         with self._stats_lock:
             self._stats[str(endpoint)] += 1
         started = self._clock()
@@ -780,6 +827,7 @@ class VastClient:
         try:
             request = self._http.build_request(endpoint.method, path, timeout=httpx.Timeout(timeout), **kwargs)
             response = self._http.send(request, stream=True)
+            self._reached = True
             try:
                 content = self._read_body(endpoint, path, response, deadline)
             finally:
@@ -789,6 +837,8 @@ class VastClient:
             raise self._timed_out(endpoint, path, type(exc).__name__, request_sent=sent) from None
         except httpx.TransportError as exc:
             sent = not isinstance(exc, httpx.ConnectError)
+            if not sent and not self._reached:
+                raise self._unreachable(endpoint, exc, call) from None
             raise ConnectionFailedError(
                 f"{endpoint.method} {path}: {type(exc).__name__}: {self._scrub(str(exc)) or 'connection failed'}",
                 request_sent=sent,
@@ -833,6 +883,21 @@ class VastClient:
     def _too_big(self, endpoint: Endpoint, path: str, status: int, how: str) -> ProtocolError:
         return self._protocol(
             endpoint, path, f"HTTP {status} with a body that {how}; at most {self._max_body_bytes} are read"
+        )
+
+    def _unreachable(self, endpoint: Endpoint, exc: httpx.TransportError, call: _CallState) -> ConnectionFailedError:
+        """No answer has ever come from this server and the connection was refused or the name did not resolve:
+        most likely a wrong URL, not a passing fault, so retry only briefly and say where the URL came from."""
+        call.deadline = min(call.deadline, call.first_slot + FIRST_CONTACT_RETRY_S)
+        source = self._base_url_source
+        hint = "set $VAST_URL (or the config's api_url) for another server" if source == "the default" else (
+            f"check {source}")  # fmt: skip
+        reason = self._scrub(str(exc)) or "connection failed"
+        return ConnectionFailedError(
+            f"cannot reach the Vast API at {self._scrub(self._base_url)} (from {source}): {type(exc).__name__}: "
+            f"{reason}; {hint}",
+            request_sent=False,
+            endpoint=str(endpoint),
         )
 
     def _attempt_timeout(self, endpoint: Endpoint) -> float:
@@ -927,6 +992,19 @@ class VastClient:
                 for err in exc.errors(include_url=False, include_input=False)[:3]
             )
             raise self._protocol(endpoint, endpoint.template, f"unexpected {model.__name__}: {problems}") from None
+
+    def _instance_rows(self, rows: list[Any], endpoint: Endpoint) -> list[Instance]:
+        """Each row parsed on its own: a row that does not parse whole is kept in part (see
+        :func:`~skyward_ray.vast.models.tolerant_instance`), one without an id is dropped; both are logged once."""
+        instances: list[Instance] = []
+        for row in rows:
+            parsed, problems = tolerant_instance(row)
+            if parsed is not None:
+                instances.append(parsed)
+            if problems:
+                what = f"instance {parsed.id} kept without" if parsed is not None else "dropped an instance row with"
+                _note_shape(endpoint, problems, f"{what} fields that did not parse")
+        return instances
 
     def _field(self, body: Any, key: str, endpoint: Endpoint, kinds: type | tuple[type, ...]) -> Any:
         if not isinstance(body, dict) or key not in body or not isinstance(body[key], kinds):

@@ -110,11 +110,17 @@ def resolve_api_key(explicit: str | None = None) -> str:
 
 def resolve_base_url(explicit: str | None = None) -> str:
     """The server: ``explicit``, ``$VAST_URL``, else ``https://console.vast.ai``; no trailing ``/``."""
-    source, url = "base_url", explicit
+    return resolve_base_url_and_source(explicit)[0]
+
+
+def resolve_base_url_and_source(explicit: str | None = None, source: str | None = None) -> tuple[str, str]:
+    """The server (as :func:`resolve_base_url`) and what chose it, for errors that must say where to fix it:
+    ``source`` (the caller's name for ``explicit``, e.g. ``"provider.api_url"``), ``$VAST_URL``, or the default."""
+    source, url = (source or "the base_url argument"), explicit
     if url is None or not url.strip():
         source, url = f"${BASE_URL_ENV}", os.environ.get(BASE_URL_ENV, "")
     if not url.strip():
-        return DEFAULT_BASE_URL
+        return DEFAULT_BASE_URL, "the default"
     url = url.strip().rstrip("/")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
@@ -122,7 +128,7 @@ def resolve_base_url(explicit: str | None = None) -> str:
             f"{source} {redact(url)!r} is not allowed: use an http:// or https:// URL without query, "
             f"such as {DEFAULT_BASE_URL} or http://127.0.0.1:8080"
         )
-    return url
+    return url, source
 
 
 def redact(text: str, *secrets: str | ApiKey | None) -> str:

@@ -9,9 +9,13 @@ Normalisations, each in exactly one place:
 
 * every declared field (:class:`WireModel`): text is stripped; a blank string in a nullable field is null, so ``""``
   never fails a numeric parse; numbers sent as strings are coerced by pydantic's lax mode;
-* ``HostPort`` strings -> int (:class:`PortBinding`); empty port lists dropped;
+* ``HostPort`` strings -> int (:class:`PortBinding`); empty port lists dropped; ``ports`` as a plain list of
+  exposed port numbers (one documented schema) carries no mapping -> null;
 * ``local_ipaddrs`` as space/newline separated text -> list;
-* ``extra_env`` as ``[key, value]`` pairs (v1 rows), a dict, or a Docker-flag string -> ``dict[str, str]``;
+* ``extra_env`` as ``[key, value]`` pairs (v1 rows), strings (``"K=V"`` or a Docker flag), a dict, or a
+  Docker-flag string -> ``dict[str, str]``;
+* an instance row that still does not parse keeps what does (:func:`tolerant_instance`), so one odd row never hides
+  a rental that carries our label;
 * the instance SSH-key list that arrives as a JSON *string* (:class:`InstanceSshKeys`);
 * ``key`` vs ``public_key`` (:class:`SshKey`), ``subnet`` vs ``internal_subnet`` (:class:`Overlay`);
 * the user's ``api_key`` is dropped on parse (:class:`User`).
@@ -28,7 +32,7 @@ import types
 import typing
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from skyward_ray.errors import ConfigError
 
@@ -193,6 +197,21 @@ def parse_docker_env(text: str) -> dict[str, str]:
     return result
 
 
+def _env_string(text: str) -> dict[str, str]:
+    """One string entry of an env list: ``"-e K=V"``/``"-p 8000:8000"`` as Docker flags, else ``"K=V"`` or ``"K"``."""
+    text = text.strip()
+    if not text:
+        return {}
+    if text.startswith("-"):
+        try:
+            parsed = parse_docker_env(text)
+        except ValueError:  # unbalanced quotes
+            parsed = {}
+        return parsed or {text: "1"}
+    key, _, value = text.partition("=")
+    return {key: value}
+
+
 def env_to_dict(value: Any) -> dict[str, str]:
     """Any wire form of an env (pairs, dict, Docker-flag string) as ``{key: value}`` text."""
     if isinstance(value, str):
@@ -202,8 +221,11 @@ def env_to_dict(value: Any) -> dict[str, str]:
     if isinstance(value, list | tuple):
         result: dict[str, str] = {}
         for pair in value:
+            if isinstance(pair, str):  # the documented "array of string" form: "K=V" or a Docker flag
+                result.update(_env_string(pair))
+                continue
             if not isinstance(pair, list | tuple) or not pair:
-                raise ValueError(f"env entry {pair!r} is not a [key, value] pair")
+                raise ValueError(f"env entry of type {type(pair).__name__} is not a [key, value] pair or a string")
             key = str(pair[0])
             result[key] = "" if len(pair) < 2 or pair[1] is None else str(pair[1])
         return result
@@ -271,6 +293,8 @@ class Instance(WireModel):
     storage_cost: float | None = None
     # Env vars and Docker options the instance was created with; v1 rows send ``[key, value]`` pairs.
     extra_env: dict[str, str] | None = Field(default=None, repr=False)  # user env may hold their secrets
+    # Wire fields left out because they did not parse ("name (type)"); empty for a row read whole.
+    unparsed_fields: tuple[str, ...] = Field(default=(), exclude=True)
 
     @field_validator("local_ipaddrs", mode="before")
     @classmethod
@@ -286,6 +310,8 @@ class Instance(WireModel):
     def _drop_empty_ports(cls, value: Any) -> Any:
         if isinstance(value, dict):
             return {key: bindings for key, bindings in value.items() if bindings}
+        if isinstance(value, list | tuple):
+            return None  # exposed port numbers without their public mapping: nothing to connect to yet
         return value
 
     @field_validator("extra_env", mode="before")
@@ -368,6 +394,43 @@ class Instance(WireModel):
     def ready(self) -> bool:
         """Running with an SSH endpoint: the moment Ray may install itself."""
         return self.state is NodeState.RUNNING and self.ssh_endpoint is not None
+
+
+def _shape(row: dict[str, Any], name: str) -> str:
+    """A field's name and the type of its value: enough to debug a row, never a value (it may be a secret)."""
+    return f"{name} ({type(row[name]).__name__})" if name in row else name
+
+
+def tolerant_instance(row: Any) -> tuple[Instance | None, tuple[str, ...]]:
+    """An instance row parsed as well as it can be, and the fields that did not parse (``"name (type)"``).
+
+    The fields that fail are left out and the rest parsed again; if even that fails, the row keeps only its ``id``
+    and ``label``, so a rental carrying our label is still seen (and destroyed by ``ray down``). None when the row has
+    no usable ``id``: nothing could act on it anyway.
+    """
+    if not isinstance(row, dict):
+        return None, (f"row ({type(row).__name__})",)
+    try:
+        return Instance.model_validate(row), ()
+    except ValidationError as exc:
+        failed = sorted({str(err["loc"][0]) for err in exc.errors() if err["loc"]})
+        problems = tuple(_shape(row, name) for name in failed) or ("row",)
+    if failed and "id" not in failed:
+        trimmed = {key: value for key, value in row.items() if key not in failed}
+        try:
+            instance = Instance.model_validate(trimmed)
+        except ValidationError:
+            pass
+        else:
+            instance.unparsed_fields = problems
+            return instance, problems
+    label = row.get("label")
+    try:
+        minimal = Instance.model_validate({"id": row.get("id"), "label": label if isinstance(label, str) else None})
+    except ValidationError:
+        return None, problems
+    minimal.unparsed_fields = problems
+    return minimal, problems
 
 
 def node_state(instance: Instance | None) -> NodeState:
