@@ -16,6 +16,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+from skyward_ray.errors import ConfigError
 from skyward_ray.placement import (
     DEFAULT_SEARCH_LIMIT,
     Allocation,
@@ -27,7 +28,9 @@ from skyward_ray.placement import (
     explain,
     plan,
 )
+from skyward_ray.placement.explain import Style
 from skyward_ray.placement.planner import DEFAULT_RUNNERS_UP
+from skyward_ray.provider.config import NO_OVERLAY_REASON
 from skyward_ray.vast.client import VastClient
 from skyward_ray.vast.credentials import resolve_api_key
 from skyward_ray.vast.errors import CredentialsError
@@ -74,7 +77,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--datacenter-only", action=argparse.BooleanOptionalAction, default=None,
                         help="only datacenter hosts (default no)")
     parser.add_argument("--no-overlay", action="store_true",
-                        help="nodes on any hosts instead of one physical cluster (no NCCL across nodes)")
+                        help="a single node on any host, not on a physical cluster (with --nodes 1 only)")
     parser.add_argument("--exclude-machine", type=int, action="append", default=[], metavar="ID",
                         help="never use this machine id (repeatable)")
     parser.add_argument("--limit", type=int, default=DEFAULT_SEARCH_LIMIT, help="offers per search")
@@ -113,15 +116,41 @@ def _have_api_key() -> bool:
     return True
 
 
+# The fields of a placement error that this command sets by a flag of another name.
+_FIELD_FLAGS = {"count": "--nodes", "gpus_per_node": "--count-per-node", "accelerator": "--gpu",
+                "allocation": "--allocation", "include_variants": "--gpu-variants"}
+
+
+def _flag_error(exc: ConfigError) -> ConfigError:
+    """The same error, naming the flag the user typed instead of the placement field behind it."""
+    field, sep, rest = exc.message.partition(": ")
+    if not sep:
+        return exc
+    name = field.rsplit(".", 1)[-1]
+    flag = _FIELD_FLAGS.get(name) or ("--" + name.replace("_", "-") if name in _OPTION_FLAGS else None)
+    return ConfigError(f"{flag}: {rest}") if flag else exc
+
+
+def _inputs(args: argparse.Namespace) -> tuple[PlacementOptions, PlacementRequest]:
+    try:
+        if args.no_overlay and args.nodes > 1:
+            raise ConfigError(f"--no-overlay: is not allowed with --nodes {args.nodes}: {NO_OVERLAY_REASON}; "
+                              "allowed: --no-overlay with --nodes 1, or several nodes with the overlay (the default)")
+        options = _options(args)
+        request = PlacementRequest.single(
+            args.gpu,
+            nodes=args.nodes,
+            gpus_per_node=args.count_per_node,
+            allocation=args.allocation,
+            include_variants=args.gpu_variants,
+        )
+    except ConfigError as exc:
+        raise _flag_error(exc) from None
+    return options, request
+
+
 def run(args: argparse.Namespace) -> int:
-    options = _options(args)
-    request = PlacementRequest.single(
-        args.gpu,
-        nodes=args.nodes,
-        gpus_per_node=args.count_per_node,
-        allocation=args.allocation,
-        include_variants=args.gpu_variants,
-    )
+    options, request = _inputs(args)
     with VastClient(anonymous=not _have_api_key()) as client:
         spent = [0]
         offers = _search(client, build_queries(request, options, limit=args.limit), spent)
@@ -131,9 +160,10 @@ def run(args: argparse.Namespace) -> int:
             broad = _search(client, build_queries(request, options, limit=args.limit, broad=True), spent)
             explanation = explain(request, options, [*offers, *broad])
             if not args.json:
-                raise NoPlacementError(explanation) from None
+                raise NoPlacementError(explanation, Style.CLI) from None
             error = {"stage": explanation.stage, "group": explanation.group, "reason": explanation.reason,
-                     "suggestions": list(explanation.suggestions), "message": explanation.message}
+                     "suggestions": list(explanation.suggestions_for(Style.CLI)),
+                     "message": explanation.render(Style.CLI)}
             print(json.dumps({"plan": None, "error": error, "searches": spent[0]}, indent=2))
             return 2
         searches = spent[0]

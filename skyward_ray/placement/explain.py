@@ -13,14 +13,16 @@ It only knows the offers it is given. A strict search returns no offer that fail
 
 from __future__ import annotations
 
+import enum
 import math
+import shlex
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from skyward_ray.errors import SkywardError
 from skyward_ray.placement.filters import Check, OfferFilter
-from skyward_ray.placement.gpus import gpu_key, known_gpu_names
+from skyward_ray.placement.gpus import closest_gpu_names, gpu_key, known_gpu_names
 from skyward_ray.placement.options import Allocation, PlacementOptions
 from skyward_ray.placement.pricing import node_price
 from skyward_ray.placement.request import NodeGroup, PlacementRequest, Scope
@@ -39,6 +41,50 @@ MAX_ALTERNATIVE_GPUS = 5
 MAX_ALTERNATIVE_SIZES = 6
 
 
+class Style(enum.StrEnum):
+    """How a suggestion names a setting: the cluster YAML's key, or ``skyward-ray offers``' flag."""
+
+    YAML = "yaml"
+    CLI = "cli"
+
+
+# Placement names -> the YAML key (a provider key, or a node type's) and the flag of ``skyward-ray offers``.
+_YAML_KEYS: dict[str, str] = {"gpus_per_node": "gpus", "nodes": "max_workers"}
+_CLI_FLAGS: dict[str, str] = {
+    "accelerator": "--gpu", "gpus_per_node": "--count-per-node", "nodes": "--nodes", "allocation": "--allocation",
+    "min_reliability": "--min-reliability", "geolocation": "--geolocation", "min_cuda": "--min-cuda",
+    "min_inet_down": "--min-inet-down", "disk_gb": "--disk-gb", "max_bid": "--max-bid",
+    "max_hourly_cost": "--max-hourly-cost", "docker_image": "--docker-image", "verified_only": "--verified-only",
+    "datacenter_only": "--datacenter-only",
+}
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """One change that would help: ``option`` set to ``value`` (as YAML writes it), or advice in ``template``,
+    where ``{key}`` stands for the setting's name in the style at hand. ``note`` follows the setting."""
+
+    option: str
+    value: str | None = None
+    note: str = ""
+    template: str = ""
+    cli_template: str | None = None  # advice worded differently for the CLI (e.g. not naming the command itself)
+
+    def render(self, style: Style = Style.YAML) -> str:
+        key = _CLI_FLAGS.get(self.option, self.option) if style is Style.CLI else _YAML_KEYS.get(self.option,
+                                                                                                  self.option)
+        if self.value is None:
+            template = self.cli_template if style is Style.CLI and self.cli_template is not None else self.template
+            text = template.format(key=key)
+        elif style is Style.CLI and self.value in ("true", "false") and key.startswith("--"):
+            text = key if self.value == "true" else "--no-" + key[2:]
+        elif style is Style.CLI:
+            text = f"{key} {shlex.quote(self.value)}"
+        else:
+            text = f"{key}: {self.value}"
+        return f"{text} {self.note}" if self.note else text
+
+
 @dataclass(frozen=True)
 class Explanation:
     """Which stage emptied the result (an option name, ``capacity`` or ``max_hourly_cost``), why, and what helps."""
@@ -47,15 +93,25 @@ class Explanation:
     stage: str
     reason: str
     group: str | None = None
-    suggestions: tuple[str, ...] = ()
+    suggestions: tuple[str, ...] = ()  # as the cluster YAML names things (``advice`` rendered in Style.YAML)
+    advice: tuple[Suggestion, ...] = ()
+
+    def suggestions_for(self, style: Style = Style.YAML) -> tuple[str, ...]:
+        if not self.advice:
+            return self.suggestions
+        return tuple(dict.fromkeys(item.render(style) for item in self.advice))
+
+    def render(self, style: Style = Style.YAML) -> str:
+        who = f"{self.group}: " if self.group else ""
+        text = f"No placement for {self.request}: {who}{self.reason}."
+        suggestions = self.suggestions_for(style)
+        if suggestions:
+            text += " Would help: " + "; ".join(suggestions) + "."
+        return text
 
     @property
     def message(self) -> str:
-        who = f"{self.group}: " if self.group else ""
-        text = f"No placement for {self.request}: {who}{self.reason}."
-        if self.suggestions:
-            text += " Would help: " + "; ".join(self.suggestions) + "."
-        return text
+        return self.render(Style.YAML)
 
     def __str__(self) -> str:
         return self.message
@@ -64,12 +120,13 @@ class Explanation:
 class NoPlacementError(SkywardError):
     """No offers fit a request; the message says which filter emptied the result and what would help."""
 
-    def __init__(self, explanation: Explanation) -> None:
-        super().__init__(explanation.message)
+    def __init__(self, explanation: Explanation, style: Style = Style.YAML) -> None:
+        super().__init__(explanation.render(style))
         self.explanation = explanation
+        self.style = style
 
-    def __reduce__(self) -> tuple[type[NoPlacementError], tuple[Explanation]]:
-        return type(self), (self.explanation,)  # Ray ships exceptions between processes by pickle
+    def __reduce__(self) -> tuple[type[NoPlacementError], tuple[Explanation, Style]]:
+        return type(self), (self.explanation, self.style)  # Ray ships exceptions between processes by pickle
 
 
 def _money(value: float) -> str:
@@ -236,54 +293,148 @@ def _lowest(solution: Solution, field: Callable[[Offer], float | None]) -> float
     return min((value for value in map(field, solution.offers) if value is not None), default=0.0)
 
 
+def _number(value: float) -> str:
+    """A threshold as the user would type it, exactly (the shortest text that reads back as the same float), so a
+    suggested minimum still admits the offer it was taken from."""
+    if float(value).is_integer():
+        return str(int(value))
+    return repr(float(value))
+
+
+@dataclass(frozen=True)
+class _Threshold:
+    """A numeric filter the user can move: the option, the offer field it compares, which way is looser, how a value
+    is typed (``disk_gb`` is whole GB), and its loosest setting."""
+
+    option: str
+    field: Callable[[Offer], float | None]
+    lower_is_looser: bool
+    cast: Callable[[float], float]
+    loosest: float | None
+
+
+_THRESHOLDS: tuple[_Threshold, ...] = (
+    _Threshold("min_reliability", lambda o: o.effective_reliability, True, float, 0.0),
+    _Threshold("min_cuda", lambda o: o.cuda_max_good, True, float, None),
+    _Threshold("min_inet_down", lambda o: o.inet_down, True, float, None),
+    _Threshold("disk_gb", lambda o: o.disk_space, True, lambda v: float(max(1, math.floor(v + 1e-9))), 1.0),
+    _Threshold("max_bid", lambda o: o.min_bid, False, float, None),
+)
+
+
+def _typed(option: str, value: float | None) -> float | int | None:
+    if value is None:
+        return None
+    return int(value) if option == "disk_gb" else float(value)
+
+
+def least_threshold(
+    threshold: _Threshold, request: PlacementRequest, options: PlacementOptions, offers: Sequence[Offer],
+    committed: float,
+) -> tuple[float, Solution] | None:
+    """The nearest value of a numeric filter (from where it is now) that yields a plan, and that plan; None when no
+    value does. Only values some offer has can change the result, so those are the candidates, nearest first.
+
+    Loosening a minimum only adds offers, so a plan found at one value exists at every looser one: a bisection over
+    the candidates finds the nearest. A higher ``max_bid`` also raises the bids it caps, which can push a plan over
+    ``max_hourly_cost``, so that one is scanned in order."""
+    current = getattr(options, threshold.option)
+    values = {threshold.cast(v) for v in map(threshold.field, offers) if v is not None}
+    if threshold.lower_is_looser:
+        candidates = sorted((v for v in values if current is None or v < current), reverse=True)
+    else:
+        candidates = sorted(v for v in values if current is None or v > current)
+
+    def attempt(value: float) -> Solution | None:
+        relaxed = options.model_copy(update={threshold.option: _typed(threshold.option, value)})
+        return _solve_one(request, relaxed, offers, committed)
+
+    if threshold.lower_is_looser:
+        low, high, found = 0, len(candidates) - 1, None
+        while low <= high:  # the first index (nearest value) whose plan exists
+            middle = (low + high) // 2
+            solution = attempt(candidates[middle])
+            if solution is not None:
+                found, high = (candidates[middle], solution), middle - 1
+            else:
+                low = middle + 1
+        return found
+    for value in candidates:
+        solution = attempt(value)
+        if solution is not None:
+            return value, solution
+    return None
+
+
+def _cheapest_note(option: str, nearest: float, nearest_plan: Solution, loose_value: float | None,
+                   loose_plan: Solution | None) -> str:
+    """When the cheapest plan needs a bigger change than the least one, say which value is which."""
+    if loose_plan is None or loose_value is None or loose_value == nearest:
+        return ""
+    if loose_plan.per_hour >= nearest_plan.per_hour - 1e-9:
+        return ""
+    return (f"(the least change, {_money(nearest_plan.per_hour)}; {option} {_number(loose_value)} gives the cheapest "
+            f"plan, {_money(loose_plan.per_hour)})")
+
+
+def _threshold_suggestion(threshold: _Threshold, request: PlacementRequest, options: PlacementOptions,
+                          offers: Sequence[Offer], committed: float) -> Suggestion | None:
+    found = least_threshold(threshold, request, options, offers, committed)
+    if found is None:
+        return None
+    nearest, plan_there = found
+    loose_plan = _solve_one(request, options.model_copy(update={threshold.option: _typed(threshold.option,
+                                                                                          threshold.loosest)}),
+                            offers, committed)
+    loose_value: float | None = None
+    if loose_plan is not None:
+        values = [threshold.field(o) for o in loose_plan.offers]
+        known = [threshold.cast(v) for v in values if v is not None]
+        if known:
+            loose_value = min(known) if threshold.lower_is_looser else max(known)
+    note = _cheapest_note(threshold.option, nearest, plan_there, loose_value, loose_plan)
+    return Suggestion(threshold.option, _number(nearest), note)
+
+
 def _relaxations(
     request: PlacementRequest, options: PlacementOptions, offers: Sequence[Offer], committed: float
-) -> list[tuple[str, str]]:
-    """(stage, suggestion) for every single change the user controls that would yield a plan."""
+) -> list[tuple[str, Suggestion]]:
+    """(stage, suggestion) for every single change the user controls that would yield a plan: for a numeric filter,
+    the nearest value that works (and, when it differs, the value of the cheapest plan)."""
     relax = options.model_copy
-    tries: list[tuple[str, PlacementOptions, PlacementRequest, Callable[[Solution], str]]] = []
-    if options.min_reliability > 0:
-        tries.append(("min_reliability", relax(update={"min_reliability": 0.0}), request, lambda s: (
-            f"min_reliability: {_floor(_lowest(s, lambda o: o.effective_reliability), 2):g}")))
+    found: list[tuple[str, Suggestion]] = []
+    for threshold in _THRESHOLDS:
+        current = getattr(options, threshold.option)
+        if current is None or (threshold.loosest is not None and current <= threshold.loosest):
+            continue
+        suggestion = _threshold_suggestion(threshold, request, options, offers, committed)
+        if suggestion is not None:
+            found.append((threshold.option, suggestion))
+    tries: list[tuple[str, PlacementOptions, PlacementRequest, Callable[[Solution], Suggestion]]] = []
     if options.geolocation is not None:
-        tries.append(("geolocation", relax(update={"geolocation": None}), request, lambda s: (
-            "geolocation: " + ",".join(sorted({o.country_code or "?" for o in s.offers})))))
+        tries.append(("geolocation", relax(update={"geolocation": None}), request, lambda s: Suggestion(
+            "geolocation", ",".join(sorted({o.country_code or "?" for o in s.offers})))))
     if options.verified_only:
-        tries.append(("verified_only", relax(update={"verified_only": False}), request, lambda s: (
-            "verified_only: false (unverified hosts fail to start more often)")))
+        tries.append(("verified_only", relax(update={"verified_only": False}), request, lambda s: Suggestion(
+            "verified_only", "false", "(unverified hosts fail to start more often)")))
     if options.datacenter_only:
-        tries.append(("datacenter_only", relax(update={"datacenter_only": False}), request, lambda s: (
-            "datacenter_only: false")))
-    if options.min_cuda is not None:
-        tries.append(("min_cuda", relax(update={"min_cuda": None}), request, lambda s: (
-            f"min_cuda: {_floor(_lowest(s, lambda o: o.cuda_max_good), 1):g}")))
+        tries.append(("datacenter_only", relax(update={"datacenter_only": False}), request, lambda s: Suggestion(
+            "datacenter_only", "false")))
     if options.docker_image is not None:
-        tries.append(("docker_image", relax(update={"docker_image": None}), request, lambda s: (
-            f"a docker_image built for CUDA {_floor(_lowest(s, lambda o: o.cuda_max_good), 1):g} or older")))
-    if options.min_inet_down is not None:
-        tries.append(("min_inet_down", relax(update={"min_inet_down": None}), request, lambda s: (
-            f"min_inet_down: {math.floor(_lowest(s, lambda o: o.inet_down))}")))
-    if options.disk_gb > 1:
-        tries.append(("disk_gb", relax(update={"disk_gb": 1}), request, lambda s: (
-            f"disk_gb: {math.floor(_lowest(s, lambda o: o.disk_space))}")))
-    if options.max_bid is not None:
-        tries.append(("max_bid", relax(update={"max_bid": None}), request, lambda s: (
-            f"max_bid: {max((o.min_bid or 0.0 for o in s.offers), default=0.0):.4g} or more")))
+        tries.append(("docker_image", relax(update={"docker_image": None}), request, lambda s: Suggestion(
+            "docker_image", template="a {key} built for CUDA "
+            f"{_floor(_lowest(s, lambda o: o.cuda_max_good), 1):g} or older")))
     if options.max_hourly_cost is not None:
-        tries.append(("max_hourly_cost", relax(update={"max_hourly_cost": None}), request, lambda s: (
-            f"max_hourly_cost: {committed + s.per_hour:.4g} or more")))
+        tries.append(("max_hourly_cost", relax(update={"max_hourly_cost": None}), request, lambda s: Suggestion(
+            "max_hourly_cost", _number(math.ceil((committed + s.per_hour) * 1e6 - 1e-6) / 1e6), "or more")))
     if any(group.allocation is Allocation.SPOT for group in request.groups):
         groups = tuple(
             group.model_copy(update={"allocation": Allocation.SPOT_IF_AVAILABLE})
             if group.allocation is Allocation.SPOT else group
             for group in request.groups
         )
-        tries.append(("allocation", options, request.model_copy(update={"groups": groups}), lambda s: (
-            "allocation: spot-if-available")))
-    if request.scope(options) is Scope.ONE_CLUSTER and request.physical_cluster is None:
-        tries.append(("use_overlay", relax(update={"use_overlay": False}), request, lambda s: (
-            "use_overlay: false (nodes on any hosts, but no NCCL across them)")))
-    found = []
+        tries.append(("allocation", options, request.model_copy(update={"groups": groups}), lambda s: Suggestion(
+            "allocation", Allocation.SPOT_IF_AVAILABLE.value)))
     for stage, new_options, new_request, advice in tries:
         solution = _solve_one(new_request, new_options, offers, committed)
         if solution is not None:
@@ -291,22 +442,24 @@ def _relaxations(
     if len(request.groups) == 1 and request.groups[0].count > 1:
         most = _most_nodes(request, options, offers, committed)
         if most:
-            found.append(("nodes", f"nodes: {most}"))
+            found.append(("nodes", Suggestion("nodes", str(most))))
     if len(request.groups) == 1:
         size = _other_size(request, options, offers, committed)
         if size:
-            found.append(("gpus_per_node", f"gpus_per_node: {size}"))
+            found.append(("gpus_per_node", Suggestion("gpus_per_node", str(size))))
     return found
 
 
 def _other_size(
     request: PlacementRequest, options: PlacementOptions, offers: Sequence[Offer], committed: float
 ) -> int | None:
-    """The largest other GPU count per node that would fit, among the sizes on offer for this accelerator."""
+    """The GPU count per node nearest the one asked (the larger on a tie) that would fit, among the sizes on offer
+    for this accelerator."""
     group = request.groups[0]
     keys = group.gpu.keys
-    sizes = sorted({o.num_gpus for o in offers if gpu_key(o.gpu_name) in keys and o.num_gpus != group.gpus_per_node},
-                   reverse=True)
+    asked = group.gpus_per_node
+    sizes = sorted({o.num_gpus for o in offers if gpu_key(o.gpu_name) in keys and o.num_gpus != asked},
+                   key=lambda size: (abs(size - asked), -size))
     for size in sizes[:MAX_ALTERNATIVE_SIZES]:
         resized = request.model_copy(update={"groups": (group.model_copy(update={"gpus_per_node": size}),)})
         if _solve_one(resized, options, offers, committed) is not None:
@@ -338,7 +491,7 @@ def _most_nodes(
 
 
 def _alternative_gpus(request: PlacementRequest, options: PlacementOptions, offers: Sequence[Offer],
-                      committed: float) -> list[str]:
+                      committed: float) -> list[Suggestion]:
     """Other GPUs in the offers that would fit the same request (when the caller passed a GPU-agnostic search)."""
     asked = {offer_filter.gpu.label for offer_filter in OfferFilter.for_request(request, options)}
     names = Counter(offer.gpu_name for offer in offers if offer.gpu_name not in asked)
@@ -348,7 +501,17 @@ def _alternative_gpus(request: PlacementRequest, options: PlacementOptions, offe
                        for group in request.groups)
         solution = _solve_one(request.model_copy(update={"groups": groups}), options, offers, committed)
         if solution is not None:
-            found.append(f"accelerator: {name} ({_money(solution.per_hour)})")
+            found.append(Suggestion("accelerator", name, f"({_money(solution.per_hour)})"))
+    return found
+
+
+def _closest_names(request: PlacementRequest) -> list[Suggestion]:
+    """For a GPU name the table does not know: the table's names it most likely meant ("4090" -> "RTX 4090")."""
+    found = []
+    for group in request.groups:
+        if group.gpu.model is None:
+            found += [Suggestion("accelerator", name, "(the closest name in the GPU table)")
+                      for name in closest_gpu_names(group.gpu.requested)]
     return found
 
 
@@ -429,29 +592,43 @@ def explain(
     stage, reason, group_name = stage_reason
     helps = _relaxations(request, options, offers, committed)
     helps.sort(key=lambda item: item[0] != stage)  # the option that emptied the result first
-    suggestions = [text for _, text in helps]
+    advice = [suggestion for _, suggestion in helps]
+    if stage == "accelerator":
+        advice = _closest_names(request) + advice
     if stage in {"accelerator", "capacity", "gpus_per_node"}:
-        suggestions += _alternative_gpus(request, options, offers, committed)
-    if not suggestions:
-        suggestions = [_generic_advice(stage, request.scope(options))]
-    return Explanation(description, stage, reason, group_name, tuple(suggestions))
+        advice += _alternative_gpus(request, options, offers, committed)
+    if not advice:
+        advice = [_generic_advice(stage, request.scope(options))]
+    unique = tuple(dict.fromkeys(advice))
+    return Explanation(description, stage, reason, group_name, tuple(item.render(Style.YAML) for item in unique),
+                       unique)
 
 
-def _generic_advice(stage: str, scope: Scope) -> str:
+def _generic_advice(stage: str, scope: Scope) -> Suggestion:
     """When no single change helps with these offers (often: only the strict search result was passed)."""
     specific = {
         "rentable": "retry later: other renters hold these offers right now",
         "excluded_machines": "other hosts: every matching machine is excluded (by options or after failing before)",
         "direct_port": "other hosts: these have no direct port to reach them by",
         "cluster_id": "wait for capacity on this cluster, or place a new cluster",
-        "allocation": "search with type on-demand for on-demand prices, or another allocation",
-        "accelerator": "another GPU (see `skyward-ray offers`), or retry later: the marketplace changes by the minute",
     }
+    if stage == "accelerator":
+        return Suggestion("accelerator", template="another GPU (`skyward-ray offers --gpu NAME` shows what one would "
+                          "cost), or retry later: the marketplace changes by the minute",
+                          cli_template="another {key}, or retry later: the marketplace changes by the minute")
+    if stage == "physical_cluster":
+        return Suggestion("accelerator", template="another GPU offered on a physical cluster (several nodes need one "
+                          "for their overlay), or a single node", cli_template="another {key} offered on a physical "
+                          "cluster (several nodes need one for their overlay), or --nodes 1")
     if stage == "capacity" and scope is Scope.PINNED:
-        return specific["cluster_id"]
+        return Suggestion("", template=specific["cluster_id"])
     if stage == "capacity" and scope is Scope.ONE_CLUSTER:
-        return "fewer nodes, another GPU with cluster capacity, or use_overlay: false (no NCCL across nodes)"
+        return Suggestion("accelerator", template="fewer nodes, or another GPU with room for them all on one physical "
+                          "cluster", cli_template="fewer --nodes, or another {key} with room for them all on one "
+                          "physical cluster")
+    if stage == "allocation":
+        return Suggestion("allocation", template="search with type on-demand for on-demand prices, or another {key}")
     if stage in specific:
-        return specific[stage]
-    return ("relaxing the filters (lower min_reliability, no geolocation), another GPU, or retrying later; "
-            "search more broadly to see how far each filter would have to move")
+        return Suggestion("", template=specific[stage])
+    return Suggestion("min_reliability", template="relaxing the filters (a lower {key}, no geolocation), another GPU, "
+                      "or retrying later; search more broadly to see how far each filter would have to move")

@@ -173,6 +173,26 @@ def model_of(vast_name: str | None) -> GpuModel | None:
     return MODELS_BY_VAST_KEY.get(gpu_key(vast_name)) if vast_name else None
 
 
+def closest_gpu_names(name: str, limit: int = 3) -> list[str]:
+    """Canonical names of the table that ``name`` most likely meant: those whose names contain it as a whole part
+    ("4090" -> "RTX 4090", not "RTX 4090D"), else the closest spellings ("RTX 4900" -> "RTX 4090")."""
+    import difflib
+
+    key = gpu_key(name)
+    if not key:
+        return []
+    spellings = {gpu_key(spelling): model.name for model in GPU_MODELS
+                 for spelling in (model.name, *model.aliases, *model.vast_names)}
+    words = name.upper().replace("_", " ").replace("-", " ").split()
+    contained = [model.name for model in GPU_MODELS
+                 if all(word in model.name.upper().split() for word in words)
+                 or any(key == gpu_key(part) for part in model.name.split())]
+    if contained:
+        return list(dict.fromkeys(contained))[:limit]
+    close = difflib.get_close_matches(key, list(spellings), n=limit, cutoff=0.6)
+    return list(dict.fromkeys(spellings[match] for match in close))[:limit]
+
+
 def known_gpu_names() -> list[str]:
     """Canonical names, in table order, for error messages and ``--help``."""
     return [model.name for model in GPU_MODELS]

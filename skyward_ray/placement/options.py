@@ -74,8 +74,21 @@ def config_error_from(error: ValidationError, *, section: str | None = None,
         if isinstance(value, Mapping) and item["type"] == "missing":
             problems.append(f"{where}: missing; {message}")
         else:
-            problems.append(f"{where}: {shown} is not allowed ({message})")
+            problems.append(f"{where}: {shown} is not allowed ({_without_echo(message, path, value, shown)})")
     return ConfigError("; ".join(problems))
+
+
+def _without_echo(message: str, path: str, value: Any, shown: str) -> str:
+    """A validator's message without what the caller already says ("field: 'x' is not allowed"), so the line never
+    repeats itself: "allocation: 'spotty' is not allowed (allowed: ...)", not "(... 'spotty' is not allowed; ...)"."""
+    text = message
+    for field in (path, path.rsplit(".", 1)[-1]):
+        text = text.removeprefix(f"{field}: ")
+    for echo in {shown, repr(value), str(value)}:
+        if text.startswith(f"{echo} is not allowed"):
+            text = text[len(f"{echo} is not allowed"):].lstrip(" ;,:")
+            break
+    return text or message
 
 
 def _unknown_field_hint(model: type[BaseModel] | None, loc: tuple[int | str, ...]) -> str:

@@ -102,7 +102,7 @@ def test_nothing_fits_searches_broadly_and_says_what_would_help(
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0, "one line, no traceback"
     assert "none has reliability >= 0.99 (the best is 0.97)" in err
-    assert "Would help: min_reliability: 0.97" in err
+    assert "Would help: --min-reliability 0.97." in err
     assert [("reliability2" in q) for q in fake.instances[0].queries] == [True, True, False, False]
 
 
@@ -110,16 +110,19 @@ def test_nothing_fits_as_json(fake: type[FakeClient], capsys: pytest.CaptureFixt
     assert main(["offers", "--gpu", "RTX 4090", "--nodes", "9", "--json"]) == 2
     error = json.loads(capsys.readouterr().out)["error"]
     assert error["stage"] == "capacity" and "room for 9 nodes" in error["reason"]
-    assert "nodes: 6" in error["suggestions"]
+    assert "--nodes 6" in error["suggestions"]
 
 
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--min-reliability", "2"], "min_reliability: 2.0 is not allowed"),
-        (["--geolocation", "Atlantis"], "geolocation: 'Atlantis' is not allowed"),
-        (["--allocation", "cheap"], "allocation: 'cheap' is not allowed"),
-        (["--nodes", "0"], "count: 0 is not allowed"),
+        (["--min-reliability", "2"], "--min-reliability: 2.0 is not allowed"),
+        (["--geolocation", "Atlantis"], "--geolocation: 'Atlantis' is not allowed"),
+        (["--allocation", "cheap"], "--allocation: 'cheap' is not allowed (allowed: on-demand, spot"),
+        (["--nodes", "0"], "--nodes: 0 is not allowed"),
+        (["--count-per-node", "0"], "--count-per-node: 0 is not allowed"),
+        (["--nodes", "2", "--no-overlay"], "--no-overlay: is not allowed with --nodes 2: on Vast, instances on "
+         "different machines sit behind NAT"),
     ],
 )
 def test_bad_flags_are_one_line_config_errors(fake: type[FakeClient], capsys: pytest.CaptureFixture[str],
@@ -127,4 +130,27 @@ def test_bad_flags_are_one_line_config_errors(fake: type[FakeClient], capsys: py
     assert main(["offers", "--gpu", "RTX 4090", *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+    assert err.count("is not allowed") == 1, "the message does not repeat itself"
     assert fake.instances == []  # nothing searched with bad input
+
+
+def test_an_unknown_gpu_name_suggests_the_table_name_as_a_flag(fake: type[FakeClient],
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    fake.strict, fake.broad = [], []  # Vast has no GPU called "4090"
+    assert main(["offers", "--gpu", "4090", "--nodes", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "'4090' is not in the GPU table" in err
+    assert "Would help: --gpu 'RTX 4090' (the closest name in the GPU table)" in err
+    assert "skyward-ray offers" not in err, "no suggestion points at the command just run"
+    assert "gpu:" not in err.lower().split("would help")[1] and "accelerator:" not in err
+
+
+def test_suggestions_name_flags_not_yaml_keys(fake: type[FakeClient], capsys: pytest.CaptureFixture[str]) -> None:
+    fake.strict = []
+    fake.broad = machine(1, 4, cluster_id=17, reliability2=0.97, inet_down=500) + machine(2, 2, cluster_id=18)
+    argv = ["offers", "--gpu", "RTX 4090", "--nodes", "16", "--min-reliability", "0.99", "--min-inet-down", "800",
+            "--no-verified-only", "--json"]
+    assert main(argv) == 2
+    suggestions = json.loads(capsys.readouterr().out)["error"]["suggestions"]
+    assert suggestions and all(s.startswith("--") or s.startswith("fewer --nodes") for s in suggestions), suggestions
+    assert not any(": " in s.split(" (")[0] for s in suggestions), suggestions
