@@ -159,8 +159,18 @@ def test_head_and_workers_share_one_physical_cluster_and_one_overlay(emulator: E
     overlays = [o for o in dump["overlays"] if o["name"] == monitor._overlay_name]
     assert len(overlays) == 1 and overlays[0]["cluster_id"] == ours[0]["cluster_id"]
     assert sorted(overlays[0]["members"]) == sorted([head, *workers])
+    # Vast lists host-side addresses only: every node is running (ready for SSH) with no overlay address from the
+    # API. What the SSH runner reads on each node at first contact goes into its label for every process.
+    members = overlays[0]["members"]
+    rows = {str(i["id"]): i for i in ours}
     for node_id in (head, *workers):
-        assert monitor.internal_ip(node_id) == overlays[0]["members"][node_id]
+        assert monitor.internal_ip(node_id) is None
+        assert members[node_id] not in rows[node_id]["local_ipaddrs"]
+        assert monitor.learn_node_addresses(node_id, ["127.0.0.1", members[node_id], "172.17.0.2"]) == members[node_id]
+        assert monitor.internal_ip(node_id) == members[node_id]
+    assert monitor.flush_tags()
+    fresh = providers.new()
+    assert {node_id: fresh.internal_ip(node_id) for node_id in (head, *workers)} == members
     # Workers are bids (allocation spot), the head is on-demand.
     by_id = {str(i["id"]): i for i in ours}
     assert not by_id[head]["is_bid"] and all(by_id[w]["is_bid"] for w in workers)
@@ -330,7 +340,7 @@ def test_bootstrap_registers_a_generated_key_once_and_workers_get_it(emulator: E
     monkeypatch.setenv("VAST_URL", emulator.url)
     monkeypatch.setenv("VAST_API_KEY", emulator.api_key)
     raw = yaml.safe_load((Path(__file__).resolve().parents[2] / "cluster_configs" / "emulator.yaml").read_text())
-    raw["provider"].pop("api_url")  # taken from VAST_URL, as on a laptop pointed at the emulator
+    raw["provider"].pop("api_url", None)  # taken from VAST_URL, as on a laptop pointed at the emulator
     first = bootstrap_config(prepare_config(raw))
     second = bootstrap_config(prepare_config(raw))
     assert first["provider"]["api_url"] == emulator.url
