@@ -190,14 +190,18 @@ class Ticket:
         return f"Ticket({self.key!r}, slot={self.slot:.3f})"
 
 
+_RECENT_KEPT = 256  # starts remembered per endpoint for window budgets (Vast's only one counts 10)
+
+
 @dataclass
 class _Lane:
-    """The book of one endpoint key."""
+    """The book of one endpoint key. Every start is booked here, paced or not, so that callers with different
+    limits (an override, another scale) still space themselves from everyone's calls, as Vast counts them."""
 
-    next_free: float = -math.inf  # earliest start a new booking may get (last slot + interval)
+    last_slot: float = -math.inf  # the latest booked start
     closed_until: float = -math.inf  # after a 429: nothing starts before this
     waiting: list[Ticket] = field(default_factory=list)  # booked, not started, in slot order
-    recent: deque[Ticket] = field(default_factory=deque)  # booked starts still inside the window (for a budget)
+    recent: deque[Ticket] = field(default_factory=lambda: deque(maxlen=_RECENT_KEPT))  # booked starts, oldest first
 
 
 @dataclass(frozen=True)
@@ -228,14 +232,14 @@ class Pacer:
         """Book the next start of ``key`` allowed by ``limits`` and return its ticket (see :meth:`wait`)."""
         with self._lock:
             now = self._clock()
-            if not limits.paced(key):
-                return Ticket(key, now)
             lane = self._lanes.setdefault(key, _Lane())
             slot = self._first_free(lane, key, limits, now)
             ticket = Ticket(key, slot)
-            self._book(lane, ticket, key, limits)
+            lane.last_slot = max(lane.last_slot, slot)
+            lane.recent.append(ticket)
             if slot > now:
                 lane.waiting.append(ticket)
+                lane.waiting.sort(key=lambda t: t.slot)
             return ticket
 
     def wait(self, ticket: Ticket, sleep: Callable[[float], None]) -> float:
@@ -261,8 +265,6 @@ class Pacer:
         """Seconds a call of ``key`` booked now would wait for its slot (nothing is booked)."""
         with self._lock:
             now = self._clock()
-            if not limits.paced(key):
-                return 0.0
             lane = self._lanes.get(key) or _Lane()
             return max(0.0, self._first_free(lane, key, limits, now) - now)
 
@@ -277,7 +279,7 @@ class Pacer:
             for ticket in lane.waiting:  # already in slot order
                 ticket.slot = max(ticket.slot, start)
                 start = ticket.slot + step
-            lane.next_free = max(lane.next_free, start)
+                lane.last_slot = max(lane.last_slot, ticket.slot)
 
     def status(self, key: str, limits: PaceLimits) -> LaneStatus:
         with self._lock:
@@ -285,32 +287,23 @@ class Pacer:
             lane = self._lanes.get(key) or _Lane()
             waiting = sum(1 for t in lane.waiting if t.slot > now)
             closed = max(0.0, lane.closed_until - now)
-            nxt = max(0.0, self._first_free(lane, key, limits, now) - now) if limits.paced(key) else 0.0
+            nxt = max(0.0, self._first_free(lane, key, limits, now) - now)
         return LaneStatus(key=key, waiting=waiting, next_slot_in_s=nxt, closed_for_s=closed)
 
     # --- under the lock ----------------------------------------------------------------------------------------------
 
     @staticmethod
     def _first_free(lane: _Lane, key: str, limits: PaceLimits, now: float) -> float:
-        slot = max(now, lane.next_free, lane.closed_until)
-        window = limits.window(key)
-        if window is not None and window.calls > 0:
-            while lane.recent and lane.recent[0].slot <= slot - window.seconds - limits.margin_s:
-                lane.recent.popleft()
-            if len(lane.recent) >= window.calls:
-                # The call `calls` places back must have left the window before this one starts.
-                slot = max(slot, lane.recent[-window.calls].slot + window.seconds + limits.margin_s)
-        return slot
-
-    @staticmethod
-    def _book(lane: _Lane, ticket: Ticket, key: str, limits: PaceLimits) -> None:
+        slot = max(now, lane.closed_until)  # a penalty binds every caller, paced or not
         interval = limits.interval(key)
-        lane.next_free = ticket.slot + (interval + limits.margin_s if interval > 0 else 0.0)
+        if interval > 0:
+            slot = max(slot, lane.last_slot + interval + limits.margin_s)
         window = limits.window(key)
-        if window is not None and window.calls > 0:
-            lane.recent.append(ticket)
-            while len(lane.recent) > window.calls:
-                lane.recent.popleft()
+        if window is not None and window.calls > 0 and len(lane.recent) >= window.calls:
+            # The call `calls` places back must have left the window before this one starts.
+            nth_latest = sorted(t.slot for t in lane.recent)[-window.calls]
+            slot = max(slot, nth_latest + window.seconds + limits.margin_s)
+        return slot
 
 
 _REGISTRY: dict[tuple[str, Callable[[], float]], Pacer] = {}

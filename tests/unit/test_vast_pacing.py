@@ -341,3 +341,17 @@ def test_pacing_covers_every_endpoint_key_the_client_sends() -> None:
     client = make_client(FakeVast(), rate_scale=1.0)
     assert client.pace_limits.interval(str(GET_INSTANCE)) == 2.0
     assert client.pace_limits.interval(str(CREATE_INSTANCE)) == 4.5
+
+
+def test_every_start_counts_whatever_the_callers_limits() -> None:
+    """Vast counts every call of the identity: an unpaced caller's start still spaces a paced one."""
+    clock = FakeClock()
+    pacer = Pacer("t", clock)
+    unpaced = PaceLimits.documented(rate_scale=1.0, min_interval_s={CREATE_KEY: 0})
+    start = clock.now
+    assert pacer.reserve(CREATE_KEY, unpaced).slot == start
+    clock.now += 1.0
+    assert pacer.reserve(CREATE_KEY, unpaced).slot == start + 1.0  # not held back itself
+    assert pacer.reserve(CREATE_KEY, LIMITS).slot == pytest.approx(start + 1.0 + 4.5 + M)
+    pacer.penalise(CREATE_KEY, 12.0, LIMITS)
+    assert pacer.reserve(CREATE_KEY, unpaced).slot == pytest.approx(clock.now + 12.0)  # a penalty binds everyone
