@@ -74,6 +74,9 @@ def _check_args(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if not value > 0 or value != value:
             raise ConfigError(f"--{name.replace('_', '-')}: {value!r} is not allowed (use a number > 0)")
+    if args.ssh_key is not None and not Path(args.ssh_key).expanduser().is_file():
+        raise ConfigError(f"--ssh-key: {args.ssh_key!r} is not allowed (no such file; use a private key such as "
+                          "~/.ssh/id_ed25519)")
     if not 1 <= args.limit <= 1000:
         raise ConfigError(f"--limit: {args.limit!r} is not allowed (use 1 to 1000)")
 
