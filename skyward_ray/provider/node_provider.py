@@ -229,7 +229,8 @@ class _Progress:
 
     def _pace(self) -> tuple[float, float, float]:
         """From the client's pacer: (seconds until a create booked now starts, seconds until the first create
-        already queued starts, seconds between two creates)."""
+        already queued starts, seconds between two creates). The queue holds every launch's rentals (Ray runs two
+        launches at once), so a create booked now is also when the last queued one will have started."""
         client = self._provider.client
         try:
             status = client.pacing_status(CREATE_INSTANCE)
@@ -260,9 +261,9 @@ class _Progress:
         if left == 0:
             log.info("rented %d of %d %s node(s)", done, self._total, self._group)
             return
-        _, first, step = self._pace()
-        log.info("rented %d of %d %s node(s); the next rental goes out in %.1f s, about %.0f s for the %d left",
-                 done, self._total, self._group, first, first + (left - 1) * step, left)
+        last, first, step = self._pace()
+        log.info("rented %d of %d %s node(s); the next rental goes out in %.1f s, the %d left within about %.0f s",
+                 done, self._total, self._group, first, left, max(last - step, first + (left - 1) * step))
 
 
 class VastNodeProvider(NodeProvider):
