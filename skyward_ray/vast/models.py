@@ -401,6 +401,12 @@ def _shape(row: dict[str, Any], name: str) -> str:
     return f"{name} ({type(row[name]).__name__})" if name in row else name
 
 
+def _mark_unparsed(instance: Instance, problems: tuple[str, ...]) -> Instance:
+    instance.unparsed_fields = problems
+    instance.model_fields_set.discard("unparsed_fields")  # fields_set keeps meaning "what the wire sent"
+    return instance
+
+
 def tolerant_instance(row: Any) -> tuple[Instance | None, tuple[str, ...]]:
     """An instance row parsed as well as it can be, and the fields that did not parse (``"name (type)"``).
 
@@ -422,15 +428,13 @@ def tolerant_instance(row: Any) -> tuple[Instance | None, tuple[str, ...]]:
         except ValidationError:
             pass
         else:
-            instance.unparsed_fields = problems
-            return instance, problems
+            return _mark_unparsed(instance, problems), problems
     label = row.get("label")
     try:
         minimal = Instance.model_validate({"id": row.get("id"), "label": label if isinstance(label, str) else None})
     except ValidationError:
         return None, problems
-    minimal.unparsed_fields = problems
-    return minimal, problems
+    return _mark_unparsed(minimal, problems), problems
 
 
 def node_state(instance: Instance | None) -> NodeState:

@@ -173,3 +173,10 @@ def test_a_web_page_404_for_ssh_keys_is_still_an_error(fake: FakeVast, client: V
     fake.on("GET", "/api/v0/ssh/", page)
     with pytest.raises(NotFoundError):
         client.list_ssh_keys()
+
+
+def test_the_fields_set_of_a_kept_row_is_what_the_wire_sent() -> None:
+    """A caller tells the minimal form (id and label only) from a whole row by ``model_fields_set``."""
+    parsed, _ = tolerant_instance(instance(num_gpus="two"))
+    assert parsed is not None and parsed.unparsed_fields == ("num_gpus (str)",)
+    assert "unparsed_fields" not in parsed.model_fields_set and "label" in parsed.model_fields_set
