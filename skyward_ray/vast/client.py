@@ -539,7 +539,17 @@ class VastClient:
 
         Never retried after a 5xx or a timeout (no double rental): such an error has ``outcome_unknown`` and the
         caller finds any rental by its label. A failed create that still names an instance sets ``new_contract``
-        on the error; the caller must destroy it.
+        on the error; the caller must destroy it. A 429 is retried (Vast refuses before processing), after the
+        endpoint's 12 s penalty; creates are paced 4.5 s apart for the whole process, so a caller may queue here
+        (:meth:`expected_wait` says for how long). The attempt may take 120 s, as the official client allows.
+
+        Why one offer per request and not the bulk create (``POST /api/v0/asks/bulk/`` with ``"ids": [...]``, what
+        the official client sends for a list of offers): that request carries ONE body, so every rental in it gets
+        the same label, and ours are distinct from the first request (each holds its node's tags and the nonce
+        that finds it after an unknown outcome). Its answer is undocumented, so a partial success (one offer gone,
+        one bid too low) cannot be told apart reliably, and a timeout would leave several rentals outcome-unknown at
+        once with nothing to tell them apart; its rate limit is undocumented too. Renting one by one at the
+        documented pace costs 4.5 s per node (16 nodes in about 70 s) and keeps both guarantees.
         """
         offer = self._positive_id("offer_id", offer_id)
         if not isinstance(image, str) or not image.strip():
