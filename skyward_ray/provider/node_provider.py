@@ -96,6 +96,7 @@ from skyward_ray.placement import (
     explain,
     plan,
 )
+from skyward_ray.placement.budget import with_fewer_workers
 from skyward_ray.provider.command_runner import Endpoint, VastSSHCommandRunner
 from skyward_ray.provider.config import (
     HEAD_KIND,
@@ -1113,8 +1114,14 @@ class VastNodeProvider(NodeProvider):
             # broad search (on failure only, shared like any other) lets the explanation name the filter and how far
             # it would have to move.
             broad = self._search(build_queries(request, options, limit=self._search_limit(request), broad=True))
-            raise NoPlacementError(explain(request, options, [*offers.values(), *broad.values()],
-                                           already_committed_per_hour=committed))
+            explanation = explain(request, options, [*offers.values(), *broad.values()],
+                                  already_committed_per_hour=committed)
+            if physical_cluster:  # the head's plan: when the cap stops it, also name the max_workers it covers
+                explanation = with_fewer_workers(
+                    explanation, request, options, list(offers.values()),
+                    lambda group: f"available_node_types.{group.removesuffix(' workers')}.max_workers",
+                    already_committed_per_hour=committed)
+            raise NoPlacementError(explanation)
         return the_plan, rentals
 
     def _plan_and_reserve(
