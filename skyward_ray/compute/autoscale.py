@@ -12,7 +12,7 @@ driver that only waits creates resource demand. So the pool:
    nodes setting up, launches that failed and why), read from the autoscaler's state in the GCS;
 3. fails at once, in one line, when the autoscaler reports the request infeasible (the cluster config cannot grow to
    it: ``max_workers``, or no node type with that shape), naming the setting to change and the largest ``nodes=``
-   the config allows when it can read the config (``~/ray_bootstrapped_config.yaml`` on the head, which ``ray up``
+   the config allows when it can read the config (``~/ray_bootstrap_config.yaml`` on the head, which ``ray up``
    writes);
 4. withdraws its request when the pool ends (an empty request replaces it), so the autoscaler may scale the cluster
    back down as it would have without the pool.
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 LOOK_EVERY_S = 2.0  # how often the autoscaler's state is read (one GCS call)
 REPORT_EVERY_S = 10.0  # a progress line at least this often, even when nothing changed
 STATUS_TIMEOUT_S = 30.0
-BOOTSTRAPPED_CONFIG = "ray_bootstrapped_config.yaml"  # where `ray up` leaves the cluster config on the head (in ~)
+BOOTSTRAPPED_CONFIG = "ray_bootstrap_config.yaml"  # where `ray up` leaves the cluster config on the head (in ~)
 _HEAD_RESOURCE = "node:__internal_head__"
 
 Bundle = dict[str, float]
@@ -288,7 +288,9 @@ class NodeRequest:
                     log.debug("reading the autoscaler's state failed: %s", exc)
                     state = None
                 if state is not None and state.infeasible and _same_request(state.infeasible, bundles):
-                    raise NodesUnavailableError(cannot_grow_message(self.count, len(ranked), shape, state.limits))
+                    message = cannot_grow_message(self.count, len(ranked), shape, state.limits)
+                    self._say(started, f"cannot grow: {message}")
+                    raise NodesUnavailableError(message)
                 doing = state.describe() if state is not None else "status unavailable"
                 line = f"nodes: {len(ranked)} of {self.count} up, asked for {self.count - len(ranked)} more; " \
                        f"autoscaler: {doing}"

@@ -116,7 +116,7 @@ def test_a_cluster_without_an_autoscaler_says_so() -> None:
 
 
 def test_limits_are_read_from_the_bootstrapped_config(tmp_path: Any) -> None:
-    (tmp_path / "ray_bootstrapped_config.yaml").write_text(
+    (tmp_path / "ray_bootstrap_config.yaml").write_text(
         "max_workers: 2\navailable_node_types:\n  head: {resources: {CPU: 1, GPU: 1}, max_workers: 0}\n"
         "  rtx4090: {resources: {CPU: 1, GPU: 1}, max_workers: 3}\n  cpu: {resources: {CPU: 4}, max_workers: 9}\n")
     limits = _read_limits(tmp_path)
