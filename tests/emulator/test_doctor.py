@@ -120,8 +120,9 @@ def test_a_row_with_an_unknown_field_type_is_named_on_its_row(emu: EmulatorServe
     row = rows(report)["instance list"]
     assert "dph_total: dict" in row["observed"], row
     assert "0.3" not in row["observed"]  # the type, never the value
-    assert row["ok"] in ("warn", "FAIL")
-    assert code == (0 if row["ok"] == "warn" else 1)
+    # Our client reads the rest of the row (ray up works): a warning to attach to a bug, not a failed run.
+    assert row["ok"] == "warn" and "our client still reads every row" in row["observed"]
+    assert code == 0
     assert live_instances(emu) == []
 
 
