@@ -7,6 +7,11 @@ exit code 2, placed in the file like a compiler's (``vast.yaml:14:3: provider.mi
 the field at fault, found in the YAML's node tree). Malformed YAML and duplicate keys (which PyYAML would resolve
 silently to the last one) are reported with their line and column too. Our ``head_node_type`` check runs before
 Ray's preparation, whose own message names neither the value nor the choices.
+
+Beyond what ``ray up`` checks, it refuses an accelerator name that skyward-ray's GPU table does not know, with the
+closest names (``ray up`` would search Vast for it as typed and find nothing on a typo; ``--allow-unknown-gpu`` lets
+a GPU newer than the table through). What needs the market is not checked here, and the output says so
+(:data:`MARKET_CHECKS`); ``skyward-ray offers`` asks the market.
 """
 
 from __future__ import annotations
@@ -188,6 +193,30 @@ def validate_cluster_file(path: Path) -> dict[str, Any]:
     return config
 
 
+# What only the market can answer (``skyward-ray offers`` asks it). Node types with different GPU models may share one
+# physical cluster: Vast has no rule against it, so whether one cluster has them all is a market question too.
+MARKET_CHECKS = (
+    "whether offers match each node type (GPU, reliability, region, CUDA, disk)",
+    "whether one physical cluster holds the head and every node type at max_workers (mixed GPU models are allowed)",
+    "prices against max_hourly_cost and max_bid",
+)
+def check_accelerators(path: Path, root: yaml.Node, config: dict[str, Any]) -> None:
+    """Every node type's accelerator is a GPU name the table knows; else one error with the closest names."""
+    from skyward_ray.placement.gpus import closest_gpu_names, known_gpu_names, resolve_gpu
+
+    for name, settings in (config.get("available_node_types") or {}).items():
+        accelerator = ((settings or {}).get("node_config") or {}).get("accelerator")
+        if not isinstance(accelerator, str) or resolve_gpu(accelerator).model is not None:
+            continue
+        close = closest_gpu_names(accelerator)
+        hint = f"closest: {', '.join(repr(c) for c in close)}; " if close else ""
+        field = ["available_node_types", str(name), "node_config", "accelerator"]
+        raise _located(path, root, field, (
+            f"{'.'.join(field)}: {accelerator!r} is not a GPU name skyward-ray knows ({hint}allowed: a name such as "
+            f"{', '.join(known_gpu_names()[:8])}, ...). ray up would search Vast for it as typed; for a GPU newer "
+            "than skyward-ray's table, pass --allow-unknown-gpu"))
+
+
 def describe(config: dict[str, Any]) -> str:
     from skyward_ray.provider.bootstrap import validate
     from skyward_ray.provider.config import HEAD_KIND, WORKER_KIND, overlay_name_for
@@ -210,8 +239,12 @@ def describe(config: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     for name in args.files:
-        config = validate_cluster_file(Path(name))
+        path = Path(name)
+        config = validate_cluster_file(path)
+        if not args.allow_unknown_gpu:
+            check_accelerators(path, compose_yaml(path)[1], config)
         print(f"OK {name}: {describe(config)}")
+    print("Not checked offline (they need the market; `skyward-ray offers` asks it): " + "; ".join(MARKET_CHECKS))
     return 0
 
 
@@ -219,6 +252,9 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "validate", help="check a Vast cluster YAML as ray up would (no renting)",
         description="Run Ray's config preparation and schema check plus skyward-ray's provider and node_config "
-        "checks on each FILE. Exit code 2 names the first problem.")
+        "checks (known GPU names, regions, allocation, ...) on each FILE, offline. Exit code 2 names the first "
+        "problem. Not checked (they need the market; `skyward-ray offers` asks it): " + "; ".join(MARKET_CHECKS) + ".")
     parser.add_argument("files", nargs="+", metavar="FILE", help="cluster YAML file(s)")
+    parser.add_argument("--allow-unknown-gpu", action="store_true",
+                        help="accept an accelerator name the GPU table does not know (searched on Vast as typed)")
     parser.set_defaults(func=run)
