@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import stat
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import ray
 import yaml
@@ -26,6 +28,7 @@ from skyward_ray.provider.bootstrap import (
 )
 from skyward_ray.provider.remote_install import SHIP_MARKER, tree_hash
 from skyward_ray.provider.start_commands import HEAD_START_RAY_COMMANDS, WORKER_START_RAY_COMMANDS
+from skyward_ray.vast.client import VastClient
 from skyward_ray.vast.models import SshKey
 
 REPO = Path(__file__).resolve().parents[2]
@@ -210,3 +213,28 @@ def test_without_an_api_key_bootstrap_writes_nothing(home: Path, monkeypatch: py
     with pytest.raises(CredentialsError):
         bootstrap_config(_prepared())
     assert not (home / ".ssh" / "skyward-ray_ed25519").exists()
+
+
+def test_a_fresh_account_without_ssh_keys_registers_its_key(home: Path) -> None:
+    """Vast answers ``GET /ssh/`` with 404 "No SSH keys found for the user" on an account that has none: ray up must
+    register the key, not stop there."""
+    registered: list[str] = []
+
+    def vast(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET" and request.url.path == "/api/v0/ssh/":
+            if not registered:
+                return httpx.Response(404, json={"success": False, "error": "not_found",
+                                                 "msg": "No SSH keys found for the user"})
+            return httpx.Response(200, json=[{"id": 1, "public_key": registered[0]}])
+        if request.method == "POST" and request.url.path == "/api/v0/ssh/":
+            registered.append(json.loads(request.content)["ssh_key"])
+            return httpx.Response(200, json={"success": True, "key": {"id": 1, "public_key": registered[-1]}})
+        return httpx.Response(500, json={"success": False, "error": "unexpected", "msg": str(request.url)})
+
+    client = VastClient(api_key=API_KEY, base_url="http://10.213.0.1:8911", transport=httpx.MockTransport(vast))
+    config = bootstrap_config(_prepared(ssh_private_key=str(home / ".ssh/id_test")), client=client)
+    assert [key_body(key) for key in registered] == [key_body(PUBLIC_KEY)]
+    assert config["provider"]["ssh_public_key"] == PUBLIC_KEY
+    # A second ray up finds the key and registers nothing more.
+    bootstrap_config(_prepared(ssh_private_key=str(home / ".ssh/id_test")), client=client)
+    assert len(registered) == 1
