@@ -33,7 +33,7 @@ def configs(storage_path: str | None = None, filesystem: object = None, workers:
             ray_train.ScalingConfig(num_workers=workers))
 
 
-@pytest.mark.parametrize("storage_path", [None, "/root/ray_results", "file:///tmp/x", "local:///tmp/x", "relative/dir"])
+@pytest.mark.parametrize("storage_path", [None, "/data/ray_results", "file:///tmp/x", "local:///tmp/x", "relative/dir"])
 def test_multi_node_run_on_bids_without_shared_storage_is_one_clear_line(storage_path: str | None) -> None:
     run, scaling = configs(storage_path)
     with pytest.raises(ConfigError) as caught:
@@ -41,10 +41,17 @@ def test_multi_node_run_on_bids_without_shared_storage_is_one_clear_line(storage
     message = str(caught.value)
     assert "\n" not in message
     assert message.startswith("RunConfig.storage_path: ")
-    assert repr(storage_path) in message or storage_path is None
+    assert (repr(storage_path) in message) if storage_path else "not set (Ray's default, ~/ray_results" in message
     assert "2-worker" in message and "bid" in message
     assert 'storage_path="s3://' in message and "endpoint_override" in message and "storage_filesystem" in message
     assert isinstance(caught.value, SkywardError), "the CLI and ray submit print it as one Error: line"
+
+
+def test_rays_own_default_reads_as_not_set() -> None:
+    run, scaling = ray_train.RunConfig(), ray_train.ScalingConfig(num_workers=3)
+    assert run.storage_path, "Ray fills in ~/ray_results itself"
+    with pytest.raises(ConfigError, match=r"^RunConfig.storage_path: not set \(Ray's default, ~/ray_results"):
+        require_shared_storage(run, scaling, on_bids=True)
 
 
 def test_a_local_pyarrow_filesystem_is_refused_too() -> None:

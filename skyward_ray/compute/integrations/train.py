@@ -80,6 +80,11 @@ def cluster_on_bids(path: str | os.PathLike[str] = HEAD_CLUSTER_CONFIG) -> bool 
     return any(allocation.bids for allocation in allocations(config).values())
 
 
+def _ray_default_storage() -> str:
+    """What Ray Train puts in ``RunConfig.storage_path`` when the user leaves it out (it fills it in itself)."""
+    return Path("~/ray_results").expanduser().as_posix()
+
+
 def _num_workers(scaling_config: Any) -> int:
     value = getattr(scaling_config, "num_workers", 1)
     if isinstance(value, tuple | list):  # an elastic (min, max) range: its upper end
@@ -99,8 +104,8 @@ def storage_problem(storage_path: str | os.PathLike[str] | None, storage_filesys
             return None
         return (f"RunConfig.storage_filesystem: a local filesystem is not allowed for {where}: each Vast instance "
                 f"has its own disk, lost with the instance when it is outbid; {STORAGE_HINT}")
-    if storage_path is None:
-        return (f"RunConfig.storage_path: None (Ray's default: ~/ray_results on each node's own disk) is not "
+    if storage_path is None or os.fspath(storage_path) == _ray_default_storage():
+        return (f"RunConfig.storage_path: not set (Ray's default, ~/ray_results, is each node's own disk) is not "
                 f"allowed for {where}: an outbid node's disk is destroyed with it and no other node can read it, so "
                 f"Train could not restore; {STORAGE_HINT}")
     text = os.fspath(storage_path)
