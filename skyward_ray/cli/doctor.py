@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import signal
 import sys
 from collections.abc import Iterator
@@ -131,6 +132,7 @@ def _ask(question: str) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
+    logging.getLogger("ray.autoscaler").setLevel(logging.WARNING)  # Ray's per-command timers would split the rows
     shape = load_shape(args.config)
     source = key_source()
     try:

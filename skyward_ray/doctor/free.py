@@ -31,7 +31,7 @@ from skyward_ray.placement import (
 from skyward_ray.provider.bootstrap import key_body
 from skyward_ray.provider.config import HEAD_KIND, NodeTypeShape, VastNodeConfig, VastProviderConfig
 from skyward_ray.provider.tags import LABEL_VERSION, decode_label
-from skyward_ray.vast.client import LIST_INSTANCES, LIST_OVERLAYS, SEARCH_OFFERS, VastClient
+from skyward_ray.vast.client import LIST_INSTANCES, LIST_INSTANCES_V0, LIST_OVERLAYS, SEARCH_OFFERS, VastClient
 from skyward_ray.vast.credentials import API_KEY_ENV, config_key_path, legacy_key_path
 from skyward_ray.vast.errors import (
     AuthError,
@@ -266,10 +266,37 @@ class FreeChecks:
             ok, coping = self._client_copes(len(rows), bad)
             self.report.add("instance list", expected, f"{summary}; {len(bad)} row(s) do not fit: {named}; {coping}",
                             ok, rows=len(rows), pages=pages, misfits=bad)
+        self.unpaged_list(len(rows))
         if doctors:
             self.report.add("doctor leftovers", "no instance left by an earlier doctor run",
                             f"{doctors} instance(s) labelled by a doctor run: {doctor_ids} (destroy them: "
                             "vastai destroy instance ID)", Status.WARN, ids=doctor_ids)
+
+    def unpaged_list(self, paged_rows: int) -> None:
+        """``GET /api/v0/instances/`` (no pages): what the provider's refresh reads by default, being one call."""
+        expected = "GET /api/v0/instances/ lists the same rows in one answer"
+        try:
+            body = raw_call(self.client, LIST_INSTANCES_V0, params={"owner": "me"})
+        except VastError as exc:
+            if not (exc.status and 400 <= exc.status < 500):
+                raise
+            self.report.add("instance list (unpaged)", expected, f"not served ({exc}): ray up falls back to the "
+                            "paged list, one call per 25 instances", Status.WARN)
+            return
+        rows = body.get("instances") if isinstance(body, dict) else None
+        if rows is None:
+            rows = []
+        if not isinstance(rows, list):
+            self.report.add("instance list (unpaged)", expected, f"'instances' is a {type(rows).__name__}",
+                            Status.FAIL)
+            return
+        bad = {f"row {i}": problems for i, row in enumerate(rows) if (problems := misfits(Instance, row))}
+        observed = f"{len(rows)} row(s) (the paged list had {paged_rows})"
+        if bad:
+            named = "; ".join(f"{k}: {', '.join(v)}" for k, v in list(bad.items())[:5])
+            observed += f"; {len(bad)} do not fit: {named}"
+        ok = Status.WARN if bad or len(rows) != paged_rows else Status.OK
+        self.report.add("instance list (unpaged)", expected, observed, ok, rows=len(rows), misfits=bad)
 
     def _client_copes(self, total: int, bad: dict[str, list[str]]) -> tuple[Status, str]:
         """Whether our client still lists the account (ray up's view) despite the misfit rows."""

@@ -349,9 +349,11 @@ class Rental:
 
     def runner(self, node: Node) -> Any:
         assert self.provider is not None and self.key_path is not None
-        return self.provider.get_command_runner("doctor", node.node_id,
-                                                {"ssh_user": "root", "ssh_private_key": self.key_path},
-                                                self.cluster_name, subprocess, False)
+        runner = self.provider.get_command_runner("doctor", node.node_id,
+                                                  {"ssh_user": "root", "ssh_private_key": self.key_path},
+                                                  self.cluster_name, subprocess, False)
+        runner.ssh_options.arg_dict["LogLevel"] = "ERROR"  # ssh's own chatter would break the report's rows
+        return runner
 
     def wait_ssh(self) -> bool:
         assert self.provider is not None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -90,7 +91,8 @@ def test_free_checks_all_ok_against_documented_behaviour(emu: EmulatorServer, tm
     found = rows(report)
     assert code == 0, report["verdict"]
     assert [row["check"] for row in report["rows"]] == [
-        "api key", "api server", "key accepted", "ssh keys", "instance list", "overlays", "on-demand search",
+        "api key", "api server", "key accepted", "ssh keys", "instance list", "instance list (unpaged)", "overlays",
+        "on-demand search",
         "placement", "balance", "rate limits"]
     assert all(row["ok"] == "ok" for row in report["rows"]), [r for r in report["rows"] if r["ok"] != "ok"]
     assert "$VAST_API_KEY" in found["api key"]["observed"]
@@ -101,6 +103,44 @@ def test_free_checks_all_ok_against_documented_behaviour(emu: EmulatorServer, tm
     out = capsys.readouterr().out
     assert "verdict: ready for ray up" in out
     assert emu.api_key not in out and emu.api_key not in json.dumps(report)
+
+
+def test_json_goes_to_stdout_alone(emu: EmulatorServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    _env(monkeypatch, tmp_path, emu)
+    assert main(["doctor", "--json"]) == 0
+    printed = capsys.readouterr()
+    report = json.loads(printed.out)  # nothing but the report on stdout
+    assert report["exit_code"] == 0 and report["verdict"] == "verdict: ready for ray up"
+    assert "[  ok] key accepted" in printed.err  # the rows still show as they come, on stderr
+    assert emu.api_key not in printed.out + printed.err
+
+
+def test_the_users_vast_config_is_checked_and_overlays_it_needs_must_be_available(
+        emu: EmulatorServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "cluster_configs").mkdir()
+    shutil.copy(REPO_ROOT / "cluster_configs" / "vast.yaml", tmp_path / "cluster_configs" / "vast.yaml")
+    code, report = run_doctor(emu, tmp_path, monkeypatch)
+    assert code == 0, report["verdict"]
+    assert report["config"].endswith("cluster_configs/vast.yaml")
+    placement = rows(report)["placement"]["observed"]
+    assert placement.startswith("physical cluster ") and "workers" in placement  # head + 2 workers on one cluster
+
+    emu.market.set_faults(emu.market.faults.merged({"overlays_available": False}))
+    code, report = run_doctor(emu, tmp_path, monkeypatch)
+    overlays = rows(report)["overlays"]
+    assert code == 1 and overlays["ok"] == "FAIL" and "this cluster needs one" in overlays["observed"]
+
+
+def test_unavailable_overlays_only_warn_a_single_node_cluster_and_stop_overlay(
+        emu: EmulatorServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ssh_key_path: str) -> None:
+    emu.market.set_faults(emu.market.faults.merged({"overlays_available": False}))
+    code, report = run_doctor(emu, tmp_path, monkeypatch)
+    overlays = rows(report)["overlays"]
+    assert code == 0 and overlays["ok"] == "warn" and "single-node clusters still work" in overlays["observed"]
+    code, report = run_doctor(emu, tmp_path, monkeypatch, "--overlay", "--yes", "--ssh-key", ssh_key_path)
+    assert code == 1 and rows(report)["overlay: rent"]["ok"] == "FAIL"
+    assert report["rented"] == [] and live_instances(emu) == []
 
 
 def test_a_row_with_an_unknown_field_type_is_named_on_its_row(emu: EmulatorServer, tmp_path: Path,
