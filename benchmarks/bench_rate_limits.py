@@ -8,8 +8,9 @@ cannot take less than ``floor_s`` = 15 x 4.5 = 67.5 s from the first accepted to
    ``NodeProviderAdapter`` (the class the v2 monitor wraps every v1 provider in) gets ``launch({"gpu": 16})`` and
    calls ``create_node_with_resources_and_labels`` in batches of 5 on two launcher threads; our provider searches
    (shared across the batches), plans and rents through the client's pacer.
-2. **naive**: what the provider did before: 16 creates at once, each retried after a sub-second jitter on a 429
-   (client pacing off), giving up 60 s after its first attempt, as the old client's retry deadline did.
+2. **naive**: what the provider did before: 16 creates at once, each retried after a sub-second jitter on a 429,
+   giving up 60 s after its first attempt, as the old client's retry deadline did. It sends the same create body as
+   our client over plain httpx, so no pacer of ours is involved.
 
 Figures (from the emulator's own counters and ledger, so nothing is self-reported):
 ``rentals_s`` first create accepted to sixteenth accepted (the ledger's creation times); ``floor_s``; ``ratio``
@@ -47,7 +48,6 @@ from skyward_ray.emulator.testing import wait_until
 from skyward_ray.provider.node_provider import VastNodeProvider
 from skyward_ray.provider.tags import encode_label, is_cluster_label
 from skyward_ray.vast.client import CREATE_INSTANCE, VastClient
-from skyward_ray.vast.errors import RateLimitedError
 
 WORKERS = 16
 CREATE_INTERVAL_S = 4.5
@@ -186,15 +186,15 @@ def provider_run(emu: Emulator, client: VastClient, key_file: Path) -> dict[str,
 
 
 def naive_run(emu: Emulator, client: VastClient) -> dict[str, Any]:
-    """16 creates at once, each retried after a sub-second jitter on a 429, no client pacing of creates."""
+    """16 creates at once, each retried after a sub-second jitter on a 429 (plain httpx: no pacing at all)."""
     cluster = "rate-naive"
     label = encode_label(cluster, {"ray-node-type": "worker", "ray-user-node-type": WORKER_TYPE})
-    # No client-side retries (the loop below is the naive policy) and no pacing of creates.
-    naive = VastClient(api_key=emu.api_key, base_url=emu.url, retry_deadline_s=0, min_interval_s={CREATE: 0.0})
+    naive = httpx.Client(base_url=emu.url, headers={"Authorization": f"Bearer {emu.api_key}"}, timeout=60,
+                         limits=httpx.Limits(max_connections=WORKERS))
     rng = random.Random(1)
     rng_lock = threading.Lock()
     admin(emu, "DELETE", "counters/")
-    offers = naive.search_offers({"gpu_name": {"eq": "RTX 4090"}, "num_gpus": {"eq": 1}, "rentable": {"eq": True},
+    offers = client.search_offers({"gpu_name": {"eq": "RTX 4090"}, "num_gpus": {"eq": 1}, "rentable": {"eq": True},
                                   "rented": {"eq": False}, "type": "on-demand", "order": [["dph_total", "asc"]],
                                   "limit": 200})
     machines: dict[int, int] = {}
@@ -204,18 +204,20 @@ def naive_run(emu: Emulator, client: VastClient) -> dict[str, Any]:
     if len(targets) < WORKERS:
         raise SystemExit(f"the bench market has {len(targets)} free RTX 4090 machines, {WORKERS} needed")
 
+    body = {"client_id": "me", "image": "bench", "env": {}, "price": None, "disk": 10, "label": label,
+            "extra": None, "onstart": None, "runtype": "ssh_direc ssh_proxy"}
+
     def rent(offer_id: int) -> bool:
         deadline = time.monotonic() + NAIVE_DEADLINE_S
         while True:
-            try:
-                naive.create_instance(offer_id, image="bench", disk_gb=10, label=label)
+            response = naive.put(f"/api/v0/asks/{offer_id}/", json=body)
+            if response.status_code < 400:
                 return True
-            except RateLimitedError:
-                if time.monotonic() >= deadline:
-                    return False
-                with rng_lock:
-                    pause = rng.uniform(0.0, 1.0)
-                time.sleep(pause)
+            if response.status_code != 429 or time.monotonic() >= deadline:
+                return False
+            with rng_lock:
+                pause = rng.uniform(0.0, 1.0)
+            time.sleep(pause)
 
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=WORKERS) as pool:
