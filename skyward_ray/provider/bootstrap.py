@@ -272,7 +272,8 @@ def bootstrap_config(cluster_config: dict[str, Any], *, client: VastClient | Non
     provider["node_types"] = {name: shape.model_dump(mode="json") for name, shape in shapes.items()}
 
     own_client = client is None
-    client = client or VastClient(api_key=api_key, base_url=provider["api_url"])
+    client = client or VastClient(api_key=api_key, base_url=provider["api_url"],
+                                  rate_scale=provider_model.api_rate_scale)
     try:
         if register_ssh_key(client, public_key) is not None:
             log.info("registered the SSH key %s with the Vast account", key_body(public_key)[:40] + "...")
