@@ -87,9 +87,10 @@ class ClusterShape:
 
 
 def default_shape() -> ClusterShape:
-    node = VastNodeConfig(accelerator=DEFAULT_REQUEST_GPU, allocation="on-demand")
+    """One RTX 4090 node, spot if available: both of our queries (on-demand and bid) get exercised."""
+    node = VastNodeConfig(accelerator=DEFAULT_REQUEST_GPU, allocation="spot-if-available")
     shape = NodeTypeShape(kind="head", node_config=node)
-    return ClusterShape("default request (1 x RTX 4090, on-demand)", PlacementOptions(), None, {}, "head",
+    return ClusterShape("default request (1 x RTX 4090, spot if available)", PlacementOptions(), None, {}, "head",
                         {"head": shape})
 
 
@@ -181,6 +182,8 @@ class FreeChecks:
                             Status.FAIL)
         except VastError as exc:
             self.report.add(name, "an answer our client understands", _vast_answer(exc), Status.FAIL)
+        except Exception as exc:  # a doctor reports what broke instead of stopping with a traceback
+            self.report.add(name, "a check that completes", f"{type(exc).__name__}: {exc}", Status.FAIL)
 
     # --- the account -----------------------------------------------------------------------------------------------
 

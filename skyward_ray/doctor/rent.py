@@ -162,6 +162,8 @@ class Rental:
             self.report.note("interrupted: destroying everything rented by this run")
         except (VastError, SkywardError) as exc:
             self.report.add(self.prefix + "run", "every step answers", str(exc), Status.FAIL)
+        except Exception as exc:  # whatever broke is reported; the sweep below still runs
+            self.report.add(self.prefix + "run", "every step completes", f"{type(exc).__name__}: {exc}", Status.FAIL)
         finally:
             with shielded(self.report):
                 self.sweep()

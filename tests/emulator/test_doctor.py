@@ -92,8 +92,7 @@ def test_free_checks_all_ok_against_documented_behaviour(emu: EmulatorServer, tm
     assert code == 0, report["verdict"]
     assert [row["check"] for row in report["rows"]] == [
         "api key", "api server", "key accepted", "ssh keys", "instance list", "instance list (unpaged)", "overlays",
-        "on-demand search",
-        "placement", "balance", "rate limits"]
+        "on-demand search", "bid search", "placement", "balance", "rate limits"]
     assert all(row["ok"] == "ok" for row in report["rows"]), [r for r in report["rows"] if r["ok"] != "ok"]
     assert "$VAST_API_KEY" in found["api key"]["observed"]
     assert "HTTP 404" in found["ssh keys"]["observed"]  # an account without keys, as Vast documents
