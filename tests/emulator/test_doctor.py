@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from skyward_ray.cli import main
 from skyward_ray.emulator.server import EmulatorServer
@@ -252,6 +253,28 @@ def test_bad_input_is_one_line_and_rents_nothing(emu: EmulatorServer, tmp_path: 
     assert len(err) == 1 and message in err[0], err
     assert live_instances(emu) == []
     assert not any(key.startswith("PUT /api/v0/asks") for key in counters(emu)["requests"])
+
+
+def test_an_invalid_config_is_one_line_naming_the_field(emu: EmulatorServer, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    config = yaml.safe_load((REPO_ROOT / "cluster_configs" / "vast.yaml").read_text())
+    config["provider"]["min_reliabilty"] = 0.9  # misspelt
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
+    _env(monkeypatch, tmp_path, emu)
+    assert main(["doctor", "--config", "bad.yaml"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "min_reliabilty" in err[0] and "min_reliability" in err[0], err
+
+
+def test_a_rental_not_confirmed_rents_nothing(emu: EmulatorServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              ssh_key_path: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, report = run_doctor(emu, tmp_path, monkeypatch, "--rent", "--ssh-key", ssh_key_path)  # stdin: no terminal
+    assert code == 0
+    asked = rows(report)["rent: asked"]
+    assert asked["ok"] == "skip" and "nothing rented" in asked["observed"]
+    assert "at most $0.50/h each" in capsys.readouterr().err  # the price ceiling was shown
+    assert live_instances(emu) == []
 
 
 def test_no_key_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
