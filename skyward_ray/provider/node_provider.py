@@ -134,6 +134,8 @@ RENT_ROUNDS = 3  # searches per launch when offers keep being taken by others
 MISSING_GRACE_S = 60.0  # a rented node absent from lists this long is checked with one GET
 DESTROY_RETRY_S = 30.0  # a terminated node still listed after this long is destroyed again
 OVERLAY_POLL_S = 1.0
+UNPAGED_LIST = "GET /api/v0/instances/"
+UNPAGED_LIST_INTERVAL_S = 1.0  # what GET /api/v1/instances/ documents; the unpaged list documents nothing
 OVERLAY_SEARCH_MAX = 1022  # addresses of an overlay subnet searched for a node (Vast's overlays are /24s)
 EXIT_FLUSH_BUDGET_S = 10.0  # at interpreter exit, all providers together wait at most this long for label writes
 
@@ -328,7 +330,9 @@ class VastNodeProvider(NodeProvider):
                 self._client = VastClient(
                     api_key=self._api_key(),
                     base_url=self.config.api_url,
-                    min_interval_s=self.config.api_min_interval_s,
+                    # The unpaged list has no documented limit; it is held to its successor's (1 s per call).
+                    min_interval_s={"*": self.config.api_min_interval_s,
+                                    UNPAGED_LIST: max(UNPAGED_LIST_INTERVAL_S, self.config.api_min_interval_s)},
                     rate_scale=self.config.api_rate_scale,
                 )
             return self._client
