@@ -123,6 +123,7 @@ CASES: list[Case] = [
     provider("api_key", SECRET, shown=HIDDEN, id="provider.api_key (unknown, secret)"),
     provider("api_min_interval_s", -1),
     provider("cache_ttl_s", 0),
+    provider("instance_list", "sometimes"),
     provider("tag_flush_delay_s", 600),
     provider("interrupted_policy", "pray"),
     provider("loading_timeout_s", 0),
