@@ -134,6 +134,7 @@ RENT_ROUNDS = 3  # searches per launch when offers keep being taken by others
 MISSING_GRACE_S = 60.0  # a rented node absent from lists this long is checked with one GET
 DESTROY_RETRY_S = 30.0  # a terminated node still listed after this long is destroyed again
 OVERLAY_POLL_S = 1.0
+PENDING_REFRESH_S = 1.0  # while Ray waits on a booting node, the snapshot is refreshed this often (one list/s)
 UNPAGED_LIST = "GET /api/v0/instances/"
 UNPAGED_LIST_INTERVAL_S = 1.0  # what GET /api/v1/instances/ documents; the unpaged list documents nothing
 OVERLAY_SEARCH_MAX = 1022  # addresses of an overlay subnet searched for a node (Vast's overlays are /24s)
@@ -296,6 +297,8 @@ class VastNodeProvider(NodeProvider):
         self._listed = False  # one list has succeeded: from then on the tick never waits on a list
         self._refreshing = False  # a background refresh is running (one at a time)
         self._last_list_s: float | None = None  # how long the last successful list took (our clock)
+        self._last_list_started: float | None = None
+        self._last_list_failed = False
         self._list_source = self.config.instance_list  # "unpaged" until the server shows it lacks that list
         self._dirty: set[str] = set()
         self._writing: set[str] = set()
@@ -376,16 +379,20 @@ class VastNodeProvider(NodeProvider):
             if not force and self._fresh():
                 return  # another thread refreshed while we waited
             started = self._clock()
+            with self._lock:
+                self._last_list_started = started
             try:
                 instances = self._list_account()
             except VastError:
                 with self._lock:  # try again after one TTL instead of hammering a failing API
                     self._next_refresh_at = started + self.config.cache_ttl_s
+                    self._last_list_failed = True
                 raise
             with self._lock:
                 actions = self._apply_snapshot(instances, started)
                 self._next_refresh_at = started + self.config.cache_ttl_s
                 self._listed = True
+                self._last_list_failed = False
                 self._last_list_s = self._clock() - started
         self._dispatch(actions)
 
@@ -427,17 +434,25 @@ class VastNodeProvider(NodeProvider):
             return
         self._refresh_behind()
 
-    def _refresh_behind(self) -> None:
-        """Start a refresh in the background when the snapshot is due (one refresher at a time; never waits)."""
+    def _refresh_behind(self, *, waiting: bool = False) -> None:
+        """Start a refresh in the background when the snapshot is due (one refresher at a time; never waits).
+
+        Due after ``cache_ttl_s``; for a caller ``waiting`` on a node to come up (Ray's updater polling a booting
+        node), after ``PENDING_REFRESH_S`` since the last list began, so a node that runs after 2 s is not seen 4 s
+        later. That is one list call per second at most, within the list's limit; after a failed list, one TTL."""
         with self._lock:
-            due = self._next_refresh_at is None or self._clock() >= self._next_refresh_at
-            if not due or self._refreshing or self._closing.is_set():
+            now = self._clock()
+            if waiting and self._last_list_started is not None and not self._last_list_failed:
+                due_at = self._last_list_started + min(PENDING_REFRESH_S, self.config.cache_ttl_s)
+            else:
+                due_at = self._next_refresh_at if self._next_refresh_at is not None else now
+            if now < due_at or self._refreshing or self._closing.is_set():
                 return
             self._refreshing = True
             inline = not self._start_threads
         if inline:  # no threads wanted (tests with a fake clock): refresh in the caller, deterministically
             try:
-                self.refresh()
+                self.refresh(force=True)
             finally:
                 with self._lock:
                     self._refreshing = False
@@ -451,7 +466,7 @@ class VastNodeProvider(NodeProvider):
 
     def _background_refresh(self) -> None:
         try:
-            self.refresh()
+            self.refresh(force=True)  # due already: decided under the lock by the caller
         except Exception:  # a bug must not end the refresher silently for good: the next tick starts another
             log.exception("refreshing the Vast instance snapshot failed")
         finally:
@@ -653,7 +668,7 @@ class VastNodeProvider(NodeProvider):
         if not listed:
             self.refresh()  # the first list (a failure is logged; the GET below still answers for this id)
         elif pending:
-            self._refresh_behind()
+            self._refresh_behind(waiting=True)
         with self._lock:
             node = self._nodes.get(node_id)
             if node is not None or node_id in self._looked_up:

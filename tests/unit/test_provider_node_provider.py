@@ -323,6 +323,24 @@ def test_a_tick_never_waits_on_a_list_one_refresher_runs_behind_it(fake: FakeVas
     provider.close()
 
 
+def test_a_booting_node_ray_waits_on_is_listed_every_second_ready_ones_every_ttl(fake: FakeVast,
+                                                                                 clock: FakeClock) -> None:
+    fake.add_instance(11, worker_label(), actual_status="loading", ports=None)
+    fake.add_instance(12, worker_label())
+    provider = make_provider(fake, clock, cache_ttl_s=4.0)
+    provider.non_terminated_nodes({})
+    assert not provider.is_running("11")
+    fake.instances[11].update(actual_status="running",
+                              ports={"22/tcp": [{"HostIp": "0.0.0.0", "HostPort": "40023"}]})
+    clock.advance(0.5)
+    assert not provider.is_running("11") and fake.count("list_instances") == 1
+    clock.advance(0.6)  # 1.1 s after the last list: Ray's updater polling a booting node gets a fresh look
+    assert provider.is_running("11") and fake.count("list_instances") == 2
+    clock.advance(1.5)
+    assert provider.is_running("12") and provider.is_running("11")
+    assert fake.count("list_instances") == 2, "ready nodes wait for the TTL"
+
+
 def test_a_node_adopted_while_a_list_runs_does_not_vanish_with_that_list(fake: FakeVast, clock: FakeClock) -> None:
     provider = make_provider(fake, clock)
     provider.non_terminated_nodes({})
