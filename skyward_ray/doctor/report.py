@@ -21,7 +21,6 @@ from skyward_ray.vast.credentials import redact
 
 EXIT_OK = 0  # every check passed (warnings allowed)
 EXIT_FAILED = 1  # something ray up needs is wrong
-EXIT_BAD_INPUT = 2  # the doctor was asked something it cannot do (unknown config, no key, a cap below any offer)
 EXIT_INTERRUPTED = 130
 
 
@@ -58,7 +57,6 @@ class Report:
         self._out = out
         self._lock = threading.Lock()
         self.interrupted = False
-        self.bad_input: str | None = None
 
     # --- secrets -------------------------------------------------------------------------------------------------
 
@@ -113,15 +111,11 @@ class Report:
 
     @property
     def exit_code(self) -> int:
-        if self.bad_input is not None:
-            return EXIT_BAD_INPUT
         if self.interrupted:
             return EXIT_INTERRUPTED
         return EXIT_FAILED if self.failed else EXIT_OK
 
     def verdict(self) -> str:
-        if self.bad_input is not None:
-            return f"verdict: bad input: {self.scrub(self.bad_input)}"
         warned = f" ({len(self.warnings)} warning{'s' if len(self.warnings) != 1 else ''})" if self.warnings else ""
         left = self.meta.get("left_rented") or []
         tail = f"; STILL RENTED: {left} (destroy them in the Vast console)" if left else ""
@@ -131,20 +125,6 @@ class Report:
             names = ", ".join(dict.fromkeys(row.check for row in self.failed))
             return f"verdict: NOT ready for ray up: {len(self.failed)} check(s) failed: {names}{warned}{tail}"
         return f"verdict: ready for ray up{warned}{tail}"
-
-    def table(self) -> str:
-        """The whole report as aligned text (what --report writes when JSON is not asked for)."""
-        widths = [max([len(h)] + [len(getattr(r, h) if h != "ok" else r.ok.value) for r in self.rows])
-                  for h in ("check", "expected", "observed", "ok")]
-        widths = [min(w, 60) for w in widths]
-        header = ("check", "expected", "observed", "ok")
-        lines = [" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
-        lines.append("-+-".join("-" * w for w in widths))
-        for row in self.rows:
-            cells = (row.check, row.expected, row.observed, row.ok.value)
-            lines.append(" | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip())
-        lines.append(self.verdict())
-        return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
         data = {

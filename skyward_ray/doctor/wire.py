@@ -135,9 +135,6 @@ def raw_call(client: VastClient, endpoint: Endpoint, *, params: dict[str, Any] |
              ids: dict[str, int] | None = None, json_body: Any = None) -> Any:
     """One request through the client's own pipeline (pacing, retries, errors), returning the decoded body as it
     came, so rows our models do not fit can be named field by field."""
-    public = getattr(client, "request_json", None)
-    if callable(public):  # a public raw call, when the client offers one
-        return public(endpoint, params=params, ids=ids, json_body=json_body)
     kwargs: dict[str, Any] = {"params": params, "ids": ids}
     if json_body is not None:
         kwargs["json_body"] = json_body

@@ -158,10 +158,10 @@ def test_a_row_with_an_unknown_field_type_is_named_on_its_row(emu: EmulatorServe
         with VastClient(api_key=emu.api_key, base_url=emu.url) as client:
             client.destroy_instance(odd)
     row = rows(report)["instance list"]
-    assert "dph_total: dict" in row["observed"], row
+    assert "dph_total (dict)" in row["observed"], row
     assert "0.3" not in row["observed"]  # the type, never the value
     # Our client reads the rest of the row (ray up works): a warning to attach to a bug, not a failed run.
-    assert row["ok"] == "warn" and "our client still reads every row" in row["observed"]
+    assert row["ok"] == "warn" and "our client keeps every row" in row["observed"]
     assert code == 0
     assert live_instances(emu) == []
 
