@@ -1,7 +1,8 @@
 """``skyward-ray emulator serve|clean``: the local Vast marketplace.
 
-``serve`` prints ONE JSON line ``{"url", "api_key", "admin_url"}`` on stdout once it listens (scripts wait for it),
-then serves until SIGINT or SIGTERM and shuts down cleanly (every emulated instance destroyed, the runtime closed).
+``serve`` prints ONE JSON line ``{"url", "api_key", "admin_url", "rate_limits"}`` on stdout once it listens (scripts
+wait for it), then serves until SIGINT or SIGTERM and shuts down cleanly (every emulated instance destroyed, the runtime
+closed). ``--rate-limits documented|off|x<scale>`` switches Vast's documented rate limits.
 """
 
 from __future__ import annotations
@@ -40,7 +41,18 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _rate_limits(text: str) -> str:
+    from skyward_ray.emulator.faults import parse_rate_limits
+
+    try:
+        parse_rate_limits(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("rate_limits: ")) from None
+    return text.strip().lower()
+
+
 def register(subparsers: Any) -> None:
+    from skyward_ray.emulator.faults import DEFAULT_RATE_LIMITS
     from skyward_ray.emulator.scenarios import SCENARIOS
 
     parser = subparsers.add_parser("emulator", help="run the local Vast.ai marketplace emulator",
@@ -58,6 +70,10 @@ def register(subparsers: Any) -> None:
     serve.add_argument("--runtime", choices=_RUNTIMES, default="none",
                        help="none: instances are records; netns: namespaces with sshd (Linux, root)")
     serve.add_argument("--admin-key", default=None, help="require 'Bearer KEY' on /_emulator/ (default: open)")
+    serve.add_argument("--rate-limits", type=_rate_limits, default=DEFAULT_RATE_LIMITS, metavar="MODE",
+                       help="Vast's documented rate limits: documented (per endpoint and key+address intervals, the "
+                            "create penalty, 10 searches a minute per address, 429s without Retry-After), off, or "
+                            f"x<scale> to scale every interval and window, e.g. x0.1 (default {DEFAULT_RATE_LIMITS})")
     serve.set_defaults(func=serve_command)
     clean = commands.add_parser("clean", help="remove namespaces, bridges and files a netns emulator left behind")
     clean.set_defaults(func=clean_command)
@@ -97,7 +113,7 @@ def serve_command(args: argparse.Namespace) -> int:
     try:
         server = EmulatorServer(scenario=args.scenario, seed=args.seed, api_key=args.api_key,
                                 boot_delay_s=args.boot_delay, runtime=runtime, host=args.host, port=args.port,
-                                admin_key=args.admin_key)
+                                admin_key=args.admin_key, rate_limits=args.rate_limits)
     except ValueError as exc:
         if runtime is not None:
             runtime.close()

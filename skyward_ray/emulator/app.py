@@ -5,14 +5,17 @@ threads. Handlers only translate: they parse the request, call one :class:`~skyw
 method in a worker thread (market calls may wait on the host runtime), and render what it returns or raises.
 
 Wire behaviour that is not a market rule lives here: authentication (``Authorization: Bearer`` or ``?api_key=``;
-401 ``auth_error``), per-(key, endpoint) minimum-interval 429s, the daily search quota, random 5xx, lost responses
-and added latency. Paths are accepted with and without the trailing slash.
+401 ``auth_error``), Vast's documented rate limits (:mod:`.ratelimit`: per endpoint and identity = key + client
+address, the create penalty, the per-address search budget; 429 bodies as Vast sends them, no ``Retry-After``), the
+daily search quota, random 5xx, lost responses and added latency. Paths are accepted with and without the trailing
+slash. A client that hangs up mid-request is logged as one line.
 
 Admin API (not part of Vast; no auth unless the server was given an ``admin_key``, then ``Bearer <admin_key>``):
 ``GET /_emulator/counters`` (requests and statuses per ``METHOD /path/template/``), ``DELETE /_emulator/counters``,
 ``GET|PUT /_emulator/faults`` (a :class:`FaultConfig`; PUT merges the fields it names), ``POST
 /_emulator/instances/{id}/outbid`` (``{"rival_bid"?}``), ``POST /_emulator/instances/{id}/fail`` (``{"kind"}``),
 ``GET|POST /_emulator/clock`` (``{"advance": s}`` / ``{"scale": x}``), ``GET /_emulator/state``,
+``GET|PUT /_emulator/rate_limits`` (``{"mode": "documented"|"off"|"x0.1"}``; GET shows every enforced interval),
 ``PUT /_emulator/credit`` (``{"credit", "user_id"?}``), ``POST /_emulator/users`` (``{"credit"?}`` -> a new
 renter and its key).
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import threading
 from collections import Counter, defaultdict
@@ -29,10 +33,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aiohttp import web
-from pydantic import ValidationError
 
+from skyward_ray.emulator.documented import DOCUMENTED_BODY_MIX, RATE_LIMIT_TEXT, SEARCH_ENDPOINTS
 from skyward_ray.emulator.faults import FailureKind
 from skyward_ray.emulator.market import Caller, Market, MarketError
+from skyward_ray.emulator.ratelimit import RateLimiter, Refusal
+
+log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -40,7 +47,6 @@ AUTH_ERROR = {"success": False, "error": "auth_error", "msg": "Invalid user key"
 # Endpoints that answer without a key (gpuhunt searches anonymously).
 _ANONYMOUS_OK = frozenset({"POST /api/v0/bundles/", "GET /api/v0/bundles/", "PUT /api/v0/search/asks/",
                            "GET /api/v0/gpu_names/unique/"})
-_SEARCH_ENDPOINTS = frozenset({"POST /api/v0/bundles/", "GET /api/v0/bundles/", "PUT /api/v0/search/asks/"})
 _MARKET = web.AppKey("market", Market)
 _STATE = web.AppKey("state", object)
 _CALLER = web.RequestKey("caller", object)
@@ -65,12 +71,12 @@ def _invalid(msg: str) -> web.Response:
 class _AppState:
     """Counters and rate-limit memory, shared by every request (guarded by one lock)."""
 
-    def __init__(self, admin_key: str | None, workers: int) -> None:
+    def __init__(self, admin_key: str | None, workers: int, limiter: RateLimiter) -> None:
         self.admin_key = admin_key
         self.lock = threading.Lock()
         self.requests: Counter[str] = Counter()
         self.statuses: defaultdict[str, Counter[str]] = defaultdict(Counter)
-        self.last_call: dict[tuple[str, str], float] = {}
+        self.limiter = limiter
         self.searches: Counter[tuple[str, int]] = Counter()
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="emulator-api")
 
@@ -78,6 +84,7 @@ class _AppState:
         with self.lock:
             self.requests.clear()
             self.statuses.clear()
+            self.limiter.refused.clear()
 
 
 def _template(request: web.Request) -> str:
@@ -95,15 +102,28 @@ def _api_key(request: web.Request) -> str | None:
     return request.query.get("api_key") or None
 
 
-def _rate_limited(market: Market, interval: float, remaining: float) -> web.Response:
+def _rate_limited(market: Market, threshold: float) -> web.Response:
+    """Vast's 429: plain text most often, sometimes JSON; no ``Retry-After`` unless a test asks for one."""
     config = market.faults.rate_limit
-    text = f"API requests too frequent endpoint threshold={float(interval)}"
-    headers = {"Retry-After": str(max(1, math.ceil(remaining)))} if config.retry_after else None
+    shown = round(float(threshold), 3)
+    headers = {"Retry-After": str(max(1, math.ceil(threshold)))} if config.retry_after else None
     style = config.body
-    if style == "mixed":
-        style = ("text", "detail", "json")[min(2, int(market.draw() * 3))]
+    if style in ("documented", "mixed"):
+        forms, weights = zip(*DOCUMENTED_BODY_MIX, strict=True)
+        if style == "mixed":
+            weights = tuple(1.0 for _ in forms)
+        pick, total = market.draw() * sum(weights), 0.0
+        style = forms[-1]
+        for form, weight in zip(forms, weights, strict=True):
+            total += weight
+            if pick < total:
+                style = form
+                break
+    if style == "bare":
+        return web.Response(text=RATE_LIMIT_TEXT, status=429, headers=headers)
     if style == "text":
-        return web.Response(text=text, status=429, headers=headers)
+        return web.Response(text=f"{RATE_LIMIT_TEXT}: endpoint threshold={shown}", status=429, headers=headers)
+    text = f"{RATE_LIMIT_TEXT} endpoint threshold={shown}"
     if style == "detail":
         return json_response({"detail": text}, 429, headers)
     return json_response({"success": False, "error": "rate_limit_exceeded", "msg": text}, 429, headers)
@@ -155,23 +175,15 @@ async def _api_request(request: web.Request, handler: Handler, market: Market, s
     if (key is not None and caller is None) or (caller is None and endpoint not in _ANONYMOUS_OK):
         return json_response(AUTH_ERROR, 401)
     request[_CALLER] = caller
-    identity = key or (request.remote or "anonymous")
     limits = faults.rate_limit
-    if limits.enabled:
-        interval = limits.per_endpoint.get(endpoint, limits.min_interval_s)
-        if interval > 0:
-            now = market.clock.now()
-            with state.lock:
-                last = state.last_call.get((identity, endpoint))
-                if last is None or now - last >= interval:
-                    state.last_call[(identity, endpoint)] = now
-                    last = None
-            if last is not None:
-                return _rate_limited(market, interval, interval - (now - last))
+    address = request.remote or "unknown"
+    refusal: Refusal | None = state.limiter.check(limits, endpoint, key, address)
+    if refusal is not None:
+        return _rate_limited(market, refusal.threshold)
     if limits.random_rate > 0 and market.draw() < limits.random_rate:
-        interval = limits.per_endpoint.get(endpoint, limits.min_interval_s)
-        return _rate_limited(market, interval, interval)
-    if faults.search_quota_per_day is not None and endpoint in _SEARCH_ENDPOINTS:
+        return _rate_limited(market, limits.interval(endpoint))
+    identity = key or address
+    if faults.search_quota_per_day is not None and endpoint in SEARCH_ENDPOINTS:
         day = int(market.clock.epoch() // 86_400)
         with state.lock:
             state.searches[(identity, day)] += 1
@@ -190,9 +202,15 @@ async def _api_request(request: web.Request, handler: Handler, market: Market, s
     return response
 
 
+CLIENT_GONE = 499  # no HTTP status says "the client hung up"; nginx's 499 is the usual stand-in (never sent)
+
+
 async def _guarded(handler: Handler, request: web.Request) -> web.StreamResponse:
     try:
         return await handler(request)
+    except ConnectionResetError:  # the client hung up mid-request: one line, not aiohttp's traceback
+        log.warning("client %s hung up during %s %s", request.remote, request.method, request.path)
+        return web.Response(status=CLIENT_GONE)
     except MarketError as exc:
         return _market_error(exc)
     except web.HTTPNotFound:
@@ -333,7 +351,7 @@ async def _instance_ssh(request: web.Request, market: Market) -> Any:
 
 
 async def _detach_ssh(request: web.Request, market: Market) -> Any:
-    caller, iid, kid = _caller(request), _int(request, "id"), _int(request, "key_id")
+    caller, iid, kid = _caller(request), _int(request, "id"), _int(request, "key")
     return await _call(request, lambda: market.detach_ssh(caller, iid, kid))
 
 
@@ -390,7 +408,8 @@ async def _admin_counters(request: web.Request, market: Market) -> Any:
         state.reset()
         return {"success": True}
     with state.lock:
-        return {"requests": dict(state.requests), "statuses": {k: dict(v) for k, v in state.statuses.items()}}
+        return {"requests": dict(state.requests), "statuses": {k: dict(v) for k, v in state.statuses.items()},
+                "rate_limited": dict(state.limiter.refused)}
 
 
 async def _admin_faults(request: web.Request, market: Market) -> Any:
@@ -398,9 +417,29 @@ async def _admin_faults(request: web.Request, market: Market) -> Any:
         patch = await _body(request)
         try:
             market.set_faults(market.faults.merged(patch))
-        except ValidationError as exc:
+        except ValueError as exc:  # pydantic's ValidationError included
             raise MarketError(400, {"success": False, "error": "invalid_args", "msg": str(exc)}) from None
     return market.faults.model_dump(mode="json")
+
+
+async def _admin_rate_limits(request: web.Request, market: Market) -> Any:
+    """``GET``: what is enforced (mode, every interval, penalty, search budget, inferred choices). ``PUT`` with
+    ``{"mode": "documented"|"off"|"x<scale>"}`` switches; ``{"reset": true}`` forgets past calls."""
+    state: _AppState = request.app[_STATE]  # type: ignore[assignment]
+    if request.method == "PUT":
+        body = await _body(request)
+        unknown = sorted(set(body) - {"mode", "reset"})
+        if unknown:
+            raise MarketError(400, {"success": False, "error": "invalid_args",
+                                    "msg": f"{unknown[0]}: unknown field; allowed: mode, reset"})
+        if "mode" in body:
+            try:
+                market.set_faults(market.faults.merged({"rate_limit": {"mode": body["mode"]}}))
+            except ValueError as exc:
+                raise MarketError(400, {"success": False, "error": "invalid_args", "msg": str(exc)}) from None
+        if body.get("reset"):
+            state.limiter.reset()
+    return market.faults.rate_limit.table()
 
 
 async def _admin_outbid(request: web.Request, market: Market) -> Any:
@@ -455,11 +494,12 @@ async def _admin_users(request: web.Request, market: Market) -> Any:
     return {"success": True, "id": user.user_id, "api_key": user.api_key, "credit": user.credit}
 
 
-def build_app(market: Market, *, admin_key: str | None = None, workers: int = 16) -> web.Application:
-    """The aiohttp application serving ``market``."""
+def build_app(market: Market, *, admin_key: str | None = None, workers: int = 16,
+              limiter: RateLimiter | None = None) -> web.Application:
+    """The aiohttp application serving ``market`` (``limiter``: a rate limiter with a test clock)."""
     app = web.Application(middlewares=[_wire_middleware], client_max_size=8 * 1024 * 1024)
     app[_MARKET] = market
-    state = _AppState(admin_key, workers)
+    state = _AppState(admin_key, workers, limiter or RateLimiter())
     app[_STATE] = state
 
     def add(method: str, path: str, fn: Callable[[web.Request, Market], Awaitable[Any]]) -> None:
@@ -482,7 +522,7 @@ def build_app(market: Market, *, admin_key: str | None = None, workers: int = 16
     add("PUT", f"{v0}/instances/recycle/{iid}/", _reboot)
     add("GET", f"{v0}/instances/{iid}/ssh/", _instance_ssh)
     add("POST", f"{v0}/instances/{iid}/ssh/", _instance_ssh)
-    add("DELETE", f"{v0}/instances/{iid}/ssh/{{key_id:\\d+}}/", _detach_ssh)
+    add("DELETE", f"{v0}/instances/{iid}/ssh/{{key:\\d+}}/", _detach_ssh)
     add("GET", f"{v0}/instances/{iid}/", _get_instance)
     add("PUT", f"{v0}/instances/{iid}/", _update_instance)
     add("DELETE", f"{v0}/instances/{iid}/", _destroy_instance)
@@ -504,6 +544,8 @@ def build_app(market: Market, *, admin_key: str | None = None, workers: int = 16
     add("DELETE", "/_emulator/counters/", _admin_counters)
     add("GET", "/_emulator/faults/", _admin_faults)
     add("PUT", "/_emulator/faults/", _admin_faults)
+    add("GET", "/_emulator/rate_limits/", _admin_rate_limits)
+    add("PUT", "/_emulator/rate_limits/", _admin_rate_limits)
     add("POST", f"/_emulator/instances/{iid}/outbid/", _admin_outbid)
     add("POST", f"/_emulator/instances/{iid}/fail/", _admin_fail)
     add("GET", "/_emulator/clock/", _admin_clock)

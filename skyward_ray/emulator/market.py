@@ -11,7 +11,11 @@ Rules and [inferred] choices (no source settles them; see vast-api.md section 12
 * a bid below ``min_bid`` creates the instance stopped and answers 400 ``invalid_price`` with ``new_contract``;
 * insufficient credit (less than one hour of the rental) answers 400 ``insufficient_credit``;
 * stop, start and label are idempotent; a second destroy answers 404 ``no_such_instance``;
-* overlay members get ``.1``, ``.2``, ... of the overlay's /24 in join order, shown first in ``local_ipaddrs``;
+* overlay members get ``.1``, ``.2``, ... of the overlay's /24 in join order; the address is on the instance's
+  ``eth0`` (host runtime), not in ``local_ipaddrs`` (host-side addresses only), unless the inferred fault switch
+  ``overlay_address_in_local_ipaddrs`` asks for the old behaviour;
+* documented bounds and answers (create input bounds, identity ports, 64 open ports, ``GET /ssh/`` 404) come from
+  :mod:`skyward_ray.emulator.documented`, where the inferred choices next to them are marked;
 * ``GET /clusters/`` is the host view (clusters the account owns): empty for the emulated renters;
 * the SSH proxy is not emulated: ``ssh_host``/``ssh_port`` name the direct endpoint;
 * [emulator only] a create request carrying an account API key (label, env, onstart, args) is counted in
@@ -34,6 +38,23 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from skyward_ray.emulator.clock import Clock
+from skyward_ray.emulator.documented import (
+    CREATE_ARGS_MAX,
+    CREATE_DISK_MIN,
+    CREATE_ENV_TOTAL_MAX,
+    CREATE_ENV_VALUE_MAX,
+    CREATE_IMAGE_MAX,
+    CREATE_LABEL_MAX,
+    CREATE_PRICE_MAX,
+    CREATE_PRICE_MIN,
+    IDENTITY_PORT_MIN,
+    LABEL_MAX,
+    MAX_OPEN_PORTS,
+    NO_SSH_KEYS_BODY,
+    NO_SSH_KEYS_STATUS,
+    OVERLAYS_UNAVAILABLE_BODY,
+    OVERLAYS_UNAVAILABLE_STATUS,
+)
 from skyward_ray.emulator.faults import FailureKind, FaultConfig
 from skyward_ray.emulator.records import AccountSshKey, Instance, LedgerEntry, Machine, Overlay, User
 from skyward_ray.emulator.rows import instance_row, list_page
@@ -52,9 +73,6 @@ from skyward_ray.emulator.search import (
 
 log = logging.getLogger(__name__)
 
-LABEL_MAX = 1024
-ONSTART_MAX = 4048
-MAX_PORTS = 64
 DRIFT_STEP_S = 60.0  # prices move in steps, so cached offer rows survive between steps
 OCI_MESSAGE = ("Error response from daemon: failed to create task for container: failed to create shim task: "
                "OCI runtime create failed: runc create failed: unable to start container process: error during "
@@ -80,6 +98,11 @@ def _error(status: int, error: str, msg: str, **extra: Any) -> MarketError:
 
 def _no_such_instance(instance_id: int) -> MarketError:
     return _error(404, "no_such_instance", f"Instance {instance_id} not found.")
+
+
+def _invalid_args(msg: str) -> MarketError:
+    """Vast's create-time 400 (create_instance.yaml: "error 400/3467: Invalid args: ...")."""
+    return _error(400, "invalid_args", f"error 400/3467: Invalid args: {msg}")
 
 
 def _no_such_ask(ask_id: int) -> MarketError:
@@ -117,16 +140,19 @@ class EnvRequest:
 
 
 def _port_key(spec: str) -> str:
-    """``8080:8080/udp`` -> ``8080/udp``: the container side of a ``-p`` request."""
+    """``8080:8080/udp`` -> ``8080/udp``: the container side of a ``-p`` request. A container port of 70000 or more is
+    an identity request (networking.mdx), kept as asked (``70000/tcp``) until the rental maps it."""
     spec = spec.strip()
     proto = "tcp"
     if "/" in spec:
         spec, proto = spec.rsplit("/", 1)
         proto = proto.lower()
     container = spec.rsplit(":", 1)[-1]
-    if proto not in ("tcp", "udp") or not container.isdigit() or not 1 <= int(container) <= 65535:
-        raise _error(400, "invalid_args", f"env: port request -p {spec!r} is not HOST:CONTAINER[/tcp|/udp] with ports "
-                                          "1-65535")
+    valid = proto in ("tcp", "udp") and container.isdigit() and (
+        1 <= int(container) <= 65535 or int(container) >= IDENTITY_PORT_MIN)
+    if not valid:
+        raise _invalid_args(f"env: port request -p {spec!r} is not HOST:CONTAINER[/tcp|/udp] with a container port "
+                            f"1-65535, or {IDENTITY_PORT_MIN} and up for an identity port")
     return f"{int(container)}/{proto}"
 
 
@@ -195,6 +221,73 @@ def _normalize_runtype(runtype: Any, has_args: bool) -> str:
         raise _error(400, "invalid_args", f"runtype: {runtype!r} is unknown; allowed tokens: "
                                           f"{', '.join(sorted(_RUNTYPE_TOKENS))}")
     return " ".join(t.replace("_direct", "_direc") for t in tokens)
+
+
+@dataclass
+class CreateFields:
+    """A create body's fields once checked against create_instance.yaml's ``x-input-validation``."""
+
+    image: str
+    disk: float
+    label: str | None
+    onstart: str | None
+    args: list[str] | None
+    bid: float | None
+
+
+def _check_create_body(body: dict[str, Any]) -> CreateFields:
+    image = body.get("image")
+    if not image and not body.get("template_hash_id") and not body.get("template_id"):
+        raise _invalid_args("image is required (or a template)")
+    if image is not None and (not isinstance(image, str) or len(image) > CREATE_IMAGE_MAX):
+        raise _invalid_args(f"image: must be a string of at most {CREATE_IMAGE_MAX} characters")
+    raw_disk = body.get("disk")
+    try:
+        disk = float(raw_disk if raw_disk is not None else 10.0)
+    except (TypeError, ValueError):
+        raise _invalid_args(f"disk: {raw_disk!r} is not a number of GB") from None
+    if not math.isfinite(disk) or disk < CREATE_DISK_MIN:
+        raise _invalid_args(f"disk: {disk:g} GB is below the minimum of {CREATE_DISK_MIN:g} GB")
+    label = body.get("label")
+    if label is not None and (not isinstance(label, str) or len(label) > CREATE_LABEL_MAX):
+        raise _invalid_args(f"label: must be a string of at most {CREATE_LABEL_MAX} characters")
+    onstart = body.get("onstart")
+    if onstart is not None and not isinstance(onstart, str):
+        raise _invalid_args("onstart: must be a string")
+    args = body.get("args")
+    if args is not None and (not isinstance(args, list) or not all(isinstance(a, str) for a in args)):
+        raise _invalid_args("args: must be a list of strings")
+    args_str = body.get("args_str")
+    if args_str is not None and not isinstance(args_str, str):
+        raise _invalid_args("args_str: must be a string")
+    combined = len(" ".join(args or [])) + len(args_str or "") + len(onstart or "")
+    if combined > CREATE_ARGS_MAX:
+        raise _invalid_args(f"args, args_str and onstart: {combined} characters together; at most {CREATE_ARGS_MAX}")
+    price_raw = body.get("price")
+    bid: float | None = None
+    if price_raw is not None:
+        try:
+            bid = float(price_raw)
+        except (TypeError, ValueError):
+            raise _error(400, "invalid_price", f"error 400/3467: Invalid args: price: {price_raw!r} is not a $/h "
+                                               "number") from None
+        if not CREATE_PRICE_MIN <= bid <= CREATE_PRICE_MAX:
+            raise _error(400, "invalid_price", f"error 400/3467: Invalid args: price: {bid:g} is outside the allowed "
+                                               f"{CREATE_PRICE_MIN:g}-{CREATE_PRICE_MAX:g} $/h")
+    return CreateFields(image=str(image) if image else "", disk=disk, label=label, onstart=onstart, args=args,
+                        bid=bid)
+
+
+def _check_env_bounds(env: EnvRequest) -> None:
+    """Each env value at most 256 characters, all of env (keys and values) at most 32768."""
+    total = 0
+    for key, value in env.pairs:
+        if len(value) > CREATE_ENV_VALUE_MAX:
+            raise _invalid_args(f"env: the value of {key[:64]!r} has {len(value)} characters; at most "
+                                f"{CREATE_ENV_VALUE_MAX}")
+        total += len(key) + len(value)
+    if total > CREATE_ENV_TOTAL_MAX:
+        raise _invalid_args(f"env: {total} characters in all; at most {CREATE_ENV_TOTAL_MAX}")
 
 
 class Market:
@@ -355,7 +448,7 @@ class Market:
             "CONTAINER_API_KEY": inst.api_key,
             "VAST_CONTAINERLABEL": f"C.{inst.instance_id}",
         }
-        for key, port in inst.port_map.items():
+        for key, port in [*inst.port_map.items(), *inst.identity_ports.items()]:
             number, proto = key.split("/")
             env[f"VAST_{proto.upper()}_PORT_{number}"] = str(port)
         env.update({k: v for k, v in inst.user_env.items() if k not in env})
@@ -409,7 +502,8 @@ class Market:
             inst.status_msg = None
             inst.running_since = self.clock.now()
             inst.public_ipaddr = public_ip
-            inst.ssh_host, inst.ssh_port = public_ip, inst.port_map.get("22/tcp")
+            inst.ssh_port = inst.port_map.get("22/tcp")
+            inst.ssh_host = public_ip if inst.ssh_port is not None else None
             for overlay_id, address, prefix in self._pending_joins_locked(inst):
                 late.append(lambda o=overlay_id, a=address, p=prefix: self.runtime.join_overlay(o, instance_id, a, p))
             for key in inst.authorized_keys[inst.keys_applied:]:
@@ -626,35 +720,12 @@ class Market:
 
     def _create_locked(self, user: User, ask_id: int, body: dict[str, Any],
                        actions: list[Callable[[], None]]) -> dict[str, Any]:
-        image = body.get("image")
-        if not image and not body.get("template_hash_id") and not body.get("template_id"):
-            raise _error(400, "invalid_args", "error 400/3467: Invalid args: image is required (or a template)")
-        try:
-            disk = float(body.get("disk") if body.get("disk") is not None else 10.0)
-        except (TypeError, ValueError):
-            raise _error(400, "invalid_args", f"disk: {body.get('disk')!r} is not a number of GB") from None
-        if disk <= 0:
-            raise _error(400, "invalid_args", f"disk: {disk} is not positive")
-        label = body.get("label")
-        if label is not None and (not isinstance(label, str) or len(label) > LABEL_MAX):
-            raise _error(400, "invalid_args", f"label: must be a string of at most {LABEL_MAX} characters")
-        onstart = body.get("onstart")
-        if onstart is not None and (not isinstance(onstart, str) or len(onstart) > ONSTART_MAX):
-            raise _error(400, "invalid_args", f"onstart: must be a string of at most {ONSTART_MAX} characters")
-        args = body.get("args")
-        if args is not None and (not isinstance(args, list) or not all(isinstance(a, str) for a in args)):
-            raise _error(400, "invalid_args", "args: must be a list of strings")
+        checked = _check_create_body(body)
+        image, disk, label, onstart, args, bid = (checked.image, checked.disk, checked.label, checked.onstart,
+                                                  checked.args, checked.bid)
         runtype = _normalize_runtype(body.get("runtype"), bool(args or body.get("args_str")))
-        price_raw = body.get("price")
-        bid: float | None = None
-        if price_raw is not None:
-            try:
-                bid = float(price_raw)
-            except (TypeError, ValueError):
-                raise _error(400, "invalid_price", f"price: {price_raw!r} is not a $/h number") from None
-            if not 0.001 <= bid <= 128:
-                raise _error(400, "invalid_price", f"price: {bid} is outside the allowed 0.001-128 $/h")
         env = parse_env(body.get("env"))
+        _check_env_bounds(env)
         self._guard_account_keys(env, label, onstart, args)
         machine_id, n = split_offer_id(int(ask_id))
         machine = self.machines.get(machine_id)
@@ -664,20 +735,22 @@ class Market:
         for name in env.overlays:
             overlay = self._overlay_by_name_locked(user, name)
             if overlay is None:
-                raise _error(400, "invalid_args", f"env: overlay {name!r} does not exist on this account")
+                raise _invalid_args(f"env: overlay {name!r} does not exist on this account")
             if overlay.cluster_id != machine.cluster_id:
-                raise _error(400, "invalid_args", f"env: overlay {name!r} is on cluster {overlay.cluster_id}; offer "
-                                                  f"{ask_id} is on machine {machine_id}, outside that cluster")
+                raise _invalid_args(f"env: overlay {name!r} is on cluster {overlay.cluster_id}; offer {ask_id} is on "
+                                    f"machine {machine_id}, outside that cluster")
             overlays.append(overlay)
-        ports = ["22/tcp"]
+        # networking.mdx: ssh runtypes open 22, jupyter 8080 too; "args" opens only what is asked for.
+        tokens = runtype.split()
+        ports = ["22/tcp"] if any(t.startswith(("ssh", "jupyter")) for t in tokens) else []
         if "jupyter" in runtype:
             ports.append("8080/tcp")
         ports += [p for p in env.ports if p not in ports]
-        if len(ports) > MAX_PORTS:
-            raise _error(400, "invalid_args", f"env: {len(ports)} ports requested; at most {MAX_PORTS} per instance")
+        if len(ports) > MAX_OPEN_PORTS:
+            raise _invalid_args(f"env: {len(ports)} open ports requested; at most {MAX_OPEN_PORTS} per instance")
         if len(ports) > machine.direct_port_count:
-            raise _error(400, "invalid_args", f"env: {len(ports)} ports requested; machine {machine_id} has "
-                                              f"{machine.direct_port_count} direct ports")
+            raise _invalid_args(f"env: {len(ports)} ports requested; machine {machine_id} has "
+                                f"{machine.direct_port_count} direct ports")
         if self._faults.offer_taken_rate > 0 and self.draw() < self._faults.offer_taken_rate:
             machine.free_gpus -= n
             machine.rival_holds.append((self.clock.now() + self._faults.rival_hold_s, n))
@@ -695,12 +768,13 @@ class Market:
         now = self.clock.now()
         instance_id = self._next_instance_id
         self._next_instance_id += 1 + int(self.draw() * 20)
-        port_map = {key: self._allocate_port_locked(machine) for key in ports}
+        port_map, identity_ports = self._map_ports_locked(machine, ports)
         inst = Instance(
             instance_id=instance_id, user_id=user.user_id, machine=machine, offer_id=int(ask_id), num_gpus=n,
             is_bid=bid is not None, bid=bid, dph_base=dph_base, disk=disk, storage_cost=machine.storage_cost,
             image=str(image or body.get("template_hash_id") or body.get("template_id")),
-            env_pairs=env.pairs, user_env=env.variables, port_map=port_map, label=label, onstart=onstart,
+            env_pairs=env.pairs, user_env=env.variables, port_map=port_map, identity_ports=identity_ports,
+            label=label, onstart=onstart,
             runtype=runtype, args=args, api_key=secrets.token_hex(32), created_at=now,
             hostname=env.hostname or f"C.{instance_id}",
             authorized_keys=[key.public_key for key in user.ssh_keys.values()],
@@ -708,7 +782,8 @@ class Market:
                            for key in user.ssh_keys.values()],
             loading_at=now + self.boot_delay_s * 0.2, ready_at=now + self.boot_delay_s,
         )
-        inst.ssh_host, inst.ssh_port = machine.public_ipaddr, port_map["22/tcp"]
+        inst.ssh_port = port_map.get("22/tcp")
+        inst.ssh_host = machine.public_ipaddr if inst.ssh_port is not None else None
         if self._faults.boot_failure_rate > 0 and self.draw() < self._faults.boot_failure_rate:
             kinds = [k for k in self._faults.host_failure_kinds if k is not FailureKind.OFFLINE] or \
                 [FailureKind.EXITED]
@@ -763,13 +838,34 @@ class Market:
         created = [r["new_contract"] for r in results if r.get("success") and "new_contract" in r]
         return {"success": len(created) == len(ids), "new_contracts": created, "results": results}
 
+    def _map_ports_locked(self, machine: Machine, ports: list[str]) -> tuple[dict[str, int], dict[str, int]]:
+        """(container port -> host port, identity request -> host port). An identity request (``70000/tcp``) gets a
+        random host port P mapped to the same P inside the container (networking.mdx, "Identity Ports")."""
+        port_map: dict[str, int] = {}
+        identity: dict[str, int] = {}
+        for key in ports:
+            number, proto = key.split("/")
+            if int(number) < IDENTITY_PORT_MIN:
+                port_map[key] = self._allocate_port_locked(machine)
+                continue
+            for _ in range(100):
+                host = self._allocate_port_locked(machine)
+                if f"{host}/{proto}" not in port_map and f"{host}/{proto}" not in ports:
+                    break
+                machine.used_ports.discard(host)
+            else:
+                raise _invalid_args(f"machine {machine.machine_id} has no free direct port for {key}")
+            port_map[f"{host}/{proto}"] = host
+            identity[key] = host
+        return port_map, identity
+
     def _allocate_port_locked(self, machine: Machine) -> int:
         for _ in range(1000):
             port = machine.direct_port_start + int(self.draw() * machine.direct_port_count)
             if port not in machine.used_ports:
                 machine.used_ports.add(port)
                 return port
-        raise _error(400, "invalid_args", f"machine {machine.machine_id} has no free direct port left")
+        raise _invalid_args(f"machine {machine.machine_id} has no free direct port left")
 
     def _owned_locked(self, caller: Caller, instance_id: int) -> Instance:
         inst = self.instances.get(instance_id)
@@ -778,7 +874,8 @@ class Market:
         return inst
 
     def _row_locked(self, inst: Instance) -> dict[str, Any]:
-        addresses = [self.overlays[o].members[inst.instance_id] for o in inst.overlay_ids if o in self.overlays]
+        addresses = [self.overlays[o].members[inst.instance_id] for o in inst.overlay_ids if o in self.overlays] \
+            if self._faults.overlay_address_in_local_ipaddrs else []
         return instance_row(inst, now=self.clock.now(), epoch_of=self.clock.epoch, overlay_addresses=addresses,
                             min_bid=round(inst.machine.bid_price * inst.num_gpus, 4))
 
@@ -831,7 +928,8 @@ class Market:
             raise _error(400, "invalid_args", f"state: {state!r} is unknown; allowed: running, stopped")
         label = body.get("label")
         if has_label and label is not None and (not isinstance(label, str) or len(label) > LABEL_MAX):
-            raise _error(400, "invalid_args", f"label: must be a string of at most {LABEL_MAX} characters")
+            raise _error(400, "invalid_args", f"label: must be a string of at most {LABEL_MAX} characters "
+                                              f"(label_instance)")
         self.tick()
         actions: list[Callable[[], None]] = []
         with self._lock:
@@ -1010,6 +1108,11 @@ class Market:
     # ------------------------------------------------------------------------------------------------------------
     # Overlays and clusters
 
+    def _require_overlays(self) -> None:
+        """The switch ``overlays_available: false``: answer as an account without overlay networks [inferred]."""
+        if not self._faults.overlays_available:
+            raise MarketError(OVERLAYS_UNAVAILABLE_STATUS, dict(OVERLAYS_UNAVAILABLE_BODY))
+
     def _overlay_by_name_locked(self, user: User, name: str) -> Overlay | None:
         return next((o for o in self.overlays.values() if o.user_id == user.user_id and o.name == name), None)
 
@@ -1028,6 +1131,7 @@ class Market:
 
     def list_overlays(self, caller: Caller) -> list[dict[str, Any]]:
         caller.require_account_key()
+        self._require_overlays()
         with self._lock:
             return [{"overlay_id": o.overlay_id, "name": o.name, "internal_subnet": o.internal_subnet,
                      "cluster_id": o.cluster_id, "instances": list(o.members)}
@@ -1035,6 +1139,7 @@ class Market:
 
     def create_overlay(self, caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
         caller.require_account_key()
+        self._require_overlays()
         name, cluster_raw = body.get("name"), body.get("cluster_id")
         if not isinstance(name, str) or not _OVERLAY_NAME.match(name):
             raise _error(400, "invalid_args", f"name: {name!r} must be 1-64 characters of lowercase a-z, 0-9 and -")
@@ -1057,6 +1162,7 @@ class Market:
     def join_overlay(self, caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
         """``PUT /overlay/``: only for an instance on a machine of the overlay's physical cluster."""
         caller.require_account_key()
+        self._require_overlays()
         name, raw_id = body.get("name"), body.get("instance_id")
         try:
             instance_id = int(raw_id)  # type: ignore[arg-type]
@@ -1083,6 +1189,7 @@ class Market:
     def delete_overlay(self, caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
         """``DELETE /overlay/`` by ``overlay_id`` or ``overlay_name``; members leave it (they are not destroyed)."""
         caller.require_account_key()
+        self._require_overlays()
         with self._lock:
             if body.get("overlay_id") is not None:
                 try:
@@ -1135,8 +1242,11 @@ class Market:
             }
 
     def list_ssh_keys(self, caller: Caller) -> list[dict[str, Any]]:
+        """``GET /ssh/``: the account's keys; 404 when it has none (show_ssh_keys.yaml)."""
         caller.require_account_key()
         with self._lock:
+            if not caller.user.ssh_keys:
+                raise MarketError(NO_SSH_KEYS_STATUS, dict(NO_SSH_KEYS_BODY))
             return [{"id": k.key_id, "user_id": k.user_id, "key": k.public_key,
                      "created_at": k.created_at, "deleted_at": None} for k in caller.user.ssh_keys.values()]
 

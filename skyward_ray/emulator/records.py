@@ -120,6 +120,7 @@ class Instance:
     api_key: str  # CONTAINER_API_KEY: may only stop or destroy this instance
     created_at: float  # emulated clock seconds
     hostname: str
+    identity_ports: dict[str, int] = field(default_factory=dict)  # "70000/tcp" -> host port P (mapped to P inside)
     authorized_keys: list[str] = field(default_factory=list)
     instance_keys: list[dict[str, Any]] = field(default_factory=list)  # keys attached with POST /instances/{id}/ssh/
     actual_status: str | None = None

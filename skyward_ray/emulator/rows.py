@@ -1,7 +1,9 @@
 """Instance rows as Vast sends them, and the v1 list's filters, order and cursor.
 
 [inferred] additions, marked because no source confirms them: ``cluster_id`` on instance rows (null outside
-physical clusters), and the overlay address first in ``local_ipaddrs`` (followed by the container's bridge address).
+physical clusters). ``local_ipaddrs`` holds host-side addresses only (the machine's LAN address and the docker
+bridge, as in show_instance.yaml's example); ``overlay_addresses`` go first only when the market's inferred switch
+asks for it.
 The SSH proxy gateway is not emulated: ``ssh_host``/``ssh_port`` name the same direct endpoint as
 ``public_ipaddr`` + ``ports["22/tcp"]`` (so a client falling back to the "proxy" still reaches the instance).
 """
@@ -13,6 +15,7 @@ import binascii
 import json
 from typing import Any
 
+from skyward_ray.emulator.documented import DOCKER_BRIDGE_ADDRESS, host_lan_address
 from skyward_ray.emulator.records import Instance
 from skyward_ray.emulator.search import LOGO, QueryError, compile_filters, driver_vers, sort_rows
 
@@ -39,7 +42,7 @@ def instance_row(inst: Instance, *, now: float, epoch_of: Any, overlay_addresses
     if running:
         ports = {key: [{"HostIp": "0.0.0.0", "HostPort": str(port)}] for key, port in inst.port_map.items()}
     uptime = (now - inst.running_since) / 60 if running and inst.running_since is not None else 0.0
-    local = " ".join([*overlay_addresses, f"172.17.0.{2 + inst.instance_id % 250}"]) + "\n"
+    local = " ".join([*overlay_addresses, host_lan_address(m.machine_id), DOCKER_BRIDGE_ADDRESS]) + " \n"
     frac = inst.num_gpus / m.num_gpus
     return {
         "id": inst.instance_id,

@@ -69,9 +69,13 @@ class HostRuntime(Protocol):
 
 
 class NoneRuntime:
-    """Instances are records only: nothing runs, every call succeeds at once."""
+    """Instances are records only: nothing runs, every call succeeds at once. ``eth0`` remembers the overlay address
+    each instance would carry on its ``eth0`` (as the netns runtime does), since no API field shows it."""
 
     name = "none"
+
+    def __init__(self) -> None:
+        self.eth0: dict[int, str] = {}  # instance id -> "10.0.1.2/24"
 
     @property
     def api_bind_host(self) -> str | None:
@@ -87,7 +91,7 @@ class NoneRuntime:
         return None
 
     def destroy(self, instance_id: int) -> None:
-        return None
+        self.eth0.pop(instance_id, None)
 
     def add_authorized_key(self, instance_id: int, public_key: str) -> None:
         return None
@@ -96,7 +100,7 @@ class NoneRuntime:
         return None
 
     def join_overlay(self, overlay_id: int, instance_id: int, address: str, prefix_len: int) -> None:
-        return None
+        self.eth0[instance_id] = f"{address}/{prefix_len}"
 
     def delete_overlay(self, overlay_id: int) -> None:
         return None

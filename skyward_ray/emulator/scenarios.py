@@ -188,7 +188,7 @@ def build_scenario(name: str, seed: int = 0) -> Scenario:
         gen.standalone(5000)
     if name == "chaos":
         faults = FaultConfig(
-            rate_limit=RateLimitConfig(enabled=True, min_interval_s=0.3, body="mixed"),
+            rate_limit=RateLimitConfig(enabled=True, body="mixed"),  # documented limits, every 429 body form
             error_5xx_rate=0.03,
             lost_response_rate=0.01,
             latency_ms=15,

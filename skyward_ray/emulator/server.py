@@ -7,6 +7,8 @@ market along its clock even when nobody calls.
         emu.market.clock.advance(60)
 
 The server owns the runtime it is given: ``stop()`` destroys every instance the runtime still holds and closes it.
+``rate_limits`` switches Vast's documented rate limits: ``"documented"``, ``"off"`` or ``"x<scale>"`` (every interval,
+the create penalty and the search window times the scale); None keeps the scenario's (or ``faults``') setting.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from aiohttp import web
 
 from skyward_ray.emulator.app import build_app
 from skyward_ray.emulator.clock import Clock
-from skyward_ray.emulator.faults import FaultConfig
+from skyward_ray.emulator.faults import FaultConfig, parse_rate_limits
 from skyward_ray.emulator.market import Market
 from skyward_ray.emulator.runtime import HostRuntime
 
@@ -39,13 +41,17 @@ class EmulatorServer:
                  boot_delay_s: float = 3.0, runtime: HostRuntime | None = None, host: str = "127.0.0.1",
                  port: int = 0, *, clock: Clock | None = None, faults: FaultConfig | None = None,
                  credit: float | None = None, admin_key: str | None = None, tick_interval_s: float = 0.05,
-                 start_timeout_s: float = 30.0) -> None:
+                 start_timeout_s: float = 30.0, rate_limits: str | None = None) -> None:
+        if rate_limits is not None:
+            parse_rate_limits(rate_limits)  # a ValueError naming the value, before anything is built
         if not 0 <= port <= 65535:
             raise ValueError(f"port: {port!r} is out of range; allowed: 0 (a free port) to 65535")
         if tick_interval_s <= 0:
             raise ValueError(f"tick_interval_s: {tick_interval_s!r} must be positive")
         self.market = Market(scenario, seed=seed, api_key=api_key, clock=clock, runtime=runtime,
                              boot_delay_s=boot_delay_s, faults=faults, credit=credit)
+        if rate_limits is not None:
+            self.market.set_faults(self.market.faults.merged({"rate_limit": {"mode": rate_limits}}))
         self.host = host
         self.port = port
         self.admin_key = admin_key
@@ -158,7 +164,8 @@ class EmulatorServer:
 
     def ready_line(self) -> dict[str, Any]:
         """What ``skyward-ray emulator serve`` prints once listening."""
-        return {"url": self.url, "api_key": self.api_key, "admin_url": self.admin_url}
+        return {"url": self.url, "api_key": self.api_key, "admin_url": self.admin_url,
+                "rate_limits": self.market.faults.rate_limit.mode}
 
 
 def _url_host(host: str) -> str:

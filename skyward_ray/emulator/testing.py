@@ -81,6 +81,7 @@ class RecordingRuntime(NoneRuntime):
     name = "recording"
 
     def __init__(self, fail_start: str | None = None) -> None:
+        super().__init__()
         self.calls: list[tuple[str, Any]] = []
         self.specs: list[InstanceSpec] = []
         self.fail_start = fail_start
@@ -108,6 +109,7 @@ class RecordingRuntime(NoneRuntime):
 
     def destroy(self, instance_id: int) -> None:
         self._record("destroy", instance_id)
+        super().destroy(instance_id)
 
     def add_authorized_key(self, instance_id: int, public_key: str) -> None:
         self._record("add_authorized_key", instance_id, public_key)
@@ -117,6 +119,7 @@ class RecordingRuntime(NoneRuntime):
 
     def join_overlay(self, overlay_id: int, instance_id: int, address: str, prefix_len: int) -> None:
         self._record("join_overlay", overlay_id, instance_id, address, prefix_len)
+        super().join_overlay(overlay_id, instance_id, address, prefix_len)
 
     def delete_overlay(self, overlay_id: int) -> None:
         self._record("delete_overlay", overlay_id)

@@ -1,5 +1,6 @@
 """``skyward-ray emulator serve`` as a process: one JSON line when ready, a working API, a clean exit on SIGTERM,
-and bad flags refused with a clear message and no traceback."""
+``--rate-limits`` shown in the ready line and the admin API, and bad flags refused with a clear message and no
+traceback."""
 
 from __future__ import annotations
 
@@ -14,16 +15,17 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from skyward_ray.emulator.faults import DEFAULT_RATE_LIMITS
+
 pytestmark = pytest.mark.emulator
 
 SERVE = [sys.executable, "-m", "skyward_ray.cli", "emulator", "serve"]
 
 
-@pytest.fixture
-def served() -> Iterator[tuple[subprocess.Popen[str], dict[str, str]]]:
+def serve(*flags: str) -> Iterator[tuple[subprocess.Popen[str], dict[str, str]]]:
     proc = subprocess.Popen([*SERVE, "--port", "0", "--seed", "5", "--scenario", "scarce", "--api-key",
-                             "test-key-123", "--boot-delay", "0.1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, text=True)
+                             "test-key-123", "--boot-delay", "0.1", *flags], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
     try:
         assert proc.stdout is not None
         selector = selectors.DefaultSelector()
@@ -43,10 +45,21 @@ def served() -> Iterator[tuple[subprocess.Popen[str], dict[str, str]]]:
             proc.wait(timeout=30)
 
 
+@pytest.fixture
+def served() -> Iterator[tuple[subprocess.Popen[str], dict[str, str]]]:
+    yield from serve()
+
+
+@pytest.fixture
+def served_scaled() -> Iterator[tuple[subprocess.Popen[str], dict[str, str]]]:
+    yield from serve("--rate-limits", "x0.5")
+
+
 def test_serve_prints_one_ready_line_serves_and_exits_on_sigterm(
         served: tuple[subprocess.Popen[str], dict[str, str]]) -> None:
     proc, ready = served
-    assert set(ready) == {"url", "api_key", "admin_url"} and ready["api_key"] == "test-key-123"
+    assert set(ready) == {"url", "api_key", "admin_url", "rate_limits"} and ready["api_key"] == "test-key-123"
+    assert ready["rate_limits"] == DEFAULT_RATE_LIMITS
     assert ready["url"].startswith("http://127.0.0.1:") and ready["admin_url"] == ready["url"] + "/_emulator"
     headers = {"Authorization": "Bearer test-key-123"}
     assert httpx.get(f"{ready['url']}/api/v0/users/current/", headers=headers).json()["credit"] == 50.0  # scarce
@@ -57,7 +70,26 @@ def test_serve_prints_one_ready_line_serves_and_exits_on_sigterm(
     assert proc.stderr is not None and "Traceback" not in proc.stderr.read()
 
 
+def test_serve_rate_limits_flag_scales_the_documented_limits(
+        served_scaled: tuple[subprocess.Popen[str], dict[str, str]]) -> None:
+    proc, ready = served_scaled
+    assert ready["rate_limits"] == "x0.5"
+    table = httpx.get(f"{ready['admin_url']}/rate_limits/").json()
+    assert table["mode"] == "x0.5" and table["intervals_s"]["PUT /api/v0/asks/{id}/"] == 2.25
+    assert table["create_penalty_s"] == 6.0 and table["search"]["window_s"] == 30.0
+    headers = {"Authorization": "Bearer test-key-123"}
+    statuses = [httpx.get(f"{ready['url']}/api/v0/instances/1/", headers=headers).status_code for _ in range(2)]
+    assert statuses == [200, 429]  # the second show inside its 1 s (2 s x 0.5)
+    switched = httpx.put(f"{ready['admin_url']}/rate_limits/", json={"mode": "off"}).json()
+    assert switched["mode"] == "off"
+    assert httpx.get(f"{ready['url']}/api/v0/instances/1/", headers=headers).status_code == 200
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+
+
 @pytest.mark.parametrize(("flags", "needle"), [
+    (["--rate-limits", "fast"], "'fast' is not allowed; allowed: documented | off | x<scale>"),
+    (["--rate-limits", "x0"], "allowed: documented | off | x<scale>"),
     (["--port", "70000"], "allowed: 0 (a free port) to 65535"),
     (["--port", "http"], "is not an integer"),
     (["--boot-delay", "-1"], "allowed: 0 to 3600 seconds"),

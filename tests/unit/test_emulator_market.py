@@ -183,8 +183,8 @@ def test_overlays(market: Market, me: Caller, runtime: RecordingRuntime) -> None
     second = rent(market, me, CLUSTER_M, 2)
     market.join_overlay(me, {"name": "ray-a", "instance_id": second})
     base = overlay["internal_subnet"].rsplit(".", 1)[0]
-    assert row(market, me, first)["local_ipaddrs"].split()[0] == f"{base}.1"
-    assert row(market, me, second)["local_ipaddrs"].split()[0] == f"{base}.2"
+    for iid in (first, second):  # host-side addresses only: the overlay address lives on eth0 in the instance
+        assert not any(a.startswith(base) for a in row(market, me, iid)["local_ipaddrs"].split())
     assert market.list_overlays(me)[0]["instances"] == [first, second]
     with pytest.raises(MarketError, match="not in cluster 700"):
         market.join_overlay(me, {"name": "ray-a", "instance_id": rent(market, me, OTHER_CLUSTER_M, 1)})
@@ -197,6 +197,9 @@ def test_overlays(market: Market, me: Caller, runtime: RecordingRuntime) -> None
     joins = [args for name, args in runtime.calls if name == "join_overlay"]
     assert (overlay["overlay_id"], first, f"{base}.1", 24) in joins
     assert (overlay["overlay_id"], second, f"{base}.2", 24) in joins
+    assert runtime.eth0 == {first: f"{base}.1/24", second: f"{base}.2/24"}
+    market.set_faults(market.faults.merged({"overlay_address_in_local_ipaddrs": True}))  # the old, inferred way
+    assert row(market, me, first)["local_ipaddrs"].split()[0] == f"{base}.1"
     market.delete_overlay(me, {"overlay_name": "ray-a"})
     assert market.list_overlays(me) == []
     assert row(market, me, first)["actual_status"] == "running"  # members are not destroyed
@@ -209,8 +212,10 @@ def test_env_string_and_dict_forms() -> None:
     as_dict = parse_env({"TZ": "UTC", "-p 8080:8080": "1", "-n ov-1": "1"})
     assert as_dict.variables == {"TZ": "UTC"} and as_dict.ports == ["8080/tcp"] and as_dict.overlays == ["ov-1"]
     assert as_dict.pairs == [["TZ", "UTC"], ["-p 8080:8080", "1"], ["-n ov-1", "1"]]
-    with pytest.raises(MarketError, match="port request"):
-        parse_env({"-p 99999:99999": "1"})
+    assert parse_env({"-p 70000:70000": "1"}).ports == ["70000/tcp"]  # an identity request
+    for bad in ("-p 65536:65536", "-p 69999:69999", "-p 0:0", "-p 80:80/sctp"):
+        with pytest.raises(MarketError, match="port request"):
+            parse_env({bad: "1"})
 
 
 def test_ledger_keeps_destroyed_instances(market: Market, me: Caller) -> None:
@@ -248,7 +253,14 @@ def test_clock_scale_and_advance() -> None:
 
 def test_fault_config_patches_validate() -> None:
     merged = FaultConfig().merged({"rate_limit": {"enabled": True}, "error_5xx_rate": 0.5})
-    assert merged.rate_limit.enabled and merged.rate_limit.min_interval_s == 1.0 and merged.error_5xx_rate == 0.5
+    assert merged.rate_limit.enabled and merged.rate_limit.min_interval_s is None and merged.error_5xx_rate == 0.5
+    assert merged.rate_limit.mode == "documented" and merged.rate_limit.interval("PUT /api/v0/asks/{id}/") == 4.5
+    scaled = merged.merged({"rate_limit": {"mode": "x0.1"}})
+    assert scaled.rate_limit.mode == "x0.1" and scaled.rate_limit.interval("GET /api/v0/instances/{id}/") == 0.2
+    assert scaled.rate_limit.penalty_s == 1.2 and scaled.rate_limit.search_window_s == 6.0
+    assert scaled.merged({"rate_limit": {"mode": "off"}}).rate_limit.enabled is False
+    with pytest.raises(ValueError, match=r"allowed: documented \| off \| x<scale>"):
+        FaultConfig().merged({"rate_limit": {"mode": "x-1"}})
     with pytest.raises(ValueError, match="error_5xx_rate"):
         FaultConfig().merged({"error_5xx_rate": 2})
     with pytest.raises(ValueError, match="nonsense"):
