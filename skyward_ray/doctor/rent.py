@@ -52,6 +52,7 @@ DOCTOR_DISK_GB = 10
 POLL_S = 1.0  # the pacer spaces GET /instances/{id}/ to Vast's 2 s anyway
 SELF_DESTROY_TIMEOUT_S = 60.0
 SWEEP_TIMEOUT_S = 180.0
+NO_PYTHON = "DOCTOR-NO-PYTHON"
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 # Keys of the provider section the doctor sets itself (the rest of the user's section is kept as ray up would use it).
 _OWN_KEYS = ("node_types", "ssh_public_key", "api_key_file", "_config_cache_path", "type", "module", "api_url",
@@ -401,15 +402,18 @@ class Rental:
         """Run :mod:`node_probe` on ``node`` with our runner; its JSON line, or {"error": ...}."""
         script = base64.b64encode(Path(node_probe.__file__).read_bytes()).decode()
         target = f"/tmp/skyward-doctor-probe-{secrets.token_hex(3)}.py"
-        command = (f'P=$(command -v python3 || command -v python) && echo {script} | base64 -d > {target} && '
-                   f'"$P" {target} {" ".join(args)}; rm -f {target}')
+        command = (f'P=$(command -v python3 || command -v python) || {{ echo {NO_PYTHON}; exit 0; }}; '
+                   f'echo {script} | base64 -d > {target} && "$P" {target} {" ".join(args)}; rm -f {target}')
         try:
             output = self.runner(node).run(command, with_output=True, timeout=15)
         except Exception as exc:  # the node's answer is the observation
             result: dict[str, Any] = {"error": " ".join(str(exc).split())[:300]}
         else:
             text = _ANSI.sub("", output.decode(errors="replace") if isinstance(output, bytes) else str(output))
-            result = {"error": "the probe printed no result (no python on the node?)"}
+            result = {"error": "the probe printed no result"}
+            if NO_PYTHON in text:
+                result = {"error": "the image has no python3 or python: ray up's setup runs Python on every node "
+                                   "(choose a docker_image with Python)"}
             for line in text.replace("\r", "\n").splitlines():
                 if line.startswith(node_probe.MARK):
                     with contextlib.suppress(ValueError):
