@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from skyward_ray.doctor.free import ClusterShape, FreeChecks, default_shape, find_default_config, key_source
-from skyward_ray.doctor.rent import Rental, RentSettings
+from skyward_ray.doctor.rent import DOCTOR_DISK_GB, MIN_DISK_GB, Rental, RentSettings
 from skyward_ray.doctor.report import EXIT_INTERRUPTED, Report, Status
 from skyward_ray.doctor.wire import WireLog
 from skyward_ray.errors import ConfigError
@@ -53,6 +53,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--yes", action="store_true", help="rent without asking")
     parser.add_argument("--max-dph", type=float, default=DEFAULT_MAX_DPH, metavar="USD",
                         help=f"highest $/h per rented instance (default {DEFAULT_MAX_DPH:.2f})")
+    parser.add_argument("--disk-gb", type=int, default=DOCTOR_DISK_GB, metavar="GB",
+                        help=f"disk of each rented instance (default {DOCTOR_DISK_GB}; a large docker_image may need "
+                        "more)")
     parser.add_argument("--json", action="store_true", help="print the whole report as JSON (no secrets)")
     parser.add_argument("--report", type=Path, metavar="FILE", help="write the JSON report to FILE")
     parser.add_argument("--ssh-key", metavar="PATH", help="private key for the rented node (default: the config's "
@@ -78,6 +81,8 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.ssh_key is not None and not Path(args.ssh_key).expanduser().is_file():
         raise ConfigError(f"--ssh-key: {args.ssh_key!r} is not allowed (no such file; use a private key such as "
                           "~/.ssh/id_ed25519)")
+    if args.disk_gb < MIN_DISK_GB:
+        raise ConfigError(f"--disk-gb: {args.disk_gb!r} is not allowed (use {MIN_DISK_GB} or more, Vast's minimum)")
     if not 1 <= args.limit <= 1000:
         raise ConfigError(f"--limit: {args.limit!r} is not allowed (use 1 to 1000)")
 
@@ -166,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
                         max_dph=args.max_dph, overlay=args.overlay, yes=args.yes,
                         loading_timeout_s=args.loading_timeout, ssh_timeout_s=args.ssh_timeout,
                         overlay_timeout_s=args.overlay_timeout, ssh_private_key=args.ssh_key,
-                        search_limit=args.limit, ask=_ask,
+                        search_limit=args.limit, ask=_ask, disk_gb=args.disk_gb,
                     )
                     Rental(report, client, wire, shape, result, settings).run()
     except KeyboardInterrupt:

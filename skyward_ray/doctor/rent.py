@@ -48,7 +48,8 @@ from skyward_ray.vast.client import GET_INSTANCE, LIST_INSTANCES, VastClient
 from skyward_ray.vast.errors import VastError
 from skyward_ray.vast.models import Instance, NodeState
 
-DOCTOR_DISK_GB = 10
+DOCTOR_DISK_GB = 10  # small and cheap; Vast's documented minimum is 8
+MIN_DISK_GB = 8
 POLL_S = 1.0  # the pacer spaces GET /instances/{id}/ to Vast's 2 s anyway
 SELF_DESTROY_TIMEOUT_S = 60.0
 SWEEP_TIMEOUT_S = 180.0
@@ -75,6 +76,7 @@ class RentSettings:
     ssh_private_key: str | None
     search_limit: int
     ask: Callable[[str], bool]
+    disk_gb: int = DOCTOR_DISK_GB
 
 
 @dataclass
@@ -145,8 +147,8 @@ class Rental:
         if price is None:
             return
         question = (f"Rent {self.count} x {self.shape.head.accelerator} ({self.shape.head.gpus} GPU, on-demand, "
-                    f"verified, {DOCTOR_DISK_GB} GB disk) at most ${self.settings.max_dph:.2f}/h each (cheapest now "
-                    f"${price:.4f}/h), destroyed when the checks end?")
+                    f"verified, {self.settings.disk_gb} GB disk) at most ${self.settings.max_dph:.2f}/h each "
+                    f"(cheapest now ${price:.4f}/h), destroyed when the checks end?")
         if not self.settings.yes and not self.settings.ask(question):
             self.report.add(self.prefix + "asked", "a yes", "not confirmed: nothing rented", Status.SKIP)
             return
@@ -180,7 +182,7 @@ class Rental:
 
     def options(self, capped: bool) -> Any:
         cap = self.settings.max_dph * self.count if capped else None
-        updates: dict[str, Any] = {"disk_gb": DOCTOR_DISK_GB, "verified_only": True,
+        updates: dict[str, Any] = {"disk_gb": self.settings.disk_gb, "verified_only": True,
                                    "use_overlay": self.settings.overlay, "max_hourly_cost": cap}
         return self.shape.options.model_copy(update=updates)
 
@@ -229,7 +231,7 @@ class Rental:
         head = self.shape.head.model_dump(mode="json")
         head["allocation"] = "on-demand"
         section.update(
-            type="external", module=PROVIDER_MODULE, api_url=self.client.base_url, disk_gb=DOCTOR_DISK_GB,
+            type="external", module=PROVIDER_MODULE, api_url=self.client.base_url, disk_gb=self.settings.disk_gb,
             verified_only=True, use_overlay=self.settings.overlay,
             max_hourly_cost=float(self.settings.max_dph * self.count),
             # The doctor judges the phases itself; the provider must not end a slow node first.
@@ -269,7 +271,7 @@ class Rental:
                 body = create.sent if create else {}
                 shown = {k: body.get(k) for k in ("image", "disk", "runtype", "price", "label")} if body else {}
                 env_keys = sorted((body or {}).get("env", {}))
-                self.report.add(check, f"instance rented with ray up's create body, {DOCTOR_DISK_GB} GB disk, a "
+                self.report.add(check, f"instance rented with ray up's create body, {self.settings.disk_gb} GB disk, a "
                                 "doctor label", f"instance {node_id} accepted (create answered in "
                                 f"{node.create_seconds or 0:.2f} s; launch took {accepted - requested:.1f} s); "
                                 f"body {shown}, env keys {env_keys}", Status.OK, seconds=accepted - requested,
@@ -449,10 +451,12 @@ class Rental:
             self.report.add("overlay: listed", "the overlay with its subnet", "not listed", Status.FAIL)
             return
         members = set(overlay.instances)
+        appeared = self._overlay_appeared_s()
+        took = f", listed with its subnet {appeared:.1f} s after its creation" if appeared is not None else ""
         self.report.add("overlay: listed", "the overlay on one physical cluster with both instances",
                         f"{overlay.name} on cluster {overlay.cluster_id}, subnet {overlay.internal_subnet}, members "
-                        f"{sorted(members)}", Status.OK if ids <= members else Status.WARN,
-                        subnet=overlay.internal_subnet, cluster_id=overlay.cluster_id)
+                        f"{sorted(members)}{took}", Status.OK if ids <= members else Status.WARN,
+                        seconds=appeared, subnet=overlay.internal_subnet, cluster_id=overlay.cluster_id)
         network = ipaddress.ip_network(overlay.internal_subnet, strict=False)
         addresses: dict[str, str] = {}
         for node in self.nodes:
@@ -482,6 +486,19 @@ class Rental:
         self.report.add("overlay: address in the API", "not documented (read on the node, on eth0)",
                         "; ".join(shown) if shown else "no field shows it (as documented; ray up reads it on the node)",
                         Status.INFO, fields=shown)
+
+    def _overlay_appeared_s(self) -> float | None:
+        """From ``POST /overlay/`` to the answer of the last overlay list before the head's rental (the provider
+        rents the head as soon as a list shows the overlay with its subnet)."""
+        exchanges = self.wire.snapshot()
+        created = next((e for e in exchanges if e.method == "POST" and e.path == "/api/v0/overlay/"), None)
+        if created is None:
+            return None
+        rented = next((e for e in exchanges if e.at > created.at and e.method == "PUT"
+                       and e.path.startswith("/api/v0/asks/")), None)
+        lists = [e for e in exchanges if e.method == "GET" and e.path == "/api/v0/overlay/" and e.at > created.at
+                 and (rented is None or e.at < rented.at)]
+        return lists[-1].at + lists[-1].seconds - created.at if lists else None
 
     # --- the instance key ------------------------------------------------------------------------------------------
 

@@ -85,6 +85,7 @@ def test_overlay_checks_two_nodes_reaching_each_other_on_eth0(emulator: Emulator
     assert code == 0, output
     bad = [row for row in report["rows"] if row["ok"] not in ("ok", "info")]
     assert not bad, bad
+    assert "listed with its subnet" in found["overlay: listed"]["observed"]
     assert "eth0" in found["overlay: joined (head)"]["observed"]
     assert "eth0" in found["overlay: joined (worker)"]["observed"]
     assert found["overlay: head -> worker"]["observed"] == "answers"

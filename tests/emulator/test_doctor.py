@@ -256,6 +256,7 @@ def test_the_report_holds_no_secret(emu: EmulatorServer, tmp_path: Path, monkeyp
     (["--config", "missing.yaml"], "--config: 'missing.yaml' is not allowed (no such file"),
     (["--rent", "--yes", "--max-dph", "0.01"], "--max-dph 0.01 is below every verified on-demand"),
     (["--max-dph", "0"], "--max-dph: 0.0 is not allowed"),
+    (["--rent", "--disk-gb", "4"], "--disk-gb: 4 is not allowed"),
 ])
 def test_bad_input_is_one_line_and_rents_nothing(emu: EmulatorServer, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
