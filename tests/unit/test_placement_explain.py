@@ -9,6 +9,7 @@ from test_placement_market import machine, offer
 
 from skyward_ray.errors import SkywardError
 from skyward_ray.placement import NoPlacementError, PlacementOptions, PlacementRequest, explain, plan
+from skyward_ray.placement.explain import Style
 from skyward_ray.vast.models import Offer
 
 ONE = PlacementRequest.single("RTX 4090")
@@ -163,3 +164,12 @@ def test_offers_seen_in_several_searches_are_counted_once() -> None:
     explanation = explain(ONE, PlacementOptions(geolocation="EU"), from_both_searches)
     assert explanation.stage == "verified_only"
     assert explanation.reason == "1 offer of RTX 4090 matches geolocation in EU, but none is on a verified host"
+
+
+@pytest.mark.parametrize(("request_", "options", "offers"), [case[1:4] for case in CASES], ids=[c[0] for c in CASES])
+def test_no_explanation_suggests_going_without_the_overlay(request_: PlacementRequest, options: dict[str, Any],
+                                                           offers: list[Offer]) -> None:
+    """Workers behind Vast's NAT cannot reach the head without the overlay: never a way out of a placement."""
+    explanation = explain(request_, PlacementOptions(**options), offers)
+    for style in Style:
+        assert "overlay: false" not in explanation.render(style) and "--no-overlay" not in explanation.render(style)
