@@ -16,6 +16,12 @@ What they do, on every node, in one shell line each (Ray runs every list entry i
 Workers also start the dead-man switch (:mod:`skyward_ray.provider.deadman`): a worker that cannot reach its head
 for ``instance_timeout`` seconds destroys its own instance with its instance-scoped key.
 
+The head's Ray starts with gRPC's fork support off (``GRPC_ENABLE_FORK_SUPPORT=0``). Its Ray Client server forks a
+server process per client (``subprocess`` with a ``preexec_fn``, so a real ``fork``); with fork support on, gRPC's
+fork handlers run in that child, which then sometimes dies before it can exec ("epoll_wait error: Bad file
+descriptor"), and the client sees "Starting Ray client server failed" after about 40 s of the proxy's waiting. The
+child only execs a new Python, so it needs none of gRPC's fork handling.
+
 Resources are not repeated here: Ray's updater passes them in ``RAY_OVERRIDE_RESOURCES``.
 """
 
@@ -33,10 +39,11 @@ _OVERLAY_ENV = (
 _NODE_IP_FLAG = "${SKYWARD_NODE_IP:+--node-ip-address=$SKYWARD_NODE_IP}"
 _STOP_RAY = "ray stop >/dev/null 2>&1"
 _FILE_LIMIT = "ulimit -n 65536 2>/dev/null"
+_NO_GRPC_FORK_HANDLERS = "GRPC_ENABLE_FORK_SUPPORT=0"  # see the module docstring (the Ray Client server's fork)
 
 HEAD_START_RAY_COMMANDS: tuple[str, ...] = (
     f"{_STOP_RAY}; {_OVERLAY_ENV}; {_FILE_LIMIT}; "
-    f"ray start --head --port={GCS_PORT} --autoscaling-config=~/ray_bootstrap_config.yaml "
+    f"{_NO_GRPC_FORK_HANDLERS} ray start --head --port={GCS_PORT} --autoscaling-config=~/ray_bootstrap_config.yaml "
     f"--disable-usage-stats {_NODE_IP_FLAG}",
 )
 
