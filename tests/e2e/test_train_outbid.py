@@ -138,9 +138,9 @@ def test_uninterrupted_reference_run(mod: Module) -> None:
     print(f"\nuninterrupted: {run.done['train_s']:.1f} s for {STEPS} steps")
 
 
-def _interrupted(mod: Module, name: str, outbids: int) -> TrainRun:
+def _interrupted(mod: Module, name: str, outbids: int, past_checkpoint: list[int]) -> TrainRun:
     assert mod.reference is not None, "needs the reference run"
-    run = train(mod.tc, name, outbids=outbids, steps=STEPS, checkpoint_every=K)
+    run = train(mod.tc, name, outbids=outbids, steps=STEPS, checkpoint_every=K, past_checkpoint=past_checkpoint)
     mod.remember_pids()
     check_run(mod, run)
     check_replacements(mod, run)
@@ -152,11 +152,12 @@ def _interrupted(mod: Module, name: str, outbids: int) -> TrainRun:
 
 
 def test_one_outbid_restores_from_the_latest_checkpoint(mod: Module) -> None:
-    _interrupted(mod, "one-outbid", 1)
+    _interrupted(mod, "one-outbid", 1, past_checkpoint=[2])
 
 
 def test_two_outbids_of_different_workers(mod: Module) -> None:
-    run = _interrupted(mod, "two-outbids", 2)
+    # The second outbid comes late in its interval: nearly K steps are lost, never more.
+    run = _interrupted(mod, "two-outbids", 2, past_checkpoint=[2, K - 3])
     first, second = (o["instance"] for o in run.outbids)
     assert first != second, "two different workers"
 

@@ -19,7 +19,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -220,9 +220,12 @@ def _next(job: BackgroundRun, run: TrainRun, deadline: float, what: str) -> dict
 
 
 def train(tc: TrainCluster, name: str, *, outbids: int = 0, steps: int = 40, checkpoint_every: int = 10,
-          step_seconds: float = 0.5, past_checkpoint: int = 2, timeout_s: float = 900) -> TrainRun:
+          step_seconds: float = 0.5, past_checkpoint: int | Sequence[int] = 2, timeout_s: float = 900) -> TrainRun:
     """Submit the example and outbid ``outbids`` different workers (each an original worker of the run, one per
-    attempt), each once its attempt is ``past_checkpoint`` steps past that attempt's first new checkpoint."""
+    attempt), each once its attempt is ``past_checkpoint`` steps (one number, or one per outbid) past that attempt's
+    first new checkpoint."""
+    pasts = [past_checkpoint] * outbids if isinstance(past_checkpoint, int) else list(past_checkpoint)
+    assert len(pasts) == outbids, (pasts, outbids)
     # ray submit pastes its arguments into a shell command line unquoted: quote each (the URI has a '&').
     args = ["--json", "--storage", shlex.quote(tc.storage()), "--name", name, "--steps", str(steps),
             "--checkpoint-every", str(checkpoint_every), "--step-seconds", str(step_seconds), "--workers", str(WORKERS)]
@@ -242,7 +245,7 @@ def train(tc: TrainCluster, name: str, *, outbids: int = 0, steps: int = 40, che
                 continue
             start = min(b["start"] for b in begins.values())
             first_new_checkpoint = (start // checkpoint_every + 1) * checkpoint_every
-            if event["step"] < first_new_checkpoint + past_checkpoint:
+            if event["step"] < first_new_checkpoint + pasts[len(run.outbids)]:
                 continue
             originals = [b["instance"] for _, b in sorted(run.begins(0).items())]
             victim = int(originals[-1 - len(run.outbids)])  # rank 1's node first, then rank 0's
