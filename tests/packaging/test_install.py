@@ -1,0 +1,116 @@
+"""The package as users install it: ``pip install .`` and ``pip install -e .`` into clean virtual environments, with the
+metadata from setup.cfg (extras, entry point, package data) intact and no deprecation warning from our configuration.
+
+Installs use ``--no-deps`` (Ray and friends are not what is under test, and that keeps this fast) and a local
+wheelhouse for the build requirements (setuptools, wheel): it is filled once from the package index, after which the
+test runs offline. The source is a copy of the tracked files, so builds leave nothing in the working tree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BUILD_REQUIREMENTS = ("setuptools>=69", "wheel")
+PROBE = r"""
+import importlib.metadata as md, importlib.util, json, os, sys
+dist = md.distribution("skyward-ray")
+spec = importlib.util.find_spec("skyward_ray")  # finds the package without importing it (its dependencies are absent)
+package = list(spec.submodule_search_locations)[0]
+print(json.dumps({
+    "version": dist.version,
+    "extras": dist.metadata.get_all("Provides-Extra"),
+    "requires": dist.requires,
+    "license": dist.metadata["License"],
+    "python": dist.metadata["Requires-Python"],
+    "scripts": [[ep.name, ep.value] for ep in dist.entry_points if ep.group == "console_scripts"],
+    "script_file": os.path.exists(os.path.join(os.path.dirname(sys.executable), "skyward-ray")),
+    "netns_init": os.path.exists(os.path.join(package, "emulator", "netns_init.sh")),
+    "package": package,
+}))
+"""
+
+
+def _run(*argv: str | Path, cwd: Path | None = None, timeout: float = 300) -> str:
+    result = subprocess.run([str(a) for a in argv], capture_output=True, text=True, cwd=cwd, timeout=timeout,
+                            env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PYTHONWARNINGS": "always"})
+    assert result.returncode == 0, f"{argv}: {result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def wheelhouse() -> Path:
+    """setuptools and wheel as wheel files: fetched once, then every build here is offline (``--no-index``)."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "skyward-ray" / "build-wheels"
+    if not any(cache.glob("setuptools-*.whl")) or not any(cache.glob("wheel-*.whl")):
+        cache.mkdir(parents=True, exist_ok=True)
+        _run(sys.executable, "-m", "pip", "download", "--only-binary", ":all:", "--dest", cache, *BUILD_REQUIREMENTS)
+    return cache
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of what a build reads: the two configuration files, the README and the tracked package files."""
+    tree = tmp_path_factory.mktemp("source")
+    listed = _run("git", "-C", REPO, "ls-files", "skyward_ray").split()
+    for name in ("pyproject.toml", "setup.cfg", "README.md", *listed):
+        target = tree / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, target)
+    return tree
+
+
+def _install(tmp_path: Path, wheelhouse: Path, *target: str | Path) -> tuple[dict[str, object], str]:
+    venv = tmp_path / "venv"
+    _run(sys.executable, "-m", "venv", venv)
+    python = venv / "bin" / "python"
+    log = _run(python, "-m", "pip", "install", "-v", "--no-deps", "--no-index", "--find-links", wheelhouse, *target)
+    # -I: isolated, so neither the current directory nor PYTHONPATH can put the repo's own package in its place
+    return json.loads(_run(python, "-I", "-c", PROBE, cwd=tmp_path).strip().splitlines()[-1]), log
+
+
+def _check(found: dict[str, object], log: str) -> None:
+    assert found["version"] == "0.1.0" and found["python"] == ">=3.11" and found["license"] == "Apache-2.0"
+    assert found["extras"] == ["test", "torch", "examples"]
+    requires = found["requires"]
+    assert isinstance(requires, list)
+    for needed in ('ray[default]==2.60.*', 'click>=8', 'vastai==1.9.1; extra == "test"',
+                   'torch==2.13.0; extra == "torch"', 'transformers; extra == "examples"'):
+        assert needed in requires, requires
+    assert found["scripts"] == [["skyward-ray", "skyward_ray.cli:main"]] and found["script_file"]
+    assert found["netns_init"], "package data (the namespace init script) is installed"
+    ours = [line for line in log.splitlines() if "deprecat" in line.lower() and "pip" not in line.lower()]
+    assert not ours, ours
+
+
+def test_pip_install(tmp_path: Path, wheelhouse: Path, source: Path) -> None:
+    found, log = _install(tmp_path, wheelhouse, source)
+    _check(found, log)
+    assert "site-packages" in str(found["package"])
+
+
+def test_pip_install_editable(tmp_path: Path, wheelhouse: Path, source: Path) -> None:
+    found, log = _install(tmp_path, wheelhouse, "-e", source)
+    _check(found, log)
+    assert Path(str(found["package"])) == source / "skyward_ray", "the editable install points at the source"
+
+
+def test_each_fact_lives_in_one_file() -> None:
+    """pyproject.toml: the build system and the tools; setup.cfg: the package. Nothing in both."""
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert set(pyproject) == {"build-system", "tool"}
+    assert "setuptools" not in pyproject["tool"], "setuptools options belong in setup.cfg"
+    import configparser
+
+    setup = configparser.ConfigParser()
+    setup.read(REPO / "setup.cfg")
+    assert {"metadata", "options", "options.extras_require", "options.entry_points"} <= set(setup.sections())
+    assert not any(section.startswith("tool:") for section in setup.sections()), "tool settings live in pyproject"
