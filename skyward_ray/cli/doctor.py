@@ -36,6 +36,10 @@ from skyward_ray.vast.errors import CredentialsError
 
 DEFAULT_MAX_DPH = 0.50
 DEFAULT_SEARCH = min(64, DEFAULT_SEARCH_LIMIT)
+# Vast documents no limit for the unpaged GET /api/v0/instances/, so the client does not pace it; the doctor lists it
+# and then the provider's first refresh lists it again at once. The paged list it replaced allows one call per second:
+# keep that pace, so the doctor's own calls never draw a 429 from a server that limits both alike.
+UNPAGED_LIST_PACE = {"GET /api/v0/instances/": 1.0}
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -151,7 +155,8 @@ def run(args: argparse.Namespace) -> int:
     base_url = shape.provider.api_url if shape.provider is not None else None
     try:
         with _sigterm_interrupts(), VastClient(api_key=api_key, base_url=base_url, transport=wire,
-                                               retry_deadline_s=args.api_deadline) as client:
+                                               retry_deadline_s=args.api_deadline,
+                                               min_interval_s=UNPAGED_LIST_PACE) as client:
             report.meta["api_url"] = client.base_url
             free = FreeChecks(report, client, wire, shape, search_limit=args.limit,
                               ssh_public_key=_public_key(shape, args.ssh_key), key_from=source or "the key files")
