@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
     parser.add_argument("--config", type=Path, help="cluster YAML (default: the first cluster_configs/vast*.yaml "
-                        "here, else a 1 x RTX 4090 on-demand request)")
+                        "here, else a 1 x RTX 4090 request, spot if available)")
     parser.add_argument("--rent", action="store_true", help="also rent one cheap on-demand instance and check it")
     parser.add_argument("--overlay", action="store_true",
                         help="rent two instances on one physical cluster with an overlay and check they reach "
