@@ -55,6 +55,9 @@ DOCUMENTED_INTERVALS_S: Mapping[str, float] = MappingProxyType(
         "DELETE /api/v0/instances/{id}/ssh/{key}/": 2.0,
     }
 )
+# Not in Vast's table, paced anyway [inferred]: the legacy unpaged instance list (the provider's refresh) as the v1
+# list it predates, one call per second (the emulator infers the same).
+INFERRED_INTERVALS_S: Mapping[str, float] = MappingProxyType({"GET /api/v0/instances/": 1.0})
 # How long an endpoint stays closed after Vast refused a call of it for coming too early (see the module docstring).
 DOCUMENTED_PENALTIES_S: Mapping[str, float] = MappingProxyType({CREATE_KEY: 12.0})
 
@@ -97,7 +100,9 @@ def resolve_rate_scale(value: float | None = None) -> float:
 class PaceLimits:
     """The table a client paces by. Keys are ``"METHOD /template"`` endpoint strings."""
 
-    intervals: Mapping[str, float] = field(default_factory=lambda: dict(DOCUMENTED_INTERVALS_S))
+    intervals: Mapping[str, float] = field(
+        default_factory=lambda: {**DOCUMENTED_INTERVALS_S, **INFERRED_INTERVALS_S}
+    )
     penalties: Mapping[str, float] = field(default_factory=lambda: dict(DOCUMENTED_PENALTIES_S))
     windows: Mapping[str, Window] = field(default_factory=lambda: dict(DOCUMENTED_WINDOWS))
     floor_s: float = 0.0  # minimum interval of every endpoint, documented or not
