@@ -205,9 +205,10 @@ class ComputePool:
             with _no_sigterm_notice():
                 ray.init(**kwargs)
             return True
-        # Ray Client: the head's proxier forks a server process per client, and that process intermittently dies in
-        # gRPC's fork handling ("Starting Ray client server failed", ray-project/ray#63202, seen here on a loaded
-        # 2-core machine). A new attempt gets a new server process.
+        # Ray Client: the head's proxier forks a server process per client. With gRPC's fork support on, that child
+        # could die in gRPC's fork handlers ("Starting Ray client server failed"); our heads start Ray with it off
+        # (skyward_ray/provider/start_commands.py). A head started otherwise may still do it, and a new attempt gets
+        # a new server process: the retry stays as a safety net, and says so when it happens.
         for attempt in range(1, CLIENT_CONNECT_ATTEMPTS + 1):
             try:
                 with _no_sigterm_notice():
