@@ -357,7 +357,7 @@ def run_demo(args: argparse.Namespace) -> int:
     config = str(EMULATOR_CONFIG)
     stop_watch = threading.Event()
     cluster_up = False
-    failed = False
+    failed = interrupted = False
     previous_term = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         with run.step("start the Vast emulator (netns hosts, default market)"):
@@ -383,6 +383,7 @@ def run_demo(args: argparse.Namespace) -> int:
             run.job_report = json.loads(reports[-1])
     except (SkywardError, KeyboardInterrupt) as exc:
         failed = True
+        interrupted = isinstance(exc, KeyboardInterrupt)
         run.error = str(exc) or "interrupted"
         print(f"\n!! {run.error}", file=sys.stderr, flush=True)
     finally:
@@ -407,6 +408,8 @@ def run_demo(args: argparse.Namespace) -> int:
                                        "removes namespaces and links)")
         signal.signal(signal.SIGTERM, previous_term)
         _summary(run)
+    if interrupted:
+        raise KeyboardInterrupt  # after the cleanup: the console prints one line and exits 130
     ok = not failed and all(step.ok for step in run.steps) and not run.leftovers
     return 0 if ok and run.job_report and run.job_report.get("sum_ok") else 1
 
