@@ -38,7 +38,7 @@ import yaml
 
 from skyward_ray.errors import ConfigError
 from skyward_ray.placement.options import Allocation
-from skyward_ray.provider.config import HEAD_KIND, WORKER_KIND
+from skyward_ray.provider.config import HEAD_KIND, WORKER_KIND, VastNodeConfig
 
 # Where ``ray up`` leaves the cluster config on the head (its autoscaler reads the same file).
 HEAD_CLUSTER_CONFIG = Path("~/ray_bootstrap_config.yaml")
@@ -61,10 +61,10 @@ def allocations(cluster_config: dict[str, Any]) -> dict[str, Allocation]:
         if kind == WORKER_KIND and node_type.get("max_workers", 1) == 0:
             continue  # a worker type that never rents cannot be outbid
         raw = (node_type.get("node_config") or {}).get("allocation")
-        if raw is None:
-            found[name] = Allocation.ON_DEMAND if kind == HEAD_KIND else Allocation.SPOT_IF_AVAILABLE
-        else:
-            found[name] = Allocation.parse(raw, field=f"available_node_types.{name}.node_config.allocation")
+        explicit = None if raw is None else Allocation.parse(
+            raw, field=f"available_node_types.{name}.node_config.allocation")
+        # The provider's own rule for a missing allocation; only that field is read, so nothing else is validated.
+        found[name] = VastNodeConfig.model_construct(allocation=explicit).allocation_for(kind)
     return found
 
 
