@@ -317,7 +317,21 @@ class VastSSHCommandRunner(SSHCommandRunner):
         # Ray passes auth.ssh_private_key as the override for initialization_commands; that is our key already,
         # and the fresh SSHOptions it would build has no Port. Keep ours.
         kwargs["ssh_options_override_ssh_key"] = ""
+        if cmd is None and kwargs.get("port_forward"):
+            return self._forward_only(**kwargs)
         return super().run(cmd, **kwargs)
+
+    def _forward_only(self, **kwargs: Any) -> Any:
+        """``ray dashboard``: a port forward and no command. Outside Ray's shared SSH connection, so the forward
+        ends with the command: on the shared one (ControlPersist) it would outlive Ctrl-C in a background ssh."""
+        saved = dict(self.ssh_options.arg_dict)
+        self.ssh_options.arg_dict.update(ControlMaster="no", ControlPath="none")
+        self.ssh_options.arg_dict.pop("ControlPersist", None)
+        try:
+            return super().run(None, **kwargs)
+        finally:
+            self.ssh_options.arg_dict.clear()
+            self.ssh_options.arg_dict.update(saved)
 
     def run_rsync_up(self, source: str, target: str, options: dict[str, Any] | None = None) -> None:
         self._ensure_rsync()
