@@ -69,6 +69,7 @@ class Suggestion:
     note: str = ""
     template: str = ""
     cli_template: str | None = None  # advice worded differently for the CLI (e.g. not naming the command itself)
+    other: str | None = None  # a second value of the same setting, written into ``note`` where it says ``{other}``
 
     def render(self, style: Style = Style.YAML) -> str:
         key = _CLI_FLAGS.get(self.option, self.option) if style is Style.CLI else _YAML_KEYS.get(self.option,
@@ -82,7 +83,11 @@ class Suggestion:
             text = f"{key} {shlex.quote(self.value)}"
         else:
             text = f"{key}: {self.value}"
-        return f"{text} {self.note}" if self.note else text
+        if not self.note:
+            return text
+        value_of = (lambda v: f"{key} {shlex.quote(v)}") if style is Style.CLI else (lambda v: f"{key}: {v}")
+        return f"{text} {self.note.replace('{other}', value_of(self.other))}" if self.other is not None else \
+            f"{text} {self.note}"
 
 
 @dataclass(frozen=True)
@@ -366,15 +371,15 @@ def least_threshold(
     return None
 
 
-def _cheapest_note(option: str, nearest: float, nearest_plan: Solution, loose_value: float | None,
+def _cheapest_note(nearest: float, nearest_plan: Solution, loose_value: float | None,
                    loose_plan: Solution | None) -> str:
     """When the cheapest plan needs a bigger change than the least one, say which value is which."""
     if loose_plan is None or loose_value is None or loose_value == nearest:
         return ""
     if loose_plan.per_hour >= nearest_plan.per_hour - 1e-9:
         return ""
-    return (f"(the least change, {_money(nearest_plan.per_hour)}; {option} {_number(loose_value)} gives the cheapest "
-            f"plan, {_money(loose_plan.per_hour)})")
+    return f"(the least change, {_money(nearest_plan.per_hour)}; {{other}} gives the cheapest plan, " \
+        f"{_money(loose_plan.per_hour)})"
 
 
 def _threshold_suggestion(threshold: _Threshold, request: PlacementRequest, options: PlacementOptions,
@@ -392,8 +397,9 @@ def _threshold_suggestion(threshold: _Threshold, request: PlacementRequest, opti
         known = [threshold.cast(v) for v in values if v is not None]
         if known:
             loose_value = min(known) if threshold.lower_is_looser else max(known)
-    note = _cheapest_note(threshold.option, nearest, plan_there, loose_value, loose_plan)
-    return Suggestion(threshold.option, _number(nearest), note)
+    note = _cheapest_note(nearest, plan_there, loose_value, loose_plan)
+    other = _number(loose_value) if note and loose_value is not None else None
+    return Suggestion(threshold.option, _number(nearest), note, other=other)
 
 
 def _relaxations(

@@ -180,10 +180,10 @@ def test_the_least_change_and_the_cheapest_plan_are_told_apart() -> None:
     request = PlacementRequest.single("RTX 4090", nodes=2, allocation="on-demand")
     explanation = explain(request, PlacementOptions(min_reliability=0.99), offers)
     (suggestion,) = [s for s in explanation.suggestions if s.startswith("min_reliability")]
-    assert suggestion == ("min_reliability: 0.97 (the least change, $1.8/h; min_reliability 0.93 gives the cheapest "
+    assert suggestion == ("min_reliability: 0.97 (the least change, $1.8/h; min_reliability: 0.93 gives the cheapest "
                           "plan, $0.6/h)")
     cli = [s for s in explanation.suggestions_for(Style.CLI) if s.startswith("--min-reliability")]
-    assert cli == ["--min-reliability 0.97 (the least change, $1.8/h; min_reliability 0.93 gives the cheapest plan, "
+    assert cli == ["--min-reliability 0.97 (the least change, $1.8/h; --min-reliability 0.93 gives the cheapest plan, "
                    "$0.6/h)"]
     # When the least change is also the cheapest, nothing more is said.
     cheap_first = explain(request, PlacementOptions(min_reliability=0.99), offers[:2])
