@@ -37,7 +37,7 @@ RateLimitBody = Literal["documented", "text", "bare", "detail", "json", "mixed"]
 # What the switch ``--rate-limits`` / ``rate_limits=`` accepts: the documented limits, none, or the documented limits
 # with every interval, the create penalty and the search window multiplied by a factor (``x0.1``).
 RATE_LIMIT_MODES = "documented | off | x<scale> (e.g. x0.1)"
-DEFAULT_RATE_LIMITS = "off"
+DEFAULT_RATE_LIMITS = "documented"
 
 
 class RateLimitConfig(BaseModel):

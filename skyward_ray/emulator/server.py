@@ -17,6 +17,7 @@ import asyncio
 import logging
 import socket
 import threading
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -26,6 +27,7 @@ from skyward_ray.emulator.app import build_app
 from skyward_ray.emulator.clock import Clock
 from skyward_ray.emulator.faults import FaultConfig, parse_rate_limits
 from skyward_ray.emulator.market import Market
+from skyward_ray.emulator.ratelimit import RateLimiter
 from skyward_ray.emulator.runtime import HostRuntime
 
 log = logging.getLogger(__name__)
@@ -41,7 +43,8 @@ class EmulatorServer:
                  boot_delay_s: float = 3.0, runtime: HostRuntime | None = None, host: str = "127.0.0.1",
                  port: int = 0, *, clock: Clock | None = None, faults: FaultConfig | None = None,
                  credit: float | None = None, admin_key: str | None = None, tick_interval_s: float = 0.05,
-                 start_timeout_s: float = 30.0, rate_limits: str | None = None) -> None:
+                 start_timeout_s: float = 30.0, rate_limits: str | None = None,
+                 rate_clock: Callable[[], float] | None = None) -> None:
         if rate_limits is not None:
             parse_rate_limits(rate_limits)  # a ValueError naming the value, before anything is built
         if not 0 <= port <= 65535:
@@ -55,6 +58,7 @@ class EmulatorServer:
         self.host = host
         self.port = port
         self.admin_key = admin_key
+        self.rate_clock = rate_clock  # a test's clock for the rate limiter (default: time.monotonic)
         self.tick_interval_s = tick_interval_s
         self.start_timeout_s = start_timeout_s
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -122,7 +126,8 @@ class EmulatorServer:
             loop.close()
 
     async def _listen(self) -> None:
-        app = build_app(self.market, admin_key=self.admin_key)
+        limiter = RateLimiter(now=self.rate_clock) if self.rate_clock is not None else None
+        app = build_app(self.market, admin_key=self.admin_key, limiter=limiter)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
