@@ -375,7 +375,10 @@ class VastClient:
     """The Vast REST API as typed methods. Use as a context manager or call :meth:`close`.
 
     ``api_key``/``base_url`` default to what :mod:`skyward_ray.vast.credentials` resolves (``VAST_API_KEY``,
-    ``VAST_URL``, the key files). ``sleep``, ``clock`` and ``rng`` exist so tests can check waits without waiting.
+    ``VAST_URL``, the key files); ``base_url_source`` names the setting an explicit ``base_url`` came from (e.g.
+    ``"provider.api_url"``) for the error that says a server was never reachable. ``rate_scale`` and
+    ``min_interval_s`` shape the pacing (see the module docstring). ``sleep``, ``clock`` and ``rng`` exist so tests
+    can check waits without waiting; clients sharing a clock, server and key share one pacer.
     """
 
     def __init__(
