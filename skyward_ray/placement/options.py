@@ -88,6 +88,9 @@ def _without_echo(message: str, path: str, value: Any, shown: str) -> str:
         if text.startswith(f"{echo} is not allowed"):
             text = text[len(f"{echo} is not allowed"):].lstrip(" ;,:")
             break
+        if isinstance(value, str) and text.lower().startswith(f"{echo.lower()} is "):  # "'ATLANTIS' is not a known region" -> "not a known ..."
+            text = text[len(echo) + len(" is "):]
+            break
     return text or message
 
 

@@ -131,6 +131,8 @@ def test_bad_flags_are_one_line_config_errors(fake: type[FakeClient], capsys: py
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert err.count("is not allowed") == 1, "the message does not repeat itself"
+    if not argv[1].replace(".", "").isdigit():
+        assert err.lower().count(argv[1].lower()) == 1, "the value is named once"
     assert fake.instances == []  # nothing searched with bad input
 
 
