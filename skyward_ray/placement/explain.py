@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from skyward_ray.errors import SkywardError
 from skyward_ray.placement.filters import Check, OfferFilter
 from skyward_ray.placement.gpus import closest_gpu_names, gpu_key, known_gpu_names
+from skyward_ray.placement.image import image_cuda_version
 from skyward_ray.placement.options import Allocation, PlacementOptions
 from skyward_ray.placement.pricing import node_price
 from skyward_ray.placement.request import NodeGroup, PlacementRequest, Scope
@@ -402,6 +403,23 @@ def _threshold_suggestion(threshold: _Threshold, request: PlacementRequest, opti
     return Suggestion(threshold.option, _number(nearest), note, other=other)
 
 
+def _newest_image_cuda(image_cuda: float, request: PlacementRequest, options: PlacementOptions,
+                       offers: Sequence[Offer], committed: float) -> float | None:
+    """The newest CUDA below the image's whose image would place the request (the least change of image): hosts'
+    ``cuda_max_good`` values are the candidates, tried through a stand-in image reference naming that CUDA."""
+    values = sorted({_floor(o.cuda_max_good, 1) for o in offers if o.cuda_max_good is not None
+                     and _floor(o.cuda_max_good, 1) < image_cuda}, reverse=True)
+    low, high, found = 0, len(values) - 1, None
+    while low <= high:  # an older image only admits more hosts: the first that places is the newest that does
+        middle = (low + high) // 2
+        stand_in = options.model_copy(update={"docker_image": f"nvidia/cuda:{values[middle]:.1f}.0-base"})
+        if _solve_one(request, stand_in, offers, committed) is not None:
+            found, high = values[middle], middle - 1
+        else:
+            low = middle + 1
+    return found
+
+
 def _relaxations(
     request: PlacementRequest, options: PlacementOptions, offers: Sequence[Offer], committed: float
 ) -> list[tuple[str, Suggestion]]:
@@ -426,10 +444,12 @@ def _relaxations(
     if options.datacenter_only:
         tries.append(("datacenter_only", relax(update={"datacenter_only": False}), request, lambda s: Suggestion(
             "datacenter_only", "false")))
-    if options.docker_image is not None:
-        tries.append(("docker_image", relax(update={"docker_image": None}), request, lambda s: Suggestion(
-            "docker_image", template="a {key} built for CUDA "
-            f"{_floor(_lowest(s, lambda o: o.cuda_max_good), 1):g} or older")))
+    image_cuda = image_cuda_version(options.docker_image)
+    if image_cuda is not None:
+        newest = _newest_image_cuda(image_cuda, request, options, offers, committed)
+        if newest is not None:
+            found.append(("docker_image", Suggestion("docker_image", template=f"a {{key}} built for CUDA {newest:g} "
+                                                     "or older")))
     if options.max_hourly_cost is not None:
         tries.append(("max_hourly_cost", relax(update={"max_hourly_cost": None}), request, lambda s: Suggestion(
             "max_hourly_cost", _number(math.ceil((committed + s.per_hour) * 1e6 - 1e-6) / 1e6), "or more")))

@@ -188,3 +188,27 @@ def test_the_least_change_and_the_cheapest_plan_are_told_apart() -> None:
     # When the least change is also the cheapest, nothing more is said.
     cheap_first = explain(request, PlacementOptions(min_reliability=0.99), offers[:2])
     assert "min_reliability: 0.97" in cheap_first.suggestions
+
+
+def test_docker_image_suggests_the_newest_cuda_that_places() -> None:
+    checked = 0
+    for seed in range(200):
+        rng = random.Random(seed)
+        offers = _market(rng)
+        request = PlacementRequest.single("RTX 4090", nodes=rng.choice((2, 3)), allocation="on-demand")
+        options = PlacementOptions(docker_image="nvcr.io/nvidia/cuda:12.9.1-runtime-ubuntu22.04", min_cuda=None)
+        if _fits(request, options, offers):
+            continue
+        # Brute force: every CUDA version from the image's down, one tenth at a time, as an image built for it.
+        grid = [round(12.8 - 0.1 * i, 1) for i in range(0, 19)]
+        nearest = next((v for v in grid if _fits(request, options.model_copy(
+            update={"docker_image": f"nvcr.io/nvidia/cuda:{v:.1f}.0-runtime-ubuntu22.04"}), offers)), None)
+        suggested = [s for s in explain(request, options, offers).suggestions if "docker_image built for" in s]
+        if nearest is None:
+            assert suggested == []
+            continue
+        assert suggested == [f"a docker_image built for CUDA {nearest:g} or older"], (seed, suggested, nearest)
+        checked += 1
+        if checked == MARKETS:
+            return
+    pytest.fail(f"only {checked} random markets exercised docker_image")
