@@ -88,7 +88,8 @@ def _without_echo(message: str, path: str, value: Any, shown: str) -> str:
         if text.startswith(f"{echo} is not allowed"):
             text = text[len(f"{echo} is not allowed"):].lstrip(" ;,:")
             break
-        if isinstance(value, str) and text.lower().startswith(f"{echo.lower()} is "):  # "'ATLANTIS' is not a known region" -> "not a known ..."
+        # "'ATLANTIS' is not a known region" -> "not a known region"
+        if isinstance(value, str) and text.lower().startswith(f"{echo.lower()} is "):
             text = text[len(echo) + len(" is "):]
             break
     return text or message
