@@ -93,10 +93,12 @@ from skyward_ray.vast.models import (
     validate_overlay_name,
 )
 from skyward_ray.vast.pacing import (
+    PER_ADDRESS_KEYS,
     LaneStatus,
     PaceLimits,
     Pacer,
     identity_of,
+    per_address,
     shared_pacer,
 )
 
@@ -426,6 +428,7 @@ class VastClient:
             rate_scale=rate_scale, min_interval_s=min_interval_s, known_keys=_ENDPOINT_KEYS
         )
         self._pacer = shared_pacer(identity_of(self._base_url, self._key.reveal()), clock)
+        self._address_pacer = shared_pacer(per_address(self._base_url), clock)  # search: per address, any key
         self._stats: Counter[str] = Counter()
         self._stats_lock = threading.Lock()
         self._http = httpx.Client(
@@ -462,7 +465,8 @@ class VastClient:
 
     @property
     def pacer(self) -> Pacer:
-        """The process-wide book this client queues on (shared with every client of the same server and key)."""
+        """The process-wide book this client queues on (shared with every client of the same server and key);
+        search, which Vast limits per client address, queues on the server's book whatever the key."""
         return self._pacer
 
     @property
@@ -472,11 +476,14 @@ class VastClient:
 
     def expected_wait(self, endpoint: Endpoint | str = CREATE_INSTANCE) -> float:
         """Seconds a call of ``endpoint`` made now would wait for its slot (default: the next create)."""
-        return self._pacer.expected_wait(str(endpoint), self._limits)
+        return self._pacer_for(str(endpoint)).expected_wait(str(endpoint), self._limits)
 
     def pacing_status(self, endpoint: Endpoint | str = CREATE_INSTANCE) -> LaneStatus:
         """Callers queued on ``endpoint``, the wait for a new one, and what is left of a 429 penalty."""
-        return self._pacer.status(str(endpoint), self._limits)
+        return self._pacer_for(str(endpoint)).status(str(endpoint), self._limits)
+
+    def _pacer_for(self, key: str) -> Pacer:
+        return self._address_pacer if key in PER_ADDRESS_KEYS else self._pacer
 
     @property
     def stats(self) -> dict[str, int]:
@@ -824,7 +831,7 @@ class VastClient:
         self, endpoint: Endpoint, path: str, json_body: Any, query: dict[str, str] | None, call: _CallState
     ) -> Any:
         """One request, done within its timeout of wall-clock time: connect, send, headers and the whole body."""
-        self._pacer.acquire(str(endpoint), self._limits, self._sleep)
+        self._pacer_for(str(endpoint)).acquire(str(endpoint), self._limits, self._sleep)
         if call.deadline == math.inf:  # the retry deadline counts from the first slot, not from the queue
             call.first_slot = self._clock()
             call.deadline = call.first_slot + self._deadline_s
@@ -871,7 +878,7 @@ class VastClient:
             # Retry-After, else the documented penalty, so queued callers do not walk into it too.
             wait = exc.retry_after or self._limits.penalty(str(endpoint))
             if wait > 0:
-                self._pacer.penalise(str(endpoint), wait, self._limits)
+                self._pacer_for(str(endpoint)).penalise(str(endpoint), wait, self._limits)
             raise
         except RecursionError:  # a body nested deeper than Python can walk, wherever it is walked
             raise self._protocol(endpoint, path, f"HTTP {reply.status} with a body nested too deeply") from None

@@ -9,7 +9,8 @@ is :data:`DOCUMENTED_INTERVALS_S`, plus two special rules:
   no create of this identity starts for 12 s (:data:`DOCUMENTED_PENALTIES_S`);
 * search (``POST /api/v0/bundles/``) at most 10 calls in any 60 s (a sliding window, :data:`DOCUMENTED_WINDOWS`).
 
-Every other endpoint has no documented limit and is not paced (a caller may add a floor with ``min_interval_s``).
+Every other endpoint has no documented limit and is not paced (a caller may add a floor with ``min_interval_s``),
+except the legacy unpaged list, paced like the list that replaced it (:data:`INFERRED_INTERVALS_S`).
 
 One :class:`Pacer` exists per process and identity (:func:`shared_pacer`; the identity is the base URL and a hash of
 the key, never the key), so every client instance and thread of the process queues on the same book: a caller
@@ -51,7 +52,10 @@ DOCUMENTED_INTERVALS_S: Mapping[str, float] = MappingProxyType(
         "DELETE /api/v0/instances/{id}/": 3.0,
         "PUT /api/v0/instances/{id}/": 1.0,
         "PUT /api/v0/instances/bid_price/{id}/": 5.5,
+        "PUT /api/v0/instances/reboot/{id}/": 1.0,
+        "PUT /api/v0/instances/recycle/{id}/": 1.0,
         "POST /api/v0/ssh/": 1.0,
+        "PUT /api/v0/ssh/{id}/": 1.0,
         "DELETE /api/v0/instances/{id}/ssh/{key}/": 2.0,
     }
 )
@@ -71,6 +75,8 @@ class Window:
 
 
 DOCUMENTED_WINDOWS: Mapping[str, Window] = MappingProxyType({SEARCH_KEY: Window(10, 60.0)})
+# Limited per client address, not per key: every key of the process shares one book for these (:func:`per_address`).
+PER_ADDRESS_KEYS = frozenset({SEARCH_KEY})
 # Added to every interval and window: Vast sees arrivals, which differ from our starts by each request's latency.
 DEFAULT_MARGIN_S = 0.1
 
@@ -173,6 +179,11 @@ class PaceLimits:
 
     def paced(self, key: str) -> bool:
         return self.interval(key) > 0 or key in self.windows
+
+
+def per_address(base_url: str) -> str:
+    """The identity of limits Vast counts per client address (search): the server alone, whatever the key."""
+    return f"{base_url.rstrip('/')}#address"
 
 
 def identity_of(base_url: str, api_key: str) -> str:

@@ -355,3 +355,20 @@ def test_every_start_counts_whatever_the_callers_limits() -> None:
     assert pacer.reserve(CREATE_KEY, LIMITS).slot == pytest.approx(start + 1.0 + 4.5 + M)
     pacer.penalise(CREATE_KEY, 12.0, LIMITS)
     assert pacer.reserve(CREATE_KEY, unpaced).slot == pytest.approx(clock.now + 12.0)  # a penalty binds everyone
+
+
+def test_search_is_budgeted_per_address_whatever_the_key() -> None:
+    """Vast counts searches per client address: two keys in one process share the ten-per-minute budget."""
+    clock = FakeClock()
+    fake = FakeVast().on("POST", BUNDLES, json_response(200, {"offers": []}))
+    fake.on("PUT", ASK, json_response(200, CREATED))
+    one = make_client(fake, clock, rate_scale=1.0)
+    other = VastClient("another-key", BASE_URL, transport=httpx.MockTransport(fake.handler), clock=clock,
+                       sleep=clock.sleep, rate_scale=1.0)  # fmt: skip
+    for client in (one, other) * 5:
+        client.search_offers({})
+    assert clock.sleeps == []
+    assert one.expected_wait(SEARCH_OFFERS) == other.expected_wait(SEARCH_OFFERS) == pytest.approx(60 + M)
+    create(one)
+    create(other)  # creates are per key: the other key is not held back
+    assert clock.sleeps == []
