@@ -246,7 +246,18 @@ def _nodes_text(summary: dict[str, Any]) -> str:
     return f"{kinds} ({nodes['on_demand']} on-demand, {nodes['bid']} bid)"
 
 
-def render(report: Report) -> str:
+def _node_rows(report: Report) -> list[str]:
+    """Each node of each cluster shown (for ``--cluster NAME``: one cluster, node by node)."""
+    rows = [["  INSTANCE", "KIND", "TYPE", "PAID", "GPUS", "STATUS", "$/H NOW", "SPENT", "AGE"]]
+    for cluster in report.clusters:
+        for node in cluster.nodes:
+            rows.append([f"  {node.id}", node.kind, node.node_type or "-", node.allocation,
+                         f"{node.gpus} x {node.gpu_name}", node.status, _dollars(node.per_hour),
+                         _dollars(node.spent, node.spent_is_floor), _age(node.age_s)])
+    return _table(rows)
+
+
+def render(report: Report, *, nodes: bool = False) -> str:
     data = report.to_json()
     if not report.clusters and not report.orphans:
         return "no clusters and no instances of ours in this account"
@@ -262,6 +273,8 @@ def render(report: Report) -> str:
                 _age(summary["age_s"]),
             ])
         lines += _table(rows)
+        if nodes:
+            lines += _node_rows(report)
     troubled = [(summary["name"], item) for summary in data["clusters"] for item in summary["trouble"]]
     if troubled:
         lines.append("nodes in trouble:")
@@ -289,7 +302,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
-        print(render(report))
+        print(render(report, nodes=args.cluster is not None))
     return 0
 
 

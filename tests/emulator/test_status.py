@@ -163,6 +163,15 @@ def test_table(account: tuple[EmulatorServer, dict[str, int]], run_status: Any) 
 
 
 def test_one_cluster(account: tuple[EmulatorServer, dict[str, int]], run_status: Any) -> None:
+    _, ids = account
+    table = run_status("--cluster", "alpha").splitlines()
+    assert table[1].startswith("alpha ") and table[2].split()[:3] == ["INSTANCE", "KIND", "TYPE"]
+    shown = [line.split() for line in table[3:6]]
+    assert [(int(r[0]), r[1], r[3]) for r in shown] == [(ids["alpha_head"], "head", "on-demand"),
+                                                        (ids["alpha_w1"], "worker", "bid"),
+                                                        (ids["alpha_w2"], "worker", "bid")]
+    assert "stopped" in shown[2] and any(token.startswith(">=$") for token in shown[2])
+    assert "running" in shown[0] and not any(token.startswith(">=$") for token in shown[0])
     data = json.loads(run_status("--cluster", "beta", "--json"))
     assert [c["name"] for c in data["clusters"]] == ["beta"] and data["orphans"] == []
     data = json.loads(run_status("--cluster", "gamma", "--json"))
