@@ -10,7 +10,8 @@ What each column means:
   ``storage_total_cost`` (Vast keeps charging storage until the instance is destroyed).
 * **spent**: an estimate from Vast's own fields: storage (``storage_total_cost``) since ``start_date``, plus the GPU
   part of ``dph_total`` over ``uptime_mins`` (minutes running since the instance last started). A stopped instance
-  reports no run time, so its GPU time before the stop is unknown: its spend is a floor, marked ``>=``.
+  reports no run time, so its GPU time before the stop is unknown: its spend is a floor, marked ``>=``. Likewise an
+  instance that was stopped and started again (a rebid) counts only its GPU time since the restart.
 * **trouble**: outbid (an interruptible instance Vast stopped), failed (exited, offline, an OCI error, a stopped
   on-demand instance), loading longer than ``--loading-timeout`` (the provider's ``loading_timeout_s``), or Ray's
   own setup failed on it.
