@@ -261,17 +261,19 @@ class Pacer:
     def wait(self, ticket: Ticket, sleep: Callable[[float], None]) -> float:
         """Sleep until ``ticket``'s slot (which a penalty may move while we sleep); return the seconds waited."""
         waited = 0.0
-        while True:
+        try:
+            while True:
+                with self._lock:
+                    remaining = ticket.slot - self._clock()
+                    if remaining <= 0:
+                        return waited
+                sleep(remaining)
+                waited += remaining
+        finally:  # started, or given up (an interrupt): either way no longer waiting
             with self._lock:
-                now = self._clock()
-                remaining = ticket.slot - now
-                if remaining <= 0:
-                    lane = self._lanes.get(ticket.key)
-                    if lane is not None and ticket in lane.waiting:
-                        lane.waiting.remove(ticket)
-                    return waited
-            sleep(remaining)
-            waited += remaining
+                lane = self._lanes.get(ticket.key)
+                if lane is not None and ticket in lane.waiting:
+                    lane.waiting.remove(ticket)
 
     def acquire(self, key: str, limits: PaceLimits, sleep: Callable[[float], None]) -> float:
         """Book and wait in one step; return the seconds waited."""

@@ -372,3 +372,17 @@ def test_search_is_budgeted_per_address_whatever_the_key() -> None:
     create(one)
     create(other)  # creates are per key: the other key is not held back
     assert clock.sleeps == []
+
+
+def test_a_caller_interrupted_while_waiting_leaves_the_queue() -> None:
+    clock = FakeClock()
+    pacer = Pacer("t", clock)
+    pacer.reserve(CREATE_KEY, LIMITS)
+    ticket = pacer.reserve(CREATE_KEY, LIMITS)
+
+    def interrupted(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pacer.wait(ticket, interrupted)
+    assert pacer.status(CREATE_KEY, LIMITS).waiting == 0
