@@ -3,7 +3,9 @@ JSON, with the spend checked against the emulator's ledger (what it actually bil
 
 The market is set up in-process (the emulator's own ``Market`` calls), so only status itself talks HTTP, under Vast's
 documented rate limits, and the test can count its calls. The clock is frozen and advanced by hand: an hour of renting
-takes no time, and status reads "now" from the same emulated clock that stamps ``start_date``.
+takes no time, and status reads "now" from the same emulated clock that stamps ``start_date``. The emulator keeps
+Vast's documented rate limits at their real intervals (not this directory's scaled fixtures): status makes one list
+call a run, and the client's pacer spaces the few runs of one test as Vast requires.
 """
 
 from __future__ import annotations
