@@ -1,15 +1,26 @@
-"""How much Vast API the provider costs, measured by the emulator's own request counters.
+"""What listing the cluster costs at 25, 100 and 500 nodes under Vast's documented rate limits, and whether the
+autoscaler's tick ever waits on it.
 
-1. **Requests per autoscaler tick** at 1, 10, 100 and 500 running nodes. A tick is what Ray's autoscaler does every
-   5 s: ``non_terminated_nodes({})``, then ``node_tags`` and ``is_running`` per node (v2's reconcile) plus
-   ``internal_ip`` per node (v1's load metrics). The provider's clock advances 5 s per tick, so every tick refreshes
-   its snapshot exactly as in production. Goal: the list pages alone, ``ceil(N / 25)``, nothing per node.
-2. **Renting 16 nodes** with 200 ms of latency injected on every API call: one ``create_node`` call renting
-   concurrently (``rent_concurrency`` 16) against one at a time (``rent_concurrency`` 1). Goal: at least 6x faster.
+For each N, the emulator (records-only hosts, documented limits on) holds N running instances of one cluster, and a
+provider is driven the way Ray's autoscaler drives it, one tick per ``TICK_S``: ``non_terminated_nodes({})``, then
+``node_tags``, ``is_running`` and ``internal_ip`` per node (v2's reconcile plus v1's load metrics). Measured, for
+each way of listing (``unpaged``: the legacy ``GET /api/v0/instances/``, the provider's default; ``paged``:
+``GET /api/v1/instances/``, 25 rows a page, one page per second):
 
-Runs alone (``python benchmarks/bench_provider_api.py``), against the emulator (records-only hosts) started as its
-own process on loopback, as the real API is remote: in-process, its search work would share this process's GIL with
-the client being timed. The last line is ONE JSON object with ``requests_per_tick`` (by N) and ``rent16_speedup``.
+* ``refresh_s``: one full refresh (list + merge), median of ``REFRESHES``, each begun after the list endpoint's
+  interval has passed (the paged list's own pages still go one per second: that is its cost);
+* ``list_calls``: API calls one refresh makes;
+* ``requests_per_min``: every API request the provider made during ``WINDOW_S`` of ticks, per minute, and
+  ``rate_limited_429``: how many of them Vast's limits refused (goal: 0);
+* ``longest_tick_s``: the longest a tick took (goal: never a list's time; the list runs behind the tick).
+
+Setting up 500 instances through the public API would take 500 x 4.5 s, so the setup switches the emulator's limits
+off through its admin API (``PUT /_emulator/rate_limits``) and rents with a client whose own pacing is scaled down;
+every measurement runs with the documented limits back on and the provider's client at the documented pace.
+
+Runs alone (``python benchmarks/bench_provider_api.py``), against the emulator started as its own process on
+loopback (in-process, its work would share this process's GIL with the ticks being timed). The last line is ONE
+JSON object.
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ import contextlib
 import json
 import math
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,14 +47,17 @@ from skyward_ray.provider.node_provider import VastNodeProvider
 from skyward_ray.provider.tags import encode_label
 from skyward_ray.vast.client import VastClient
 
-NODE_COUNTS = (1, 10, 100, 500)
-TICKS = 5
-TICK_S = 5.0
-RENT_NODES = 16
-LATENCY_MS = 200.0
+NODE_COUNTS = (25, 100, 500)
+SOURCES = ("unpaged", "paged")
+TICK_S = 1.0  # Ray ticks every 5 s; a faster tick only makes a wait more likely to show
+WINDOW_S = 45.0  # long enough for two paged refreshes of 500 nodes (about 20 s each)
+REFRESHES = 3
+SETTLE_S = 1.5  # > the 1 s the list endpoints allow between two calls
+CACHE_TTL_S = 4.0  # the provider's default
 CLUSTER = "bench"
 WORKER_TAGS = {"ray-node-type": "worker", "ray-user-node-type": "gpu", "ray-node-status": "up-to-date",
                "ray-launch-config": "1" * 40, "ray-runtime-config": "2" * 40}
+SETUP_RATE_SCALE = 0.001  # the setup client's own pacing while the emulator's limits are off
 
 
 @dataclass(frozen=True)
@@ -54,9 +69,9 @@ class Emulator:
 
 @contextlib.contextmanager
 def emulator_process() -> Iterator[Emulator]:
-    """``skyward-ray emulator serve`` as a child process; ended by its PID whatever happens."""
+    """``skyward-ray emulator serve`` (documented limits) as a child process; ended by its PID whatever happens."""
     cmd = [sys.executable, "-m", "skyward_ray.cli", "emulator", "serve", "--scenario", "bench", "--seed", "1",
-           "--boot-delay", "0", "--port", "0"]
+           "--boot-delay", "0", "--port", "0", "--rate-limits", "documented"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert proc.stdout is not None
@@ -74,73 +89,52 @@ def emulator_process() -> Iterator[Emulator]:
             proc.wait(timeout=10)
 
 
-class TickClock:
-    """The provider's clock: moves only when a tick says so."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+def _admin(emu: Emulator, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    response = httpx.request(method, f"{emu.admin_url}/{path}", json=body, timeout=60)
+    response.raise_for_status()
+    return response.json()
 
 
-def _provider_config(emu: Emulator, key_file: Path, **extra: Any) -> dict[str, Any]:
+def _rate_limits(emu: Emulator, mode: str) -> None:
+    _admin(emu, "PUT", "rate_limits/", {"mode": mode, "reset": True})
+
+
+def _provider_config(emu: Emulator, key_file: Path, source: str) -> dict[str, Any]:
     return {"type": "external", "module": "skyward_ray.provider.VastNodeProvider", "api_url": emu.url,
-            "api_key_file": str(key_file), "ssh_proxy": False, "min_reliability": 0.0, "verified_only": False,
-            "min_cuda": None, **extra}
+            "api_key_file": str(key_file), "ssh_proxy": False, "cache_ttl_s": CACHE_TTL_S, "instance_list": source}
 
 
-def _counters(emu: Emulator) -> dict[str, int]:
-    return httpx.get(f"{emu.admin_url}/counters/", timeout=30).json()["requests"]
+def _rent_directly(emu: Emulator, count: int) -> None:
+    """``count`` more running instances labelled as this cluster's workers (the setup, not the measurement)."""
+    if count <= 0:
+        return
+    _rate_limits(emu, "off")
+    try:
+        with VastClient(api_key=emu.api_key, base_url=emu.url, rate_scale=SETUP_RATE_SCALE) as client:
+            offers = client.search_offers({"num_gpus": {"eq": 1}, "rentable": {"eq": True}, "rented": {"eq": False},
+                                           "order": [["dph_total", "asc"]], "limit": 5000})
+            if len(offers) < count:
+                raise SystemExit(f"the bench market has {len(offers)} free single-GPU offers, {count} needed")
+            label = encode_label(CLUSTER, WORKER_TAGS)
+
+            def rent(offer_id: int) -> int:
+                return client.create_instance(offer_id, image="bench", disk_gb=10, label=label).new_contract
+
+            with ThreadPoolExecutor(max_workers=16) as pool:
+                list(pool.map(rent, [offer.id for offer in offers[:count]]))
+    finally:
+        _rate_limits(emu, "documented")
 
 
-def _reset_counters(emu: Emulator) -> None:
-    httpx.delete(f"{emu.admin_url}/counters/", timeout=30).raise_for_status()
+def _requests(emu: Emulator) -> tuple[dict[str, int], int]:
+    """API requests per endpoint since the last reset, and how many of them were refused with a 429."""
+    counters = _admin(emu, "GET", "counters/")
+    statuses = counters.get("statuses", {})
+    refused = sum(int(by_status.get("429", 0)) for by_status in statuses.values())
+    return counters["requests"], refused
 
 
-def _rent_directly(client: VastClient, count: int) -> list[int]:
-    """``count`` running instances labelled as this cluster's workers, rented without the provider (the setup of the
-    measurement, not part of it)."""
-    offers = client.search_offers({"num_gpus": {"eq": 1}, "rentable": {"eq": True}, "rented": {"eq": False},
-                                   "order": [["dph_total", "asc"]], "limit": 5000})
-    if len(offers) < count:
-        raise SystemExit(f"the bench market has {len(offers)} free single-GPU offers, {count} needed")
-    label = encode_label(CLUSTER, WORKER_TAGS)
-
-    def rent(offer_id: int) -> int:
-        return client.create_instance(offer_id, image="bench", disk_gb=10, label=label).new_contract
-
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        return list(pool.map(rent, [offer.id for offer in offers[:count]]))
-
-
-def requests_per_tick(emu: Emulator, client: VastClient, key_file: Path) -> dict[str, float]:
-    results: dict[str, float] = {}
-    rented: list[int] = []
-    for count in NODE_COUNTS:
-        rented += _rent_directly(client, count - len(rented))
-        wait_until(lambda n=count: sum(1 for i in client.list_instances() if i.actual_status == "running") >= n,
-                   timeout_s=120, interval_s=0.5, what=f"{count} instances running")
-        clock = TickClock()
-        provider = VastNodeProvider(_provider_config(emu, key_file), CLUSTER, clock=clock)
-        try:
-            _tick(provider, clock)  # warm-up: the first list
-            _reset_counters(emu)
-            for _ in range(TICKS):
-                seen = _tick(provider, clock)
-                assert seen == count, f"the provider sees {seen} of {count} nodes"
-            requests = _counters(emu)
-        finally:
-            provider.close()
-        per_tick = sum(requests.values()) / TICKS
-        results[str(count)] = per_tick
-        print(f"N={count:4d}: {per_tick:5.2f} requests per tick (list pages expected: {math.ceil(count / 25)}); "
-              f"by endpoint: {json.dumps({k: v / TICKS for k, v in requests.items()})}", flush=True)
-    return results
-
-
-def _tick(provider: VastNodeProvider, clock: TickClock) -> int:
-    clock.now += TICK_S
+def _tick(provider: VastNodeProvider) -> int:
     nodes = provider.non_terminated_nodes({})
     for node_id in nodes:
         provider.node_tags(node_id)
@@ -149,48 +143,90 @@ def _tick(provider: VastNodeProvider, clock: TickClock) -> int:
     return len(nodes)
 
 
-def rent16(emu: Emulator, client: VastClient, key_file: Path, concurrency: int) -> float:
-    """One ``create_node`` call for 16 workers (search, plan, rent), timed end to end; the nodes are then destroyed."""
-    provider = VastNodeProvider(_provider_config(emu, key_file, use_overlay=False, rent_concurrency=concurrency),
-                                f"{CLUSTER}-rent-{concurrency}")
-    httpx.put(f"{emu.admin_url}/faults/", json={"latency_ms": LATENCY_MS}, timeout=30).raise_for_status()
+def measure(emu: Emulator, key_file: Path, count: int, source: str) -> dict[str, Any]:
+    provider = VastNodeProvider(_provider_config(emu, key_file, source), CLUSTER)
     try:
         started = time.perf_counter()
-        created = provider.create_node_with_resources_and_labels(
-            {"accelerator": "RTX 4090", "allocation": "spot-if-available"},
-            {"ray-node-type": "worker", "ray-user-node-type": "gpu"}, RENT_NODES, {"GPU": 1}, {})
-        elapsed = time.perf_counter() - started
+        seen = _tick(provider)  # the first list: the one call a process makes in the caller's thread
+        first_s = time.perf_counter() - started
+        assert seen == count, f"the provider sees {seen} of {count} nodes"
+
+        durations: list[float] = []
+        _admin(emu, "DELETE", "counters/")
+        for _ in range(REFRESHES):
+            time.sleep(SETTLE_S)  # the list endpoint's interval has passed: the figure is the list, not the pacer
+            began = time.perf_counter()
+            provider.refresh(force=True)
+            durations.append(time.perf_counter() - began)
+        requests, _ = _requests(emu)
+        list_calls = sum(requests.values()) / REFRESHES
+
+        time.sleep(CACHE_TTL_S)  # a clean window: the snapshot is due at the first tick
+        _admin(emu, "DELETE", "counters/")
+        ticks: list[float] = []
+        stop = time.monotonic() + WINDOW_S
+        window_start = time.monotonic()
+        while time.monotonic() < stop:
+            began = time.perf_counter()
+            seen = _tick(provider)
+            ticks.append(time.perf_counter() - began)
+            assert seen == count, f"the provider sees {seen} of {count} nodes"
+            time.sleep(max(0.0, TICK_S - ticks[-1]))
+        window_s = time.monotonic() - window_start
+        requests, refused = _requests(emu)
     finally:
-        httpx.put(f"{emu.admin_url}/faults/", json={"latency_ms": 0.0}, timeout=30).raise_for_status()
         provider.close()
-    if created is None or len(created) != RENT_NODES:
-        raise SystemExit(f"rented {0 if created is None else len(created)} of {RENT_NODES} nodes")
-    client.destroy_instances([int(node_id) for node_id in created])
-    print(f"rent {RENT_NODES} nodes, concurrency {concurrency:2d}: {elapsed:.2f} s", flush=True)
-    return elapsed
+    total = sum(requests.values())
+    result = {
+        "refresh_s": round(statistics.median(durations), 3),
+        "list_calls": round(list_calls, 1),
+        "first_list_s": round(first_s, 3),
+        "requests_per_min": round(total / window_s * 60, 1),
+        "rate_limited_429": refused,
+        "longest_tick_s": round(max(ticks), 4),
+        "median_tick_s": round(statistics.median(ticks), 4),
+        "ticks": len(ticks),
+        "by_endpoint": requests,
+    }
+    print(f"N={count:3d} {source:7s}: refresh {result['refresh_s']:6.2f} s ({result['list_calls']:.0f} calls), "
+          f"{result['requests_per_min']:5.1f} req/min, 429s {refused}, longest tick {result['longest_tick_s']:.4f} s "
+          f"over {len(ticks)} ticks", flush=True)
+    return result
 
 
 def main() -> int:
-    with emulator_process() as emu, tempfile.TemporaryDirectory() as tmp, \
-            VastClient(api_key=emu.api_key, base_url=emu.url) as client:
+    results: dict[str, dict[str, Any]] = {}
+    with emulator_process() as emu, tempfile.TemporaryDirectory() as tmp:
         key_file = Path(tmp) / "vast_api_key"
         key_file.write_text(emu.api_key)
         key_file.chmod(0o600)
-        rent16(emu, client, key_file, concurrency=RENT_NODES)  # warm-up: first-call costs on both sides
-        serial = min(rent16(emu, client, key_file, concurrency=1) for _ in range(3))
-        concurrent = min(rent16(emu, client, key_file, concurrency=RENT_NODES) for _ in range(3))
-        per_tick = requests_per_tick(emu, client, key_file)
-    expected = {str(n): math.ceil(n / 25) for n in NODE_COUNTS}
-    result = {
-        "requests_per_tick": per_tick,
-        "list_pages_per_tick": expected,
-        "only_list_pages": all(per_tick[k] == expected[k] for k in expected),
-        "rent16_serial_s": round(serial, 3),
-        "rent16_concurrent_s": round(concurrent, 3),
-        "rent16_speedup": round(serial / concurrent, 2),
-        "latency_ms": LATENCY_MS,
+        rented = 0
+        for count in NODE_COUNTS:
+            _rent_directly(emu, count - rented)
+            rented = count
+            with VastClient(api_key=emu.api_key, base_url=emu.url) as client:
+                wait_until(lambda n=count, c=client: sum(i.actual_status == "running"
+                                                         for i in c.list_instances_v0()) >= n,
+                           timeout_s=120, interval_s=1.5, what=f"{count} instances running")
+            results[str(count)] = {source: measure(emu, key_file, count, source) for source in SOURCES}
+    longest = max(r["longest_tick_s"] for by_source in results.values() for r in by_source.values())
+    summary = {
+        "rate_limits": "documented",
+        "tick_s": TICK_S,
+        "window_s": WINDOW_S,
+        "cache_ttl_s": CACHE_TTL_S,
+        "chosen": "unpaged",
+        "refresh_s": {n: {s: r["refresh_s"] for s, r in by.items()} for n, by in results.items()},
+        "list_calls": {n: {s: r["list_calls"] for s, r in by.items()} for n, by in results.items()},
+        "requests_per_min": {n: {s: r["requests_per_min"] for s, r in by.items()} for n, by in results.items()},
+        "rate_limited_429": sum(r["rate_limited_429"] for by in results.values() for r in by.values()),
+        "longest_tick_s": {n: {s: r["longest_tick_s"] for s, r in by.items()} for n, by in results.items()},
+        "first_list_s": {n: {s: r["first_list_s"] for s, r in by.items()} for n, by in results.items()},
+        "tick_never_waits": longest < min(r["refresh_s"] for by in results.values() for r in by.values()
+                                          if r["list_calls"] > 1),
+        "paged_pages_500": math.ceil(500 / 25),
     }
-    print(json.dumps(result))
+    print(json.dumps(summary))
     return 0
 
 

@@ -85,17 +85,19 @@ class EmulatorProcess:
     log_path: Path
     boot_delay_s: float = 2.0
     seed: int = 0
+    rate_limits: str = "documented"  # Vast's documented limits, real intervals: ray up lives within them as on Vast
     start_timeout_s: float = 60.0
     url: str = ""
     api_key: str = field(default="", repr=False)
     admin_url: str = ""
     swept: list[str] = field(default_factory=list)  # what the sweep after stop() still had to remove
+    enforced_limits: str | None = None  # what the running emulator says it enforces
     _proc: subprocess.Popen[str] | None = field(default=None, repr=False)
 
     def start(self) -> EmulatorProcess:
         cmd = [sys.executable, str(Path(__file__).resolve()), "serve", "--prefix", self.prefix,
                "--public-subnet", self.public_subnet, "--boot-delay", str(self.boot_delay_s), "--seed", str(self.seed),
-               "--parent-pid", str(os.getpid())]
+               "--rate-limits", self.rate_limits, "--parent-pid", str(os.getpid())]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
@@ -111,6 +113,7 @@ class EmulatorProcess:
             raise AssertionError(f"the emulator did not print its ready line within {self.start_timeout_s:.0f} s; "
                                  f"log {self.log_path}: {_tail(self.log_path)}") from None
         self.url, self.api_key, self.admin_url = ready["url"], ready["api_key"], ready["admin_url"]
+        self.enforced_limits = ready.get("rate_limits")
         return self
 
     @property
@@ -148,6 +151,10 @@ class EmulatorProcess:
     def state(self) -> dict[str, Any]:
         """The emulator's state dump: instances (live ones), overlays, the ledger of every rental."""
         return self._admin("GET", "state/")
+
+    def counters(self) -> dict[str, Any]:
+        """Requests and statuses (``{endpoint: {status: n}}``) per endpoint since the emulator started."""
+        return self._admin("GET", "counters/")
 
     def outbid(self, instance_id: int) -> dict[str, Any]:
         return self._admin("POST", f"instances/{instance_id}/outbid/", {})
@@ -421,6 +428,7 @@ def _serve(argv: list[str]) -> int:
     parser.add_argument("--prefix", required=True)
     parser.add_argument("--public-subnet", required=True)
     parser.add_argument("--boot-delay", type=float, default=2.0)
+    parser.add_argument("--rate-limits", default="documented", help="documented | off | x<scale>")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--parent-pid", type=int, default=None, help="stop (SIGTERM) when this process dies")
     args = parser.parse_args(argv)
@@ -438,7 +446,7 @@ def _serve(argv: list[str]) -> int:
         _stop_with_parent(args.parent_pid)
     runtime = NetnsRuntime(prefix=args.prefix, public_subnet=args.public_subnet)
     server = EmulatorServer(scenario="default", seed=args.seed, boot_delay_s=args.boot_delay, runtime=runtime,
-                            host="127.0.0.1", port=0)
+                            host="127.0.0.1", port=0, rate_limits=args.rate_limits)
     try:
         server.start()
         print(json.dumps(server.ready_line()), flush=True)

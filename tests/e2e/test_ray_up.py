@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from rayup_kit import RayCluster, emulated_cluster, json_lines, netns_pids, pid_alive, poll
 
-from skyward_ray.provider.tags import decode_label
+from skyward_ray.provider.tags import TAG_OVERLAY_IP, decode_label
 
 if TYPE_CHECKING:
     from conftest import NetnsKit
@@ -87,6 +87,7 @@ def overlay_of(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_ray_up_brings_up_the_head_on_an_overlay(run: Run) -> None:
+    assert run.emulator.enforced_limits == "documented", "ray up lives within Vast's documented limits"
     instances = run.instances()
     assert len(instances) == 1, f"ray up should rent the head only: {list(instances)}"
     (head_id, head), = instances.items()
@@ -146,6 +147,7 @@ def test_ray_up_again_keeps_the_head_and_restarts_ray(run: Run) -> None:
 def test_gpu_demand_rents_workers_that_join_over_the_overlay(run: Run) -> None:
     started = time.monotonic()
     held = run.cluster.submit("hold", str(GPU_NODES), timeout_s=420).check()
+    held_at = time.time()
     print(f"\ndemand for {GPU_NODES} GPUs -> {GPU_NODES - 1} workers running Ray: {time.monotonic() - started:.1f} s")
     (report,) = json_lines(held.output)
     holders = report["holders"]
@@ -164,6 +166,20 @@ def test_gpu_demand_rents_workers_that_join_over_the_overlay(run: Run) -> None:
         assert holder["node_ip"] == overlay["members"][holder["instance"]], "Ray's node IP is the overlay address"
         assert ipaddress.ip_address(holder["node_ip"]) in subnet
         assert holder["nccl_ifname"] == "eth0", "NCCL/Gloo are pointed at the overlay interface"
+
+    # The overlay address came from the node: the API lists host-side addresses only, the label carries what was read
+    # on the node at first contact, and no worker waited overlay_timeout for an address the API never serves.
+    overlay_timeout = run.cluster.config["provider"].get("overlay_timeout", 120)
+    created = {e["instance_id"]: e["created_at"] for e in state["ledger"]}
+    for instance_id, row in instances.items():
+        member = overlay["members"][str(instance_id)]
+        assert member not in str(row.get("local_ipaddrs") or ""), f"the API showed {instance_id}'s overlay address"
+        decoded = decode_label(row.get("label"))
+        assert decoded is not None and decoded[1].get(TAG_OVERLAY_IP) == member, (instance_id, row.get("label"))
+        if row["kind"] == WORKER:
+            ready_s = held_at - created[instance_id]
+            print(f"worker {instance_id}: rented -> Ray on {member}: at most {ready_s:.1f} s")
+            assert ready_s < overlay_timeout, f"worker {instance_id} took {ready_s:.1f} s (overlay_timeout wait?)"
 
     nodes = json_lines(run.cluster.python_on_head(
         "import json, ray; ray.init(address='auto', log_to_driver=False); "
@@ -282,3 +298,10 @@ def test_ray_down_leaves_no_instance_overlay_namespace_or_process(run: Run) -> N
     # The laptop side: Ray's SSH masters for this cluster end by themselves (ControlPersist) once idle.
     poll(lambda: not run.cluster.ssh_master_pids(), timeout_s=30, interval_s=1,
          what="the cluster's SSH master connections to end")
+
+    statuses = run.emulator.counters()["statuses"]
+    refused = {endpoint: by_status["429"] for endpoint, by_status in statuses.items() if by_status.get("429")}
+    print(f"\n429s under the documented limits, by endpoint: {refused}")
+    listing = {endpoint: n for endpoint, n in refused.items() if endpoint.startswith("GET /api/")}
+    assert not listing, f"reading the cluster earned 429s: {listing}"
+
