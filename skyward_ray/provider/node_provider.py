@@ -168,6 +168,7 @@ class _Node:
     destroying: bool = False  # a destroy call is in flight: no second one meanwhile
     destroyed: bool = False  # a destroy call succeeded: Vast stopped billing it
     rebids: int = 0
+    state_known: bool = False  # some row of it had its status fields whole (a verdict needs them)
 
     @property
     def kind(self) -> str | None:
@@ -311,6 +312,7 @@ class VastNodeProvider(NodeProvider):
         self._unsettled_ghosts: dict[str, float] = {}
         self._avoided_until: dict[int, float] = {}  # machine id -> our clock when it may be rented again
         self._overlay_cache: _Site | None = None
+        self._odd_rows: set[str] = set()  # instances whose rows did not parse whole (logged once each)
         self._overlay_claims: dict[str, str] = {}  # address -> instance id, as read on the instances themselves
         self.offer_cache = OfferCache(lambda query: self.client.search_offers(query), ttl_s=self.config.search_ttl_s,
                                       clock=clock)
@@ -504,20 +506,26 @@ class VastNodeProvider(NodeProvider):
             listed.add(node_id)
             self._looked_up.discard(node_id)
             partial = is_partial_row(instance)
-            if partial:
-                log.warning("Vast instance %s of cluster %s: its row did not parse; kept as a node from its label "
-                            "(terminating it still destroys it)", node_id, self.cluster_name)
+            failed = unparsed_fields(instance)
+            if (partial or failed) and node_id not in self._odd_rows:
+                self._odd_rows.add(node_id)
+                log.warning("Vast instance %s of cluster %s: %s did not parse; %s", node_id, self.cluster_name,
+                            "its row" if partial else ", ".join(sorted(failed)),
+                            "kept as a node from its label (terminating it still destroys it)" if partial else
+                            "the last values seen are kept for those")
             node = self._nodes.get(node_id)
             if node is None:
                 node = self._nodes[node_id] = _Node(node_id, label_tags, instance, first_seen=now, status_since=now,
                                                     machine_id=instance.machine_id)
             else:
-                if not partial or node.instance is None:
-                    node.instance = instance  # a row that did not parse keeps the facts of the last one that did
+                # A row that did not parse (whole or in part) keeps the facts of the last one that did.
+                node.instance = _patched(node.instance, instance, failed, partial=partial)
                 node.machine_id = node.machine_id or instance.machine_id
                 if self._label_is_newer(node_id, started):
                     self._set_tags(node, label_tags, now)
-            if not partial or node.terminated:
+            if not partial and not failed & _STATE_FIELDS:
+                node.state_known = True
+            if node.state_known or node.terminated:
                 actions.extend(self._judge(node, now))  # no facts, no verdict (a terminated node's destroy is retried)
         for nonce, failed_at in list(self._unsettled_ghosts.items()):
             if started >= failed_at:  # this list shows the ghost if it exists: the reservation has done its job
@@ -1451,6 +1459,26 @@ class VastNodeProvider(NodeProvider):
 
         stage_api_key(self._api_key(), self.cluster_name)
         return prepare_head_config(cluster_config)
+
+
+# Fields a node's verdict (failed, interrupted, stuck loading) is drawn from.
+_STATE_FIELDS = frozenset({"actual_status", "intended_status", "cur_state", "next_state", "status_msg", "is_bid"})
+
+
+def unparsed_fields(instance: Instance) -> set[str]:
+    """The fields of a row the client had to leave out (they did not parse); empty for a whole row."""
+    return {str(problem).split(" ", 1)[0] for problem in getattr(instance, "unparsed_fields", ())}
+
+
+def _patched(previous: Instance | None, row: Instance, failed: set[str], *, partial: bool) -> Instance:
+    """The instance to keep after a list: the row, unless it lost fields that an earlier row had (then those keep
+    their earlier values; a row with nothing but id and label keeps the earlier instance whole)."""
+    if previous is None or (not partial and not failed):
+        return row
+    if partial:
+        return previous
+    update = {name: getattr(row, name) for name in row.model_fields_set if name not in failed}
+    return previous.model_copy(update=update)
 
 
 def is_partial_row(instance: Instance) -> bool:

@@ -31,7 +31,7 @@ from skyward_ray.provider.tags import (
     encode_label,
 )
 from skyward_ray.vast.errors import NotFoundError, OfferGoneError, ServerError, VastError
-from skyward_ray.vast.models import CreatedInstance, Instance, Offer, Overlay
+from skyward_ray.vast.models import CreatedInstance, Instance, Offer, Overlay, tolerant_instance
 
 CLUSTER = "unit"
 PROVIDER = {"type": "external", "module": "skyward_ray.provider.VastNodeProvider"}
@@ -410,21 +410,34 @@ def test_a_labelled_row_that_did_not_parse_is_a_node_until_terminate_destroys_it
     fake.add_instance(11, worker_label())
     fake.add_instance(12, worker_label())
     original = fake.list_instances
-    unparsed = {12}
+    broken: dict[int, dict[str, Any]] = {12: {"actual_status": {"odd": 1}}}  # row id -> fields that will not parse
+    minimal: set[int] = set()
 
     def tolerant(select_filters: Any = None) -> list[Instance]:
-        # What the client returns for a row it could not read: id and label only.
-        return [Instance(id=i.id, label=i.label) if i.id in unparsed else i for i in original()]
+        # What the client does with rows it cannot read whole: drop the fields that fail, or keep id + label only.
+        rows = []
+        for instance_id, row in fake.instances.items():
+            if instance_id in minimal:
+                rows.append(Instance(id=instance_id, label=row["label"]))
+            elif instance_id in broken:
+                rows.append(tolerant_instance({**row, **broken[instance_id]})[0])
+            else:
+                rows.append(Instance.model_validate(row))
+        original()  # counted as a list
+        return [row for row in rows if row is not None]
 
     fake.list_instances = tolerant  # type: ignore[method-assign]
     provider = make_provider(fake, clock, loading_timeout_s=60)
     assert sorted(provider.non_terminated_nodes({})) == ["11", "12"]
     assert provider.node_tags("12")[TAG_RAY_USER_NODE_TYPE] == "gpu"
-    assert not provider.is_running("12"), "no facts: not ready"
-    unparsed.add(11)  # a node that parsed before keeps its last facts
-    clock.advance(120)  # past loading_timeout_s: no verdict on a row that says nothing
+    assert not provider.is_running("12"), "no status: not ready"
+    broken[11] = {"ports": "not a mapping"}  # a node that parsed before keeps its last facts for what fails now
+    clock.advance(120)  # past loading_timeout_s: no verdict on a row without its status
     assert sorted(provider.non_terminated_nodes({})) == ["11", "12"]
-    assert provider.is_running("11")
+    assert provider.is_running("11") and provider.external_ip("11") == "198.51.100.4"
+    minimal.add(11)  # nothing but id and label: the whole last instance is kept
+    clock.advance(10)
+    assert sorted(provider.non_terminated_nodes({})) == ["11", "12"] and provider.is_running("11")
     assert fake.count("destroy_instance") == 0
     provider.terminate_nodes(["11", "12"])
     assert 11 not in fake.instances and 12 not in fake.instances
