@@ -137,6 +137,7 @@ class Rental:
         self.nodes: list[Node] = []
         self.provider: VastNodeProvider | None = None
         self.key_path: str | None = None
+        self.public_key: str | None = None
         self.credit_before = free.credit
         self.prefix = "overlay: " if settings.overlay else "rent: "
 
