@@ -274,7 +274,7 @@ class Rental:
                 env_keys = sorted((body or {}).get("env", {}))
                 self.report.add(check, f"instance rented with ray up's create body, {self.settings.disk_gb} GB disk, a "
                                 "doctor label", f"instance {node_id} accepted (create answered in "
-                                f"{node.create_seconds or 0:.2f} s; launch took {accepted - requested:.1f} s); "
+                                f"{node.create_seconds or 0:.3f} s; launch took {accepted - requested:.1f} s); "
                                 f"body {shown}, env keys {env_keys}", Status.OK, seconds=accepted - requested,
                                 create_body=body)
 
@@ -613,7 +613,8 @@ class Rental:
                     f"{time.monotonic() - started:.1f} s{overlay_note}")
         if errors:
             observed += f"; errors: {errors[:2]}"
-        self.report.add(self.prefix + "destroyed", "nothing left rented (found by label), overlay deleted", observed,
+        expected = "nothing left rented (found by label)" + (", overlay deleted" if self.settings.overlay else "")
+        self.report.add(self.prefix + "destroyed", expected, observed,
                         Status.FAIL if left else Status.OK, destroyed=sorted(set(self.report.destroyed)), left=left)
 
     def delete_overlay(self, errors: list[str]) -> str:
