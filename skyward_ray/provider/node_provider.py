@@ -368,18 +368,26 @@ class VastNodeProvider(NodeProvider):
         Blocking: for callers that need the newest state (a launch choosing its site, tests). Ray's tick and the
         getters never call it after the first list; they start :meth:`_refresh_behind` instead. A failed list is
         logged and the last snapshot kept."""
+        self._refresh_quietly(force=force)
+
+    def _refresh_quietly(self, *, force: bool = False, unless_listed_after: float | None = None) -> None:
         try:
-            self._refresh(force=force)
+            self._refresh(force=force, unless_listed_after=unless_listed_after)
         except VastError as exc:
             log.warning("Vast instance list failed, serving the last snapshot: %s", exc)
 
-    def _refresh(self, *, force: bool = False) -> None:
-        """One list (if still due once the refresh lock is ours); raises the list's VastError."""
+    def _refresh(self, *, force: bool = False, unless_listed_after: float | None = None) -> None:
+        """One list (if still due once the refresh lock is ours); raises the list's VastError. A forced refresh
+        decided at ``unless_listed_after`` is dropped when another list began after that (while we waited)."""
         if not force and self._fresh():
             return
         with self._refresh_lock:
             if not force and self._fresh():
                 return  # another thread refreshed while we waited
+            with self._lock:
+                last = self._last_list_started
+            if unless_listed_after is not None and last is not None and last > unless_listed_after:
+                return
             started = self._clock()
             with self._lock:
                 self._last_list_started = started
@@ -453,22 +461,20 @@ class VastNodeProvider(NodeProvider):
             self._refreshing = True
             inline = not self._start_threads
         if inline:  # no threads wanted (tests with a fake clock): refresh in the caller, deterministically
-            try:
-                self.refresh(force=True)
-            finally:
-                with self._lock:
-                    self._refreshing = False
+            self._background_refresh(now)
             return
         try:
-            threading.Thread(target=self._background_refresh, name="skyward-refresh", daemon=True).start()
+            threading.Thread(target=self._background_refresh, args=(now,), name="skyward-refresh",
+                             daemon=True).start()
         except BaseException:
             with self._lock:
                 self._refreshing = False
             raise
 
-    def _background_refresh(self) -> None:
+    def _background_refresh(self, decided_at: float) -> None:
         try:
-            self.refresh(force=True)  # due already: decided under the lock by the caller
+            # Due already (decided under the lock at decided_at), unless a blocking refresh began since.
+            self._refresh_quietly(force=True, unless_listed_after=decided_at)
         except Exception:  # a bug must not end the refresher silently for good: the next tick starts another
             log.exception("refreshing the Vast instance snapshot failed")
         finally:
