@@ -137,6 +137,7 @@ OVERLAY_POLL_S = 1.0
 PENDING_REFRESH_S = 1.0  # while Ray waits on a booting node, the snapshot is refreshed this often (one list/s)
 UNPAGED_LIST = "GET /api/v0/instances/"
 UNPAGED_LIST_INTERVAL_S = 1.0  # what GET /api/v1/instances/ documents; the unpaged list documents nothing
+CLAIM_TTL_S = 120.0  # an overlay address met on an instance this process does not know is skipped this long
 OVERLAY_SEARCH_MAX = 1022  # addresses of an overlay subnet searched for a node (Vast's overlays are /24s)
 EXIT_FLUSH_BUDGET_S = 10.0  # at interpreter exit, all providers together wait at most this long for label writes
 
@@ -313,7 +314,8 @@ class VastNodeProvider(NodeProvider):
         self._avoided_until: dict[int, float] = {}  # machine id -> our clock when it may be rented again
         self._overlay_cache: _Site | None = None
         self._odd_rows: set[str] = set()  # instances whose rows did not parse whole (logged once each)
-        self._overlay_claims: dict[str, str] = {}  # address -> instance id, as read on the instances themselves
+        # address -> (instance id, when), as read on the instances themselves by an overlay search
+        self._overlay_claims: dict[str, tuple[str, float]] = {}
         self.offer_cache = OfferCache(lambda query: self.client.search_offers(query), ttl_s=self.config.search_ttl_s,
                                       clock=clock)
 
@@ -800,7 +802,7 @@ class VastNodeProvider(NodeProvider):
         instance this process does not know yet is remembered as taken, so an overlay search skips it."""
         texts = list(addresses)
         with self._lock:
-            self._overlay_claims.update(dict.fromkeys(texts, node_id))
+            self._overlay_claims.update(dict.fromkeys(texts, (node_id, self._clock())))
             node = self._nodes.get(node_id)
             subnet = node.tags.get(TAG_OVERLAY_SUBNET) if node is not None else None
             if node is None or not subnet:
@@ -835,9 +837,16 @@ class VastNodeProvider(NodeProvider):
             subnet = node.tags.get(TAG_OVERLAY_SUBNET)
             if not subnet:
                 return []
-            taken = set(self._overlay_claims)
+            # Addresses held by live nodes, or claimed lately by an instance this process does not know (one rented
+            # by another process). A destroyed node's address may be handed out again, so it is searched.
+            now = self._clock()
+            taken = set()
+            for address, (claimer, at) in self._overlay_claims.items():
+                holder = self._nodes.get(claimer)
+                if (holder is not None and not holder.terminated) or (holder is None and now - at < CLAIM_TTL_S):
+                    taken.add(address)
             for other in self._nodes.values():
-                if other is not node:
+                if other is not node and not other.terminated:
                     address = self._overlay_ip(other)
                     if address:
                         taken.add(address)

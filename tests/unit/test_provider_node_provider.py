@@ -757,6 +757,13 @@ def test_overlay_search_covers_the_subnet_minus_known_addresses_only_on_the_over
     assert provider.overlay_search("12") == [] and provider.overlay_search("13") == []
     provider.learn_node_addresses("11", ["10.9.0.9"])
     assert provider.overlay_search("11") == []
+    # A destroyed node's address may be handed out again: it is searched again; a stranger's claim expires.
+    provider.terminate_nodes(["12"])
+    fake.add_instance(15, worker_label(**subnet), local_ipaddrs="192.168.0.11")
+    clock.advance(121)
+    provider.non_terminated_nodes({})
+    targets = provider.overlay_search("15")
+    assert "10.9.0.2" in targets and "10.9.0.3" in targets and "10.9.0.9" not in targets
     monkeypatch.setattr(node_provider, "interface_addresses", lambda: on_overlay[:1])  # the laptop
     fake.add_instance(14, worker_label(**subnet), local_ipaddrs="192.168.0.10")
     assert provider.overlay_search("14") == []
