@@ -196,22 +196,24 @@ class ComputePool:
                     "and Ray allows one cluster per process (use that address, or ray.shutdown() first)"
                 )
             return False
-        kwargs: dict[str, Any] = {"address": handle.address, "log_to_driver": True}
+        kwargs: dict[str, Any] = {"address": handle.address}
         if not handle.address.startswith("ray://"):
+            kwargs["log_to_driver"] = True  # Ray Client forwards it by default, and passing it there logs a line
             kwargs["include_dashboard"] = False
             if handle.driver_ip:
                 kwargs["_node_ip_address"] = handle.driver_ip
         if not handle.address.startswith("ray://"):
-            with _no_sigterm_notice():
+            with _quiet_ray_init():
                 ray.init(**kwargs)
             return True
         # Ray Client: the head's proxier forks a server process per client. With gRPC's fork support on, that child
         # could die in gRPC's fork handlers ("Starting Ray client server failed"); our heads start Ray with it off
         # (skyward_ray/provider/start_commands.py). A head started otherwise may still do it, and a new attempt gets
         # a new server process: the retry stays as a safety net, and says so when it happens.
+        _quiet_client_log_stream()
         for attempt in range(1, CLIENT_CONNECT_ATTEMPTS + 1):
             try:
-                with _no_sigterm_notice():
+                with _quiet_ray_init():
                     ray.init(**kwargs)
                 return True
             except ConnectionError as exc:
@@ -335,26 +337,43 @@ def pool(fn: Callable[..., Any] | None = None, /, **kwargs: Any) -> Any:
 # --- signals ---------------------------------------------------------------------------------------------------------
 
 
-class _DropSigtermNotice(logging.Filter):
-    """``ray.init`` outside the main thread warns "SIGTERM handler is not set ..." on every call. A pool entered in a
-    thread needs no handler of Ray's (its teardown does not depend on one), so the line is noise to the user."""
+class _DropRayNotices(logging.Filter):
+    """Lines Ray logs at every pool connection that tell the user nothing they can act on: ``ray.init`` outside the
+    main thread warns "SIGTERM handler is not set ..." (a pool's teardown does not depend on Ray's handler; under Ray
+    Client the server's own ``ray.init`` says it too, through the log stream), and Ray Client reports the ``ray.init``
+    arguments it forwards ("Passing the following kwargs ...", always at least ``log_to_driver``)."""
+
+    PREFIXES = ("SIGTERM handler is not set", "Passing the following kwargs to ray.init() on the server")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("SIGTERM handler is not set")
+        return not str(record.msg).lstrip().startswith(self.PREFIXES)
+
+
+_RAY_NOTICES = _DropRayNotices()
+
+
+def _quiet_client_log_stream() -> None:
+    """The Ray Client server's notice arrives through the log stream at any time after connecting: filter it there
+    for good (once)."""
+    stream_log = logging.getLogger("ray.util.client.logsclient")
+    if _RAY_NOTICES not in stream_log.filters:
+        stream_log.addFilter(_RAY_NOTICES)
 
 
 @contextlib.contextmanager
-def _no_sigterm_notice() -> Iterator[None]:
-    if threading.current_thread() is threading.main_thread():
-        yield
-        return
-    worker_log = logging.getLogger("ray._private.worker")
-    notice_filter = _DropSigtermNotice()
-    worker_log.addFilter(notice_filter)
+def _quiet_ray_init() -> Iterator[None]:
+    """Ray's notices of one ``ray.init`` call (see :class:`_DropRayNotices`) left out while it runs."""
+    loggers = [logging.getLogger("ray.client_builder")]
+    if threading.current_thread() is not threading.main_thread():
+        loggers.append(logging.getLogger("ray._private.worker"))
+    notice_filter = _DropRayNotices()
+    for logger in loggers:
+        logger.addFilter(notice_filter)
     try:
         yield
     finally:
-        worker_log.removeFilter(notice_filter)
+        for logger in loggers:
+            logger.removeFilter(notice_filter)
 
 
 @contextlib.contextmanager
