@@ -128,6 +128,9 @@ def main() -> None:
         rounds: list[dict[str, float]] = []
         try:
             emulator.start()
+            limits = emulator.enforced_limits
+            if limits != "documented":
+                raise SystemExit(f"the emulator enforces rate limits {limits!r}, not Vast's documented ones")
             for index in range(args.rounds):
                 rounds.append(one_round(emulator, workdir, index))
         finally:
@@ -141,7 +144,7 @@ def main() -> None:
         "overlay_from_node": from_node,
         "overlay_timeout_s": OVERLAY_TIMEOUT_S,
         "no_overlay_timeout_wait": from_node and worker_ready < OVERLAY_TIMEOUT_S,
-        "rate_limits": "documented",
+        "rate_limits": limits,
         "boot_delay_s": args.boot_delay,
         "goals_s": GOALS_S,
         "met": {key: figures[key] < goal for key, goal in GOALS_S.items()},
