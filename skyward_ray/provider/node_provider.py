@@ -301,7 +301,9 @@ class VastNodeProvider(NodeProvider):
         self._last_list_s: float | None = None  # how long the last successful list took (our clock)
         self._last_list_started: float | None = None
         self._last_list_failed = False
-        self._list_source = self.config.instance_list  # "unpaged" until the server shows it lacks that list
+        # "unpaged" until the server shows it lacks that list; one str swapped once (no lock: a racing list at worst
+        # asks the old way once more)
+        self._list_source = self.config.instance_list
         self._dirty: set[str] = set()
         self._writing: set[str] = set()
         self._written_at: dict[str, float] = {}
