@@ -74,6 +74,8 @@ def register(subparsers: Any) -> None:
                        help="Vast's documented rate limits: documented (per endpoint and key+address intervals, the "
                             "create penalty, 10 searches a minute per address, 429s without Retry-After), off, or "
                             f"x<scale> to scale every interval and window, e.g. x0.1 (default {DEFAULT_RATE_LIMITS})")
+    serve.add_argument("--no-overlays", action="store_true",
+                       help="answer every /api/v0/overlay/ call as an account without overlay networks would (403)")
     serve.set_defaults(func=serve_command)
     clean = commands.add_parser("clean", help="remove namespaces, bridges and files a netns emulator left behind")
     clean.set_defaults(func=clean_command)
@@ -113,7 +115,8 @@ def serve_command(args: argparse.Namespace) -> int:
     try:
         server = EmulatorServer(scenario=args.scenario, seed=args.seed, api_key=args.api_key,
                                 boot_delay_s=args.boot_delay, runtime=runtime, host=args.host, port=args.port,
-                                admin_key=args.admin_key, rate_limits=args.rate_limits)
+                                admin_key=args.admin_key, rate_limits=args.rate_limits,
+                                overlays_available=False if args.no_overlays else None)
     except ValueError as exc:
         if runtime is not None:
             runtime.close()

@@ -9,6 +9,7 @@ market along its clock even when nobody calls.
 The server owns the runtime it is given: ``stop()`` destroys every instance the runtime still holds and closes it.
 ``rate_limits`` switches Vast's documented rate limits: ``"documented"``, ``"off"`` or ``"x<scale>"`` (every interval,
 the create penalty and the search window times the scale); None keeps the scenario's (or ``faults``') setting.
+``overlays_available=False`` answers every ``/api/v0/overlay/`` call as an account without overlay networks.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class EmulatorServer:
                  port: int = 0, *, clock: Clock | None = None, faults: FaultConfig | None = None,
                  credit: float | None = None, admin_key: str | None = None, tick_interval_s: float = 0.05,
                  start_timeout_s: float = 30.0, rate_limits: str | None = None,
-                 rate_clock: Callable[[], float] | None = None) -> None:
+                 rate_clock: Callable[[], float] | None = None, overlays_available: bool | None = None) -> None:
         if rate_limits is not None:
             parse_rate_limits(rate_limits)  # a ValueError naming the value, before anything is built
         if not 0 <= port <= 65535:
@@ -55,6 +56,8 @@ class EmulatorServer:
                              boot_delay_s=boot_delay_s, faults=faults, credit=credit)
         if rate_limits is not None:
             self.market.set_faults(self.market.faults.merged({"rate_limit": {"mode": rate_limits}}))
+        if overlays_available is not None:
+            self.market.set_faults(self.market.faults.merged({"overlays_available": overlays_available}))
         self.host = host
         self.port = port
         self.admin_key = admin_key

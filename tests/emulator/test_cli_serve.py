@@ -52,7 +52,7 @@ def served() -> Iterator[tuple[subprocess.Popen[str], dict[str, str]]]:
 
 @pytest.fixture
 def served_scaled() -> Iterator[tuple[subprocess.Popen[str], dict[str, str]]]:
-    yield from serve("--rate-limits", "x0.5")
+    yield from serve("--rate-limits", "x0.5", "--no-overlays")
 
 
 def test_serve_prints_one_ready_line_serves_and_exits_on_sigterm(
@@ -70,7 +70,7 @@ def test_serve_prints_one_ready_line_serves_and_exits_on_sigterm(
     assert proc.stderr is not None and "Traceback" not in proc.stderr.read()
 
 
-def test_serve_rate_limits_flag_scales_the_documented_limits(
+def test_serve_rate_limits_and_no_overlays_flags(
         served_scaled: tuple[subprocess.Popen[str], dict[str, str]]) -> None:
     proc, ready = served_scaled
     assert ready["rate_limits"] == "x0.5"
@@ -80,6 +80,9 @@ def test_serve_rate_limits_flag_scales_the_documented_limits(
     headers = {"Authorization": "Bearer test-key-123"}
     statuses = [httpx.get(f"{ready['url']}/api/v0/instances/1/", headers=headers).status_code for _ in range(2)]
     assert statuses == [200, 429]  # the second show inside its 1 s (2 s x 0.5)
+    overlays = httpx.get(f"{ready['url']}/api/v0/overlay/", headers=headers)
+    assert overlays.status_code == 403 and overlays.json()["error"] == "permission_denied"  # --no-overlays
+    assert httpx.get(f"{ready['admin_url']}/faults/").json()["overlays_available"] is False
     switched = httpx.put(f"{ready['admin_url']}/rate_limits/", json={"mode": "off"}).json()
     assert switched["mode"] == "off"
     assert httpx.get(f"{ready['url']}/api/v0/instances/1/", headers=headers).status_code == 200
