@@ -134,7 +134,9 @@ RENT_ROUNDS = 3  # searches per launch when offers keep being taken by others
 MISSING_GRACE_S = 60.0  # a rented node absent from lists this long is checked with one GET
 DESTROY_RETRY_S = 30.0  # a terminated node still listed after this long is destroyed again
 OVERLAY_POLL_S = 1.0
-PENDING_REFRESH_S = 1.0  # while Ray waits on a booting node, the snapshot is refreshed this often (one list/s)
+# While Ray waits on a booting node, the snapshot is refreshed this often: twice the list's documented interval, so the
+# delays of a loaded machine never bring two lists of a process closer than Vast allows.
+PENDING_REFRESH_S = 2.0
 UNPAGED_LIST = "GET /api/v0/instances/"
 UNPAGED_LIST_INTERVAL_S = 1.0  # what GET /api/v1/instances/ documents; the unpaged list documents nothing
 CLAIM_TTL_S = 120.0  # an overlay address met on an instance this process does not know is skipped this long
@@ -453,7 +455,7 @@ class VastNodeProvider(NodeProvider):
 
         Due after ``cache_ttl_s``; for a caller ``waiting`` on a node to come up (Ray's updater polling a booting
         node), after ``PENDING_REFRESH_S`` since the last list began, so a node that runs after 2 s is not seen 4 s
-        later. That is one list call per second at most, within the list's limit; after a failed list, one TTL."""
+        later. That is one list call per 2 s at most, half the list's limit; after a failed list, one TTL."""
         with self._lock:
             now = self._clock()
             if waiting and self._last_list_started is not None and not self._last_list_failed:
