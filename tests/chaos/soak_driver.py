@@ -216,8 +216,9 @@ class MiniAutoscaler:
 
     def __init__(self, make_provider: Callable[[], VastNodeProvider], cluster: Cluster, *,
                  interval_s: float = 0.25, launchers: int = 4, installers: int = 4,
-                 install_step_s: float = 0.05) -> None:
+                 install_step_s: float = 0.05, eth0: Callable[[str], str | None] | None = None) -> None:
         self._make_provider = make_provider
+        self._eth0 = eth0
         self.cluster = cluster
         self.interval_s = interval_s
         self._launchers = launchers
@@ -403,10 +404,17 @@ class MiniAutoscaler:
                 self.stats.terminations += len(node_ids)
 
     def _install(self, provider: VastNodeProvider, node_id: str, generation: int) -> None:
-        """The v2 RayInstaller's provider calls: SSH target from internal_ip, then the updater's status tags."""
+        """The v2 RayInstaller's provider calls: SSH target from internal_ip, then the updater's status tags.
+
+        A node on an overlay first has its overlay address learned "on the node", as the SSH runner does at first
+        contact (Vast's API does not serve it): ``eth0`` says what the node's eth0 holds."""
         try:
             if provider.is_terminated(node_id):
                 return
+            if self._eth0 is not None and provider.unknown_overlay_subnet(node_id):
+                address = self._eth0(node_id)
+                if address:
+                    provider.learn_node_addresses(node_id, [address])
             if provider.internal_ip(node_id) is None:
                 provider.set_node_tags(node_id, {TAG_RAY_NODE_STATUS: STATUS_UPDATE_FAILED})
                 with self._lock:
@@ -440,6 +448,21 @@ class Sample:
     committed_dph: float  # every instance of ours not destroyed and not stopped/failed (loading ones included)
     instances: int
     rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def overlay_address(url: str, sampler: Sampler) -> Callable[[str], str | None]:
+    """What a node's eth0 holds on its overlay, from the emulator's state (the latest sample, else a fresh dump)."""
+
+    def lookup(node_id: str) -> str | None:
+        for dump in (sampler.latest_dump(), None):
+            dump = dump if dump is not None else admin(url, "GET", "state/")
+            for overlay in dump.get("overlays", []):
+                address = overlay.get("members", {}).get(str(node_id))
+                if address:
+                    return str(address)
+        return None
+
+    return lookup
 
 
 class Sampler:

@@ -1,16 +1,23 @@
 """The chaos soak: VastNodeProvider driven as Ray's v2 autoscaler drives it, against the emulator with every fault on.
 
-Faults at once: 10% of requests answered 429 (plus the emulator's own per-endpoint interval limit on rentals), 5%
-random 5xx, 2% of writes that take effect but answer 504 (the "double rental after a 5xx" trap), latency with
-spikes, 20% of chosen offers taken by a rival before the rental, 10% of hosts failing (5% of rentals failing to
-boot, 5% of workers whose host goes offline or whose container exits later), random outbids of interruptible
-workers, and one restart of the provider (the head's monitor) while launches are in flight. The worker target moves
-0 -> 8 -> 3 -> 8, under a ``max_hourly_cost`` that leaves room for the largest target with some churn.
+The emulator enforces Vast's documented rate limits at their real intervals (one create per 4.5 s with a 12 s
+penalty, 10 searches a minute, 1-3 s on lists, destroys and labels), so every scale-up runs at Vast's pace: 8 workers
+take about 35 s of rentals alone. Faults at once: 10% of requests answered 429 whatever their pace (Vast's limiter is
+shared with the account's other clients), 5% random 5xx, 2% of writes that take effect but answer 504 (the "double
+rental after a 5xx" trap), latency with spikes, 20% of chosen offers taken by a rival before the rental, 10% of hosts
+failing (5% of rentals failing to boot, 5% of workers whose host goes offline or whose container exits later), random
+outbids of interruptible workers, and one restart of the provider (the head's monitor) while launches are in flight.
+The worker target moves 0 -> 8 -> 3 -> 8, under a ``max_hourly_cost`` that leaves room for the largest target with
+some churn.
 
-Length: ``SKYWARD_SOAK_SECONDS`` (default 45: CI; the whole test stays under 3 minutes on 2 cores). Each target is
-held for a third of it, and at least until the cluster converged. ``SKYWARD_SOAK_SEED`` replays a run.
+Length: ``SKYWARD_SOAK_SECONDS`` (default 45: CI). Each target is held for a third of it, and at least until the
+cluster converged, which Vast's pace makes the longer part: the whole test takes about 4-5 minutes on 2 cores.
+``SKYWARD_SOAK_SEED`` replays a run.
 
-At the end one JSON line (``SOAK {...}``) goes to the terminal, and these bounds are asserted: no duplicate rental,
+At the end one JSON line (``SOAK {...}``) goes to the terminal. It counts the 429s our own pace earned
+(``rate_limited_429``, from the emulator's limiter: a call inside its interval, the create penalty or the search
+window) apart from the injected random ones (``injected_429``). These bounds are asserted: no 429 earned by our pace,
+no duplicate rental,
 nothing (instance, overlay, ghost) left after ``ray down``, the cluster's $/h (what the emulator bills, sampled from
 its ledger) never above ``max_hourly_cost`` (plus what the restarted process had in flight when it died), every
 target change converged, the restarted provider rebuilt every tag from Vast alone, and every kind of fault happened.
@@ -36,6 +43,7 @@ from soak_driver import (
     ProviderFactory,
     Sampler,
     admin,
+    overlay_address,
     ray_up,
 )
 
@@ -51,11 +59,13 @@ CLUSTER = Cluster(name="soak", head_config={"accelerator": "RTX 4090"},
 TARGETS = (8, 3, 8)
 MAX_WORKERS = max(TARGETS)
 RATE_429 = 0.10
-CONVERGE_TIMEOUT_S = 40.0
+# 8 rentals at Vast's 4.5 s are 32 s; replacements of outbid or failed workers, a random 429 on a create (the client
+# then stays away the 12 s penalty) and the restart add to that.
+CONVERGE_TIMEOUT_S = 240.0
 
 NETWORK_FAULTS: dict[str, Any] = {
-    "rate_limit": {"enabled": True, "min_interval_s": 0.0, "per_endpoint": {"PUT /api/v0/asks/{id}/": 0.05},
-                   "body": "mixed", "random_rate": RATE_429},
+    # The documented limits stay as the emulator enforces them; on top, random 429s in every body Vast uses.
+    "rate_limit": {"body": "mixed", "random_rate": RATE_429},
     "error_5xx_rate": 0.05,
     "lost_response_rate": 0.02,
     "latency_ms": 5.0,
@@ -88,7 +98,7 @@ def soak_seed() -> int:
 
 @pytest.fixture
 def emulator() -> Iterator[EmulatorServer]:
-    with running_emulator(seed=soak_seed(), boot_delay_s=0.4) as emu:
+    with running_emulator(seed=soak_seed(), boot_delay_s=0.4, rate_limits="documented") as emu:
         yield emu
 
 
@@ -204,7 +214,7 @@ def ray_down(factory: ProviderFactory, timeout_s: float = 60.0, attempts: int = 
     return failures
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)
 def test_soak_under_every_fault(emulator: EmulatorServer, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                 caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING)
@@ -226,9 +236,11 @@ def test_soak_under_every_fault(emulator: EmulatorServer, tmp_path: Path, capsys
         sampler.start()
         head = ray_up(factory.new(), CLUSTER)
         admin(emulator.url, "PUT", "faults/", json=HOST_FAULTS)  # after the head: a failed head is ray up again
-        autoscaler = MiniAutoscaler(factory.new, CLUSTER)
+        autoscaler = MiniAutoscaler(factory.new, CLUSTER, eth0=overlay_address(emulator.url, sampler))
         autoscaler.start()
-        chaos = ChaosActor(emulator.url, sampler, CLUSTER.name, head, seed=soak_seed())
+        # An outbid worker costs a replacement rental, 4.5 s of Vast's create pace: at one outbid every ~50 s the
+        # cluster can still converge (at the 0.15/s the soak used before Vast's limits, churn outran renting).
+        chaos = ChaosActor(emulator.url, sampler, CLUSTER.name, head, seed=soak_seed(), outbid_p=0.02)
         chaos.start()
 
         converge_s: list[float | None] = report["converge_s"]
@@ -274,6 +286,8 @@ def test_soak_under_every_fault(emulator: EmulatorServer, tmp_path: Path, capsys
     audit = ledger_audit(dump)
     statuses = factory.statuses()
     asks = counters["statuses"].get("PUT /api/v0/asks/{id}/", {})
+    earned = sum(counters.get("rate_limited", {}).values())  # refused by the limiter: our pace, not the dice
+    answered_429 = sum(int(by_status.get("429", 0)) for by_status in counters["statuses"].values())
     assert autoscaler is not None and chaos is not None
     stats = autoscaler.stats
     report.update({
@@ -286,6 +300,11 @@ def test_soak_under_every_fault(emulator: EmulatorServer, tmp_path: Path, capsys
         "max_committed_dph": round(max(s.committed_dph for s in sampler.samples), 4),
         "api_requests": sum(statuses.values()),
         "share_429": round(statuses[429] / max(1, sum(statuses.values())), 3),
+        "rate_limited_429": earned,
+        "rate_limited_by_reason": dict(counters.get("rate_limited", {})),
+        "429_by_endpoint": {e: int(s["429"]) for e, s in counters["statuses"].items() if s.get("429")},
+        "injected_429": answered_429 - earned,
+        "rate_limits": admin(emulator.url, "GET", "faults/")["rate_limit"]["mode"],
         "api_errors_absorbed": {"429": statuses[429],
                                 "5xx": sum(n for s, n in statuses.items() if s >= 500),
                                 "total": sum(n for s, n in statuses.items() if s == 429 or s >= 500)},
@@ -315,6 +334,12 @@ def test_soak_under_every_fault(emulator: EmulatorServer, tmp_path: Path, capsys
 
     if failure is not None:
         raise failure
+    assert report["rate_limits"] == "documented"
+    # Our pace leaves every documented interval plus 0.1 s between starts; the emulator measures arrivals after
+    # its injected latency, and a 0.8 s spike (2% of requests) can land a call inside the interval. Those are the
+    # only 429s our pace may earn here.
+    spikes = NETWORK_FAULTS["latency_spike_rate"] * report["api_requests"]
+    assert report["rate_limited_429"] <= max(2.0, 2 * spikes), f"429s earned by our pace: {report}"
     assert report["duplicates"] == 0
     assert report["instances_left"] == 0 and report["overlays_left"] == 0 and report["ghosts_left"] == 0
     # Rentals the restarted process had already sent may land unseen by its successor: the one allowance.
