@@ -95,10 +95,13 @@ def train_loop(config: dict[str, Any]) -> None:
     import ray.train
     import torch
     from ray.train import Checkpoint
-    from ray.train.torch import prepare_model
+    from ray.train.torch import get_device, prepare_model
 
     from skyward_ray.compute.integrations.train import wait_for_checkpoint_taken
 
+    device = get_device()
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what deterministic cuBLAS needs
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     context = ray.train.get_context()
@@ -107,23 +110,24 @@ def train_loop(config: dict[str, Any]) -> None:
 
     torch.manual_seed(config["seed"])
     model = torch.nn.Linear(FEATURES, 1)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=0.9)
-    start = 0
+    state = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            state = torch.load(Path(directory) / "state.pt", weights_only=True)
+            state = torch.load(Path(directory) / "state.pt", weights_only=True, map_location="cpu")
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start = int(state["step"])
+    ddp = prepare_model(model)  # moves the model to this worker's device, wraps it in DDP
+    optimizer = torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=0.9)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])  # its momentum moves to the parameters' device
+    start = int(state["step"]) if state is not None else 0
     attempt = ray.get(progress.begin.remote({
         "rank": rank, "start": start, "instance": os.environ.get("CONTAINER_ID"), "hostname": socket.gethostname(),
         "node_ip": ray.util.get_node_ip_address(), "gloo_ifname": os.environ.get("GLOO_SOCKET_IFNAME"),
         "nccl_ifname": os.environ.get("NCCL_SOCKET_IFNAME"), "t": time.time()}))
-    ddp = prepare_model(model)
 
     for step in range(start + 1, config["steps"] + 1):
-        x, y = batch(config["seed"], step, rank, world)
+        x, y = (t.to(device) for t in batch(config["seed"], step, rank, world))
         optimizer.zero_grad()
         loss = torch.nn.functional.mse_loss(ddp(x).squeeze(-1), y)
         loss.backward()
@@ -218,7 +222,7 @@ def final_weights(checkpoint: Any) -> dict[str, Any]:
     import torch
 
     with checkpoint.as_directory() as directory:
-        state = torch.load(Path(directory) / "state.pt", weights_only=True)
+        state = torch.load(Path(directory) / "state.pt", weights_only=True, map_location="cpu")
     weight, bias = state["model"]["weight"].contiguous(), state["model"]["bias"].contiguous()
     digest = hashlib.sha256(weight.numpy().tobytes() + bias.numpy().tobytes()).hexdigest()
     return {"step": int(state["step"]), "weight": weight.flatten().tolist(), "bias": bias.tolist(),
