@@ -17,7 +17,17 @@ from typing import Any
 
 import pytest
 from ray.autoscaler.node_launch_exception import NodeLaunchException
-from soak_driver import ChaosActor, Cluster, FailNext, MiniAutoscaler, ProviderFactory, Sampler, admin, ray_up
+from soak_driver import (
+    ChaosActor,
+    Cluster,
+    FailNext,
+    MiniAutoscaler,
+    ProviderFactory,
+    Sampler,
+    admin,
+    overlay_address,
+    ray_up,
+)
 
 from skyward_ray.emulator.server import EmulatorServer
 from skyward_ray.emulator.testing import running_emulator, wait_until
@@ -33,7 +43,7 @@ TARGET = 4
 
 @pytest.fixture
 def emulator() -> Iterator[EmulatorServer]:
-    with running_emulator(seed=11, boot_delay_s=0.3) as emu:
+    with running_emulator(seed=11, boot_delay_s=0.3, rate_limits="documented") as emu:
         yield emu
 
 
@@ -75,7 +85,7 @@ def test_the_billed_rate_never_exceeds_a_binding_cap(emulator: EmulatorServer, t
         factory = ProviderFactory({**config, "max_hourly_cost": cap}, CLUSTER, emulator.api_key)
         admin(emulator.url, "PUT", "faults/", json={"error_5xx_rate": 0.1, "lost_response_rate": 0.05})
         sampler.start()
-        scaler = MiniAutoscaler(factory.new, CLUSTER, interval_s=0.2)
+        scaler = MiniAutoscaler(factory.new, CLUSTER, interval_s=0.2, eth0=overlay_address(emulator.url, sampler))
         scaler.set_target(TARGET)
         scaler.start()
         chaos = ChaosActor(emulator.url, sampler, CLUSTER.name, head, seed=3, interval_s=0.5, outbid_p=0.5,
