@@ -119,7 +119,7 @@ def _rate_limited(market: Market, threshold: float) -> web.Response:
             if pick < total:
                 style = form
                 break
-    if style == "bare":
+    if style == "bare" or (threshold <= 0 and style == "text"):  # no threshold to name (a random 429)
         return web.Response(text=RATE_LIMIT_TEXT, status=429, headers=headers)
     if style == "text":
         return web.Response(text=f"{RATE_LIMIT_TEXT}: endpoint threshold={shown}", status=429, headers=headers)
