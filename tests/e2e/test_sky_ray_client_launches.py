@@ -25,6 +25,7 @@ import pytest
 from rayup_kit import EmulatorProcess, RayCluster
 
 import skyward_ray as sky
+from skyward_ray.compute.nodes import NodesUnavailableError
 from skyward_ray.compute.vast_launcher import RAY_CLIENT_PORT, SshTunnel
 from skyward_ray.vast.client import VastClient
 
@@ -136,3 +137,18 @@ def test_twenty_pools_connect_without_a_ray_client_retry(tunnel: str) -> None:
     assert not [m for m in records.messages if "SIGTERM handler is not set" in m]
     assert not [m for m in records.messages if "Passing the following kwargs" in m]  # one line per pool, of Ray's
 
+
+
+def test_a_pool_over_ray_client_asks_the_autoscaler_and_fails_in_one_line(tunnel: str,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """Under Ray Client the autoscaler calls run as a task on the head: this head-only cluster cannot grow."""
+    started = time.monotonic()
+    with pytest.raises(NodesUnavailableError) as raised:
+        sky.ComputePool(address=tunnel, nodes=2, accelerator="RTX 4090", ready_timeout=300).start()
+    message = str(raised.value)
+    assert "\n" not in message
+    assert message.startswith("nodes=2: the cluster has 1 node(s) and its autoscaler cannot add the 1 more")
+    assert "max_workers: 0" in message and "lower nodes= to at most 1" in message
+    assert time.monotonic() - started < 60, "at once, not at ready_timeout"
+    err = capsys.readouterr().err
+    assert "asked its autoscaler for 1 more node(s) of {GPU: 1}" in err and "cannot grow: nodes=2" in err
