@@ -335,9 +335,10 @@ def test_soak_under_every_fault(emulator: EmulatorServer, tmp_path: Path, capsys
     if failure is not None:
         raise failure
     assert report["rate_limits"] == "documented"
-    # Our pace leaves every documented interval plus 0.1 s between starts; the emulator measures arrivals after
-    # its injected latency, and a 0.8 s spike (2% of requests) can land a call inside the interval. Those are the
-    # only 429s our pace may earn here.
+    # Our pace leaves every documented interval plus 0.1 s between starts, but the emulator measures arrivals: its
+    # injected latency (0.8 s spikes on 2% of requests) and a loaded machine's scheduling delays (the emulator runs
+    # in this process) can move one call by more than that margin and land the next inside the interval. Runs
+    # without latency earn none (tests/emulator/test_provider_rate_limits.py); here a few are allowed.
     spikes = NETWORK_FAULTS["latency_spike_rate"] * report["api_requests"]
     assert report["rate_limited_429"] <= max(2.0, 2 * spikes), f"429s earned by our pace: {report}"
     assert report["duplicates"] == 0
