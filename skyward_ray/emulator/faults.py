@@ -10,7 +10,7 @@ import math
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field
+from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
 from skyward_ray.emulator.documented import (
     CREATE_PENALTY_S,
@@ -58,6 +58,16 @@ class RateLimitConfig(BaseModel):
     # Vast's real limiter is shared by every key of an account and by its other clients, so a caller also sees 429s
     # it did not earn by its own pace: a share of requests refused whatever the interval (works without ``enabled``).
     random_rate: float = Field(default=0.0, ge=0, le=1, description="P(a 429 whatever the interval) per request")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_mode(cls, data: Any) -> Any:
+        """Accept ``mode`` on input too (what a dump shows), so a dump validates back: it sets enabled and scale."""
+        if isinstance(data, dict) and "mode" in data:
+            data = dict(data)
+            enabled, scale = parse_rate_limits(data.pop("mode"))
+            data.update(enabled=enabled, scale=scale)
+        return data
 
     @computed_field  # type: ignore[prop-decorator]
     @property

@@ -259,6 +259,7 @@ def test_fault_config_patches_validate() -> None:
     assert scaled.rate_limit.mode == "x0.1" and scaled.rate_limit.interval("GET /api/v0/instances/{id}/") == 0.2
     assert scaled.rate_limit.penalty_s == 1.2 and scaled.rate_limit.search_window_s == 6.0
     assert scaled.merged({"rate_limit": {"mode": "off"}}).rate_limit.enabled is False
+    assert FaultConfig.model_validate(scaled.model_dump(mode="json")) == scaled  # a dump (with "mode") validates back
     with pytest.raises(ValueError, match=r"allowed: documented \| off \| x<scale>"):
         FaultConfig().merged({"rate_limit": {"mode": "x-1"}})
     with pytest.raises(ValueError, match="error_5xx_rate"):
