@@ -161,8 +161,8 @@ class VastProviderConfig(PlacementOptions):
         "(1 = as documented; below 1 only against a test server that scales its limits the same way)"
     )
     search_ttl_s: float = Field(
-        30.0, gt=0.0, le=300.0, description="an offer search's answer is shared by every launch for this long (Vast "
-        "allows 10 searches per minute)"
+        30.0, gt=0.0, le=300.0, description="an offer search's answer is shared by every launch for this long, and "
+        "while a scale-up planned on it is still renting (at most 3x as long); Vast allows 10 searches per minute"
     )
 
     # --- behaviour -------------------------------------------------------------------------------------------------

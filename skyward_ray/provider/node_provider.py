@@ -1189,7 +1189,8 @@ class VastNodeProvider(NodeProvider):
                        for assignment in the_plan.nodes_of(rent_group)]
             for rental in rentals:
                 self._inflight[rental.nonce] = rental.assignment.price_per_hour
-                self.offer_cache.take(rental.nonce, rental.assignment.machine_id, rental.assignment.offer.num_gpus)
+                self.offer_cache.take(rental.nonce, rental.assignment.machine_id, rental.assignment.offer.num_gpus,
+                                      queries)
         return the_plan, rentals, committed, offers
 
     def _search(self, queries: list[dict[str, Any]], *, fresh: bool = False) -> dict[int, Offer]:

@@ -6,7 +6,11 @@ a ``spot-if-available`` group needs two searches: on-demand and bid), and a fail
 autoscaler every few seconds. Searching afresh for each would spend the budget in one scale-up. So:
 
 * **Shared within a TTL.** The answer to a query is reused for ``ttl_s`` seconds (``search_ttl_s``, default 30):
-  every launch in that time plans on it. The cache key is the query without ``machine_id`` (the machines the
+  every launch in that time plans on it. It also stays in use while launches planned on it are still renting, up to
+  ``MAX_AGE_TTLS`` times the TTL: Vast's create pace spreads a 16-node scale-up over about 70 s and Ray asks for it
+  in batches of 5, so the later batches of one scale-up plan on the answer the first ones did (the rentals check
+  the market as they go: an offer found gone drops its machine, and an answer that can no longer place a launch is
+  searched again). The cache key is the query without ``machine_id`` (the machines the
   provider avoids change after every failure; the planner rechecks them on the offers) and without ``limit`` (an
   answer fetched with a larger limit serves a smaller one; a full answer to a smaller limit does not serve a larger).
 * **Coalesced.** Launches that want the same query at the same time wait for one request.
@@ -32,6 +36,7 @@ from typing import Any
 from skyward_ray.vast.models import Offer
 
 DEFAULT_SEARCH_TTL_S = 30.0
+MAX_AGE_TTLS = 3.0  # an answer still in use by a scale-up's rentals is kept at most this many TTLs
 
 
 def cache_key(query: dict[str, Any]) -> str:
@@ -46,6 +51,7 @@ class _Entry:
     limit: int | None
     offers: list[Offer]
     dirty: bool = False
+    renting: set[str] = field(default_factory=set)  # nonces of rentals planned on this answer, not yet ended
 
     @property
     def complete(self) -> bool:
@@ -140,9 +146,14 @@ class OfferCache:
                     merged.setdefault(offer.id, offer)
             return merged
 
+    def _alive(self, entry: _Entry, now: float) -> bool:
+        """Within the TTL, or still in use by a scale-up's rentals (up to ``MAX_AGE_TTLS`` TTLs)."""
+        age = now - entry.fetched_at
+        return age < self._ttl_s or (bool(entry.renting) and age < MAX_AGE_TTLS * self._ttl_s)
+
     def _usable(self, key: str, query: dict[str, Any], now: float) -> _Entry | None:
         entry = self._entries.get(key)
-        if entry is None or now - entry.fetched_at >= self._ttl_s:
+        if entry is None or not self._alive(entry, now):
             return None
         limit = query.get("limit")
         if entry.complete or limit is None or (entry.limit is not None and entry.limit >= limit):
@@ -181,7 +192,7 @@ class OfferCache:
 
     def _prune(self, now: float) -> None:
         """Forget what can no longer matter (lock held): expired answers and rentals older than any answer."""
-        for key in [k for k, e in self._entries.items() if now - e.fetched_at >= self._ttl_s]:
+        for key in [k for k, e in self._entries.items() if not self._alive(e, now)]:
             del self._entries[key]
         oldest = min((e.fetched_at for e in self._entries.values()), default=now)
         self._rented = [t for t in self._rented if t.at >= oldest]
@@ -197,11 +208,15 @@ class OfferCache:
 
     # --- what our rentals do to the answers ------------------------------------------------------------------------
 
-    def take(self, nonce: str, machine_id: int, gpus: int) -> None:
-        """A plan reserved ``gpus`` GPUs on ``machine_id`` for rental ``nonce``: no later plan sees them."""
+    def take(self, nonce: str, machine_id: int, gpus: int, queries: Iterable[dict[str, Any]] = ()) -> None:
+        """A plan on the answers to ``queries`` reserved ``gpus`` GPUs on ``machine_id`` for rental ``nonce``: no
+        later plan sees them, and those answers stay in use until the rental ends."""
         with self._lock:
             taken = _Taken(machine_id, gpus, self._clock())
             self._taken[nonce] = taken
+            for query in queries:
+                if (used := self._entries.get(cache_key(query))) is not None:
+                    used.renting.add(nonce)
             for entry in self._entries.values():
                 before = len(entry.offers)
                 entry.offers = _take(entry.offers, machine_id, gpus)
@@ -213,12 +228,18 @@ class OfferCache:
             taken = self._taken.pop(nonce, None)
             if taken is not None:
                 self._rented.append(_Taken(taken.machine_id, taken.gpus, self._clock()))
+            self._ended(nonce)
 
     def released(self, nonce: str) -> None:
         """Rental ``nonce`` ended without an instance. Its GPUs stay off the cached answers (we cannot tell what
         else changed on that machine); a fresh search shows them again."""
         with self._lock:
             self._taken.pop(nonce, None)
+            self._ended(nonce)
+
+    def _ended(self, nonce: str) -> None:
+        for entry in self._entries.values():
+            entry.renting.discard(nonce)
 
     def gone(self, machine_id: int) -> None:
         """Vast said an offer on ``machine_id`` is gone: someone else rented there; drop the machine everywhere."""

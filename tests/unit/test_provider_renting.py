@@ -105,6 +105,34 @@ def test_cache_takes_planned_gpus_off_a_machine_and_drops_a_machine_found_gone(c
     assert sorted(cache.current([query], {})) == [101, 102, 111], "4 free minus the 1 in flight: 1 and 2 remain"
 
 
+def test_an_answer_stays_in_use_while_its_scale_up_rents_up_to_three_ttls(clock: FakeClock) -> None:
+    calls: list[float] = []
+
+    def search(query: dict[str, Any]) -> list[Offer]:
+        calls.append(clock())
+        return [offer(100 + i, 10 + i) for i in range(20)]
+
+    cache = OfferCache(search, ttl_s=30.0, clock=clock)
+    query = {"type": "on-demand", "limit": 100}
+    cache.offers([query])
+    cache.take("a", 10, 1, [query])  # a batch planned on it is renting (Vast's pace: one rental per 4.5 s)
+    clock.advance(40)
+    cache.offers([query])
+    assert len(calls) == 1, "a later batch of the same scale-up plans on the answer its first batch used"
+    cache.take("b", 11, 1, [query])
+    cache.rented("a")
+    clock.advance(45)  # 85 s old, batch b still renting
+    cache.offers([query])
+    assert len(calls) == 1
+    clock.advance(10)  # 95 s: past three TTLs, even while renting
+    cache.offers([query])
+    assert len(calls) == 2
+    cache.released("b")
+    clock.advance(31)  # nothing renting on the new answer: the TTL alone
+    cache.offers([query])
+    assert len(calls) == 3
+
+
 def test_a_full_answer_to_a_small_limit_does_not_serve_a_larger_one(clock: FakeClock) -> None:
     calls: list[int] = []
 
