@@ -143,8 +143,8 @@ def test_sixteen_workers_rent_at_vasts_pace_without_earning_a_429(documented: Em
         gaps = [b - a for a, b in itertools.pairwise(times)]
         assert min(gaps) >= 4.5 - 0.05, f"creates closer than Vast's 4.5 s: {gaps}"
         assert times[-1] - times[0] <= 1.1 * 15 * 4.5, f"16 rentals took {times[-1] - times[0]:.1f} s"
-        # Ray's 4 batches: each search answer shared by the batches of its 30 s (one on-demand + one bid search).
-        assert requests[SEARCH] <= 2 * 4
+        # Ray's 4 batches plan on one answer (an on-demand and a bid search): it stays in use while they rent.
+        assert requests[SEARCH] <= 2
         assert len(set(visible_early)) > 5, "nodes show up one by one, not per batch"
         lines = [r.getMessage() for r in caplog.records if "node(s)" in r.getMessage()]
         assert any("Vast accepts one rental every" in line for line in lines)
