@@ -11,7 +11,8 @@ daily search quota, random 5xx, lost responses and added latency. Paths are acce
 slash. A client that hangs up mid-request is logged as one line.
 
 Admin API (not part of Vast; no auth unless the server was given an ``admin_key``, then ``Bearer <admin_key>``):
-``GET /_emulator/counters`` (requests and statuses per ``METHOD /path/template/``), ``DELETE /_emulator/counters``,
+``GET /_emulator/counters`` (requests and statuses per ``METHOD /path/template/``; rate-limit refusals by
+reason, and by endpoint and client address), ``DELETE /_emulator/counters``,
 ``GET|PUT /_emulator/faults`` (a :class:`FaultConfig`; PUT merges the fields it names), ``POST
 /_emulator/instances/{id}/outbid`` (``{"rival_bid"?}``), ``POST /_emulator/instances/{id}/fail`` (``{"kind"}``),
 ``GET|POST /_emulator/clock`` (``{"advance": s}`` / ``{"scale": x}``), ``GET /_emulator/state``,
@@ -77,6 +78,7 @@ class _AppState:
         self.requests: Counter[str] = Counter()
         self.statuses: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self.limiter = limiter
+        self.refused_from: defaultdict[str, Counter[str]] = defaultdict(Counter)  # endpoint -> client address -> 429s
         self.searches: Counter[tuple[str, int]] = Counter()
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="emulator-api")
 
@@ -85,6 +87,7 @@ class _AppState:
             self.requests.clear()
             self.statuses.clear()
             self.limiter.refused.clear()
+            self.refused_from.clear()
 
 
 def _template(request: web.Request) -> str:
@@ -179,6 +182,8 @@ async def _api_request(request: web.Request, handler: Handler, market: Market, s
     address = request.remote or "unknown"
     refusal: Refusal | None = state.limiter.check(limits, endpoint, key, address)
     if refusal is not None:
+        with state.lock:
+            state.refused_from[endpoint][address] += 1
         return _rate_limited(market, refusal.threshold)
     if limits.random_rate > 0 and market.draw() < limits.random_rate:
         return _rate_limited(market, limits.interval(endpoint))
@@ -409,7 +414,8 @@ async def _admin_counters(request: web.Request, market: Market) -> Any:
         return {"success": True}
     with state.lock:
         return {"requests": dict(state.requests), "statuses": {k: dict(v) for k, v in state.statuses.items()},
-                "rate_limited": dict(state.limiter.refused)}
+                "rate_limited": dict(state.limiter.refused),
+                "rate_limited_from": {k: dict(v) for k, v in state.refused_from.items()}}
 
 
 async def _admin_faults(request: web.Request, market: Market) -> Any:

@@ -67,6 +67,7 @@ def test_rate_limit_per_endpoint_override(frozen_api: httpx.Client) -> None:
     counters = frozen_api.get("/_emulator/counters/").json()
     assert counters["statuses"]["GET /api/v1/instances/"] == {"200": 1, "429": 1}
     assert counters["rate_limited"] == {"interval": 1}
+    assert counters["rate_limited_from"] == {"GET /api/v1/instances/": {"127.0.0.1": 1}}  # by client address
 
 
 def test_rate_limit_random_rate_refuses_a_share_of_requests_whatever_the_pace(frozen_api: httpx.Client) -> None:
