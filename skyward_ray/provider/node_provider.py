@@ -105,6 +105,7 @@ from skyward_ray.provider.config import (
     VastProviderConfig,
     overlay_name_for,
 )
+from skyward_ray.provider.list_stamp import ListStamp
 from skyward_ray.provider.overlay_ip import SUBNET_ENV, interface_addresses
 from skyward_ray.provider.search_cache import OfferCache
 from skyward_ray.provider.tags import (
@@ -120,6 +121,7 @@ from skyward_ray.vast.client import CREATE_INSTANCE, VastClient
 from skyward_ray.vast.credentials import resolve_api_key
 from skyward_ray.vast.errors import NotFoundError, OfferGoneError, ProtocolError, VastError
 from skyward_ray.vast.models import Instance, NodeState, Offer, Overlay, overlay_env_key, port_env_key
+from skyward_ray.vast.pacing import identity_of
 
 log = logging.getLogger(__name__)
 
@@ -294,6 +296,7 @@ class VastNodeProvider(NodeProvider):
         self._start_threads = start_threads
         self._client = client
         self._client_lock = threading.Lock()
+        self._list_stamp: ListStamp | None = None  # set with a client this provider makes (not an injected one)
         self._overlay_name = self.config.overlay_name or overlay_name_for(cluster_name)
 
         self._lock = threading.Lock()
@@ -340,14 +343,17 @@ class VastNodeProvider(NodeProvider):
     def client(self) -> VastClient:
         with self._client_lock:
             if self._client is None:
+                api_key = self._api_key()
                 self._client = VastClient(
-                    api_key=self._api_key(),
+                    api_key=api_key,
                     base_url=self.config.api_url,
                     # The unpaged list has no documented limit; it is held to a little more than its successor's.
                     min_interval_s={"*": self.config.api_min_interval_s,
                                     UNPAGED_LIST: max(UNPAGED_LIST_INTERVAL_S, self.config.api_min_interval_s)},
                     rate_scale=self.config.api_rate_scale,
                 )
+                # Lists are also spaced across this machine's processes (ray up, then ray exec...).
+                self._list_stamp = ListStamp(identity_of(self._client.base_url, api_key), UNPAGED_LIST_INTERVAL_S)
             return self._client
 
     def _api_key(self) -> str:
@@ -423,16 +429,19 @@ class VastNodeProvider(NodeProvider):
         cluster's; the filters have no prefix test, and a string range on ``label`` depends on the server's
         collation, which could hide our rows). When the unpaged list is not served (404 without Vast's error body,
         405, 410) or answers in another shape, the paged list is used from then on."""
+        client = self.client
+        if self._list_stamp is not None:
+            self._list_stamp.wait_turn()
         if self._list_source == "unpaged":
             try:
-                return self.client.list_instances_v0()
+                return client.list_instances_v0()
             except VastError as exc:
                 if not _unpaged_list_missing(exc):
                     raise
                 log.warning("the unpaged instance list (GET /api/v0/instances/) is not served (%s): listing with "
                             "the paged GET /api/v1/instances/ from now on", exc)
                 self._list_source = "paged"
-        return self.client.list_instances()
+        return client.list_instances()
 
     def _fresh(self) -> bool:
         with self._lock:

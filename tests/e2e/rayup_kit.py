@@ -444,6 +444,7 @@ def _serve(argv: list[str]) -> int:
         signal.signal(sig, lambda *_: stop.set())
     if args.parent_pid is not None:
         _stop_with_parent(args.parent_pid)
+    _log_refusals()
     runtime = NetnsRuntime(prefix=args.prefix, public_subnet=args.public_subnet)
     server = EmulatorServer(scenario="default", seed=args.seed, boot_delay_s=args.boot_delay, runtime=runtime,
                             host="127.0.0.1", port=0, rate_limits=args.rate_limits)
@@ -455,6 +456,29 @@ def _serve(argv: list[str]) -> int:
     finally:
         server.stop()  # destroys every instance, closes the runtime
     return 0
+
+
+def _log_refusals() -> None:
+    """Log every call the rate limits refuse (endpoint, client address, a hash of the key, how long after that
+    identity's last accepted call), so a test that finds a 429 in the counters can say who earned it."""
+    import hashlib
+    import logging
+
+    from skyward_ray.emulator import ratelimit
+
+    log = logging.getLogger("rayup_kit.ratelimit")
+    check = ratelimit.RateLimiter.check
+
+    def logged(self: Any, config: Any, endpoint: str, key: str | None, address: str) -> Any:
+        last = self._last.get((key or "", address, endpoint))
+        refusal = check(self, config, endpoint, key, address)
+        if refusal is not None:
+            since = f"{self._now() - last:.3f} s" if last is not None else "?"
+            log.warning("429 %s from %s key#%s (%s): %s after the last accepted call", endpoint, address,
+                        hashlib.sha256((key or "").encode()).hexdigest()[:8], refusal.reason, since)
+        return refusal
+
+    ratelimit.RateLimiter.check = logged  # type: ignore[method-assign]
 
 
 def _stop_with_parent(parent_pid: int) -> None:

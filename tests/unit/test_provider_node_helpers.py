@@ -189,3 +189,37 @@ def test_install_is_skipped_for_the_same_code_or_a_dev_install_of_the_same_versi
     old_ship = _package(tmp_path / "old", "__version__ = '0.1.0'  # older build\n")
     (old_ship.parent / SHIP_MARKER).write_text("x")
     assert already_installed(old_ship, "0.1.0", "2.60.0", **same) is None  # an older shipped copy: replace it
+
+
+# --- lists spaced across processes ------------------------------------------------------------------------------------
+
+
+def test_list_stamp_spaces_lists_of_every_process_with_one_identity(tmp_path: Path) -> None:
+    from skyward_ray.provider.list_stamp import ListStamp
+
+    now = [1000.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    def stamp(identity: str) -> ListStamp:  # a new object per call: as a new process would make it
+        return ListStamp(identity, 1.5, directory=tmp_path, clock=lambda: now[0], sleep=sleep)
+
+    assert stamp("https://vast#abc").wait_turn() == 0.0
+    now[0] += 0.4
+    assert stamp("https://vast#abc").wait_turn() == pytest.approx(1.1)  # the next process waits for the rest
+    assert stamp("https://vast#other").wait_turn() == 0.0  # another key: its own book
+    now[0] += 5
+    assert stamp("https://vast#abc").wait_turn() == 0.0
+    assert slept == [pytest.approx(1.1)]
+    assert all("abc" not in path.name for path in tmp_path.iterdir()), "the file name is a hash"
+
+
+def test_list_stamp_is_best_effort(tmp_path: Path) -> None:
+    from skyward_ray.provider.list_stamp import ListStamp
+
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    assert ListStamp("x", 1.5, directory=blocker, sleep=lambda _: None).wait_turn() == 0.0
