@@ -228,8 +228,9 @@ class _Action:
 
 
 class _Progress:
-    """How far one launch is, told in log lines while the pacer spaces its rentals (Ray shows the provider's log):
-    the expected time when it starts, then "k of N rented" and when the next rental goes out, after each one."""
+    """How far one launch is, told in log lines while the pacer spaces its rentals (the autoscaler's log on the head,
+    ``ray up``'s output on the laptop): the expected time when it starts, then "k of N rented" and when the next
+    rental goes out, after each one."""
 
     def __init__(self, provider: VastNodeProvider, group: str, total: int) -> None:
         self._provider = provider
