@@ -45,7 +45,7 @@ from typing import Any
 import httpx
 from ray.autoscaler.v2.instance_manager.node_provider import NodeProviderAdapter
 
-from skyward_ray.emulator.testing import wait_until
+from skyward_ray.emulator.testing import AdapterConfigReader, wait_until
 from skyward_ray.provider.node_provider import VastNodeProvider
 from skyward_ray.provider.tags import encode_label, is_cluster_label
 from skyward_ray.vast.client import CREATE_INSTANCE, VastClient
@@ -90,28 +90,6 @@ def emulator_process() -> Iterator[Emulator]:
             proc.wait(timeout=10)
 
 
-class ConfigReader:
-    """What Ray's ``NodeProviderAdapter`` reads from the autoscaling config (its ``IConfigReader``)."""
-
-    def __init__(self, cluster_name: str) -> None:
-        self._cluster_name = cluster_name
-
-    def get_cached_autoscaling_config(self) -> ConfigReader:
-        return self
-
-    def get_cloud_node_config(self, node_type: str) -> dict[str, Any]:
-        return dict(NODE_CONFIG)
-
-    def get_node_resources(self, node_type: str) -> dict[str, float]:
-        return {"GPU": 1}
-
-    def get_node_labels(self, node_type: str) -> dict[str, str]:
-        return {}
-
-    def get_config(self, key: str, default: Any = None) -> Any:
-        return {"cluster_name": self._cluster_name, "auth": {}}.get(key, default)
-
-
 def admin(emu: Emulator, method: str, path: str, **kwargs: Any) -> Any:
     response = httpx.request(method, f"{emu.admin_url}/{path}", timeout=60, **kwargs)
     response.raise_for_status()
@@ -144,7 +122,7 @@ def provider_run(emu: Emulator, client: VastClient, key_file: Path) -> dict[str,
               "api_key_file": str(key_file), "ssh_proxy": False, "use_overlay": False, "min_reliability": 0.0,
               "verified_only": False, "min_cuda": None}
     provider = VastNodeProvider(config, cluster)
-    adapter = NodeProviderAdapter(provider, ConfigReader(cluster))  # type: ignore[arg-type]
+    adapter = NodeProviderAdapter(provider, AdapterConfigReader(cluster, NODE_CONFIG))  # type: ignore[arg-type]
     progress: list[str] = []
 
     class Progress(logging.Handler):

@@ -1,5 +1,6 @@
-"""Test helpers for anyone who needs a Vast marketplace: a context manager around :class:`EmulatorServer` and a
-bounded poll.
+"""Test helpers for anyone who needs a Vast marketplace: a context manager around :class:`EmulatorServer`, a
+bounded poll, hand-made machines and scenarios, a recording runtime, and the config reader Ray's autoscaler v2 hands a
+provider.
 
     from skyward_ray.emulator.testing import running_emulator, wait_until
 
@@ -126,3 +127,28 @@ class RecordingRuntime(NoneRuntime):
 
     def close(self) -> None:
         self._record("close")
+
+
+class AdapterConfigReader:
+    """What Ray's autoscaler v2 ``NodeProviderAdapter`` reads from the autoscaling config (its ``IConfigReader``),
+    for driving a provider the way Ray's monitor does without a cluster YAML: every node type gets ``node_config``
+    and one GPU."""
+
+    def __init__(self, cluster_name: str, node_config: dict[str, Any]) -> None:
+        self._cluster_name = cluster_name
+        self._node_config = dict(node_config)
+
+    def get_cached_autoscaling_config(self) -> AdapterConfigReader:
+        return self
+
+    def get_cloud_node_config(self, node_type: str) -> dict[str, Any]:
+        return dict(self._node_config)
+
+    def get_node_resources(self, node_type: str) -> dict[str, float]:
+        return {"GPU": 1}
+
+    def get_node_labels(self, node_type: str) -> dict[str, str]:
+        return {}
+
+    def get_config(self, key: str, default: Any = None) -> Any:
+        return {"cluster_name": self._cluster_name, "auth": {}}.get(key, default)

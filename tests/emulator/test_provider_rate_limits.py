@@ -29,7 +29,7 @@ from ray.autoscaler.tags import TAG_RAY_NODE_KIND, TAG_RAY_NODE_STATUS, TAG_RAY_
 from ray.autoscaler.v2.instance_manager.node_provider import NodeProviderAdapter
 
 from skyward_ray.emulator.server import EmulatorServer
-from skyward_ray.emulator.testing import running_emulator, wait_until
+from skyward_ray.emulator.testing import AdapterConfigReader, running_emulator, wait_until
 from skyward_ray.provider.bootstrap import bootstrap_config, key_body
 from skyward_ray.provider.node_provider import VastNodeProvider
 from skyward_ray.provider.tags import is_cluster_label
@@ -47,28 +47,6 @@ NODE_TYPES = {
     "head": {"kind": "head", "node_config": HEAD_CONFIG},
     "gpu": {"kind": "worker", "min_workers": 0, "max_workers": 3, "node_config": WORKER_CONFIG},
 }
-
-
-class ConfigReader:
-    """What Ray's ``NodeProviderAdapter`` reads from the autoscaling config."""
-
-    def __init__(self, cluster_name: str) -> None:
-        self._cluster_name = cluster_name
-
-    def get_cached_autoscaling_config(self) -> ConfigReader:
-        return self
-
-    def get_cloud_node_config(self, node_type: str) -> dict[str, Any]:
-        return dict(WORKER_CONFIG)
-
-    def get_node_resources(self, node_type: str) -> dict[str, float]:
-        return {"GPU": 1}
-
-    def get_node_labels(self, node_type: str) -> dict[str, str]:
-        return {}
-
-    def get_config(self, key: str, default: Any = None) -> Any:
-        return {"cluster_name": self._cluster_name, "auth": {}}.get(key, default)
 
 
 def admin(emu: EmulatorServer, method: str, path: str, **kwargs: Any) -> Any:
@@ -122,7 +100,7 @@ def test_sixteen_workers_rent_at_vasts_pace_without_earning_a_429(documented: Em
     cluster = "rate16"
     provider = VastNodeProvider(provider_config(documented, key_file_for(tmp_path, documented.api_key),
                                                 use_overlay=False), cluster)
-    adapter = NodeProviderAdapter(provider, ConfigReader(cluster))  # type: ignore[arg-type]
+    adapter = NodeProviderAdapter(provider, AdapterConfigReader(cluster, WORKER_CONFIG))  # type: ignore[arg-type]
     admin(documented, "DELETE", "counters/")
     visible_early: list[int] = []
     try:
