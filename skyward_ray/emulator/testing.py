@@ -1,6 +1,6 @@
 """Test helpers for anyone who needs a Vast marketplace: a context manager around :class:`EmulatorServer`, a
-bounded poll, hand-made machines and scenarios, a recording runtime, and the config reader Ray's autoscaler v2 hands a
-provider.
+bounded poll, a manual clock, hand-made machines and scenarios, a recording runtime, and the config reader Ray's
+autoscaler v2 hands a provider.
 
     from skyward_ray.emulator.testing import running_emulator, wait_until
 
@@ -48,6 +48,23 @@ def wait_until(condition: Callable[[], T], *, timeout_s: float = 10.0, interval_
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(interval_s)
+
+
+class ManualClock:
+    """A monotonic clock that moves only when told (``advance``, ``sleep`` or setting ``now``), so a test asserts
+    intervals without waiting them out. Pass it where code takes a ``now``/``clock`` callable."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    def sleep(self, seconds: float) -> None:
+        self.advance(seconds)
 
 
 def make_machine(machine_id: int, **overrides: Any) -> Machine:

@@ -18,23 +18,12 @@ import pytest
 from skyward_ray.emulator.documented import DOCUMENTED_INTERVALS
 from skyward_ray.emulator.runtime import NoneRuntime
 from skyward_ray.emulator.server import EmulatorServer
-from skyward_ray.emulator.testing import running_emulator
+from skyward_ray.emulator.testing import ManualClock, running_emulator
 
 pytestmark = pytest.mark.emulator
 
 OTHER_ADDRESS = "127.0.0.2"
 TEXT_BODIES = ("API requests too frequent", "API requests too frequent: endpoint threshold=")
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class SecondAddressRuntime(NoneRuntime):
@@ -44,12 +33,12 @@ class SecondAddressRuntime(NoneRuntime):
 
 
 @pytest.fixture
-def fake_time() -> FakeTime:
-    return FakeTime()
+def fake_time() -> ManualClock:
+    return ManualClock()
 
 
 @pytest.fixture
-def documented(fake_time: FakeTime) -> Iterator[EmulatorServer]:
+def documented(fake_time: ManualClock) -> Iterator[EmulatorServer]:
     with running_emulator(seed=0, boot_delay_s=0.2, rate_limits="documented", rate_clock=fake_time,
                           runtime=SecondAddressRuntime()) as emu:
         yield emu
@@ -100,7 +89,7 @@ def call(c: httpx.Client, endpoint: str) -> httpx.Response:
 
 @pytest.mark.parametrize("endpoint", sorted(set(DOCUMENTED_INTERVALS) - {"PUT /api/v0/asks/{id}/"}))
 def test_each_documented_interval_per_endpoint_and_identity(documented: EmulatorServer, api: httpx.Client,
-                                                            fake_time: FakeTime, endpoint: str) -> None:
+                                                            fake_time: ManualClock, endpoint: str) -> None:
     interval = DOCUMENTED_INTERVALS[endpoint]
     assert not is_limited(call(api, endpoint))
     assert is_limited(call(api, endpoint))
@@ -117,7 +106,7 @@ def test_each_documented_interval_per_endpoint_and_identity(documented: Emulator
     assert not is_limited(call(api, endpoint))  # exactly the interval after the last accepted call
 
 
-def test_create_interval_and_penalty(documented: EmulatorServer, api: httpx.Client, fake_time: FakeTime) -> None:
+def test_create_interval_and_penalty(documented: EmulatorServer, api: httpx.Client, fake_time: ManualClock) -> None:
     offers = api.post("/api/v0/bundles/", json={"num_gpus": {"eq": 1}, "limit": 8}).json()["offers"]
     asks = iter(o["id"] for o in offers)
 
@@ -143,7 +132,7 @@ def test_create_interval_and_penalty(documented: EmulatorServer, api: httpx.Clie
 
 
 def test_search_budget_is_ten_a_minute_per_client_address(documented: EmulatorServer, api: httpx.Client,
-                                                          fake_time: FakeTime) -> None:
+                                                          fake_time: ManualClock) -> None:
     for _ in range(10):
         assert not is_limited(api.post("/api/v0/bundles/", json={"limit": 1}))
         fake_time.advance(5.0)  # 10 searches over 45 s
@@ -185,7 +174,7 @@ def test_429_bodies_are_vasts_mix_and_never_carry_retry_after(api: httpx.Client)
 
 
 def test_undocumented_endpoints_are_not_limited_and_the_legacy_list_has_its_inferred_interval(
-        api: httpx.Client, fake_time: FakeTime) -> None:
+        api: httpx.Client, fake_time: ManualClock) -> None:
     assert all(not is_limited(api.get("/api/v0/users/current/")) for _ in range(5))
     assert all(not is_limited(api.get("/api/v0/overlay/")) for _ in range(5))
     assert not is_limited(api.get("/api/v0/instances/", params={"owner": "me"}))
@@ -194,7 +183,7 @@ def test_undocumented_endpoints_are_not_limited_and_the_legacy_list_has_its_infe
     assert not is_limited(api.get("/api/v0/instances/", params={"owner": "me"}))
 
 
-def test_the_switch_in_the_admin_api(documented: EmulatorServer, api: httpx.Client, fake_time: FakeTime) -> None:
+def test_the_switch_in_the_admin_api(documented: EmulatorServer, api: httpx.Client, fake_time: ManualClock) -> None:
     control = admin(documented)
     table = control.get("/rate_limits/").json()
     assert table["mode"] == "documented" and table["identity"] == "API key + client address"

@@ -6,34 +6,27 @@ import pytest
 
 from skyward_ray.emulator.faults import RateLimitConfig, parse_rate_limits
 from skyward_ray.emulator.ratelimit import RateLimiter
+from skyward_ray.emulator.testing import ManualClock
 
 CREATE = "PUT /api/v0/asks/{id}/"
 SHOW = "GET /api/v0/instances/{id}/"
 SEARCH = "POST /api/v0/bundles/"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(start=0.0)
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def limiter(clock: Clock) -> RateLimiter:
+def limiter(clock: ManualClock) -> RateLimiter:
     return RateLimiter(now=clock)
 
 
 DOCUMENTED = RateLimitConfig(enabled=True)
 
 
-def test_interval_per_identity_and_refusals_do_not_restart_it(limiter: RateLimiter, clock: Clock) -> None:
+def test_interval_per_identity_and_refusals_do_not_restart_it(limiter: RateLimiter, clock: ManualClock) -> None:
     assert limiter.check(DOCUMENTED, SHOW, "k", "a") is None
     clock.now = 1.9
     refused = limiter.check(DOCUMENTED, SHOW, "k", "a")
@@ -44,7 +37,7 @@ def test_interval_per_identity_and_refusals_do_not_restart_it(limiter: RateLimit
     assert limiter.refused == {"interval": 1}
 
 
-def test_create_penalty_restarts_with_each_refusal(limiter: RateLimiter, clock: Clock) -> None:
+def test_create_penalty_restarts_with_each_refusal(limiter: RateLimiter, clock: ManualClock) -> None:
     assert limiter.check(DOCUMENTED, CREATE, "k", "a") is None
     clock.now = 4.5
     assert limiter.check(DOCUMENTED, CREATE, "k", "a") is None  # at the documented pace
@@ -58,7 +51,7 @@ def test_create_penalty_restarts_with_each_refusal(limiter: RateLimiter, clock: 
     assert limiter.check(DOCUMENTED, CREATE, "k", "a") is None
 
 
-def test_search_window_slides_per_address(limiter: RateLimiter, clock: Clock) -> None:
+def test_search_window_slides_per_address(limiter: RateLimiter, clock: ManualClock) -> None:
     for i in range(10):
         clock.now = float(i)
         assert limiter.check(DOCUMENTED, SEARCH, None, "a") is None
@@ -70,7 +63,7 @@ def test_search_window_slides_per_address(limiter: RateLimiter, clock: Clock) ->
     assert limiter.check(DOCUMENTED, SEARCH, None, "a") is not None
 
 
-def test_scale_and_off(limiter: RateLimiter, clock: Clock) -> None:
+def test_scale_and_off(limiter: RateLimiter, clock: ManualClock) -> None:
     scaled = RateLimitConfig(enabled=True, scale=0.1)
     assert scaled.interval(CREATE) == 0.45 and scaled.penalty_s == 1.2 and scaled.search_window_s == 6.0
     off = RateLimitConfig(enabled=False)

@@ -21,6 +21,7 @@ from ray.autoscaler.tags import (
     TAG_RAY_USER_NODE_TYPE,
 )
 
+from skyward_ray.emulator.testing import ManualClock
 from skyward_ray.provider.node_provider import VastNodeProvider
 from skyward_ray.provider.tags import (
     TAG_OVERLAY_IP,
@@ -40,17 +41,6 @@ WORKER_TAGS = {TAG_RAY_NODE_KIND: "worker", TAG_RAY_USER_NODE_TYPE: "gpu", TAG_R
 HEAD_TAGS = {TAG_RAY_NODE_KIND: "head", TAG_RAY_USER_NODE_TYPE: "head", TAG_RAY_NODE_STATUS: "uninitialized"}
 NODE_CONFIG = {"accelerator": "RTX 4090"}
 SUBNET = "10.7.0.0/24"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class FakeVast:
@@ -164,7 +154,7 @@ def offer(offer_id: int, machine_id: int, *, cluster_id: int | None = 7, price: 
     })
 
 
-def make_provider(fake: FakeVast, clock: FakeClock, **config: Any) -> VastNodeProvider:
+def make_provider(fake: FakeVast, clock: ManualClock, **config: Any) -> VastNodeProvider:
     provider = VastNodeProvider({**PROVIDER, **config}, CLUSTER, client=fake, clock=clock,  # type: ignore[arg-type]
                                 start_threads=False)
     fake.provider = provider
@@ -172,8 +162,8 @@ def make_provider(fake: FakeVast, clock: FakeClock, **config: Any) -> VastNodePr
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+def clock() -> ManualClock:
+    return ManualClock()
 
 
 @pytest.fixture
@@ -188,7 +178,7 @@ def worker_label(**extra: str) -> str:
 # --- the snapshot ---------------------------------------------------------------------------------------------------
 
 
-def test_one_list_serves_every_getter_and_filters_foreign_instances(fake: FakeVast, clock: FakeClock) -> None:
+def test_one_list_serves_every_getter_and_filters_foreign_instances(fake: FakeVast, clock: ManualClock) -> None:
     fake.add_instance(11, worker_label())
     fake.add_instance(12, encode_label("other-cluster", WORKER_TAGS))
     fake.add_instance(13, "someone's own label")
@@ -206,7 +196,7 @@ def test_one_list_serves_every_getter_and_filters_foreign_instances(fake: FakeVa
     assert [name for name, _ in fake.calls] == ["list_instances"]
 
 
-def test_list_is_refreshed_at_most_once_per_ttl(fake: FakeVast, clock: FakeClock) -> None:
+def test_list_is_refreshed_at_most_once_per_ttl(fake: FakeVast, clock: ManualClock) -> None:
     fake.add_instance(11, worker_label())
     provider = make_provider(fake, clock, cache_ttl_s=4.0)
     for _ in range(5):
@@ -219,7 +209,7 @@ def test_list_is_refreshed_at_most_once_per_ttl(fake: FakeVast, clock: FakeClock
     assert fake.count("list_instances") == 2
 
 
-def test_concurrent_refreshes_share_one_list(fake: FakeVast, clock: FakeClock) -> None:
+def test_concurrent_refreshes_share_one_list(fake: FakeVast, clock: ManualClock) -> None:
     release = threading.Event()
     original = fake.list_instances
 
@@ -238,7 +228,7 @@ def test_concurrent_refreshes_share_one_list(fake: FakeVast, clock: FakeClock) -
     assert fake.count("list_instances") == 1
 
 
-def test_a_node_missing_from_the_snapshot_costs_one_get_at_most(fake: FakeVast, clock: FakeClock) -> None:
+def test_a_node_missing_from_the_snapshot_costs_one_get_at_most(fake: FakeVast, clock: ManualClock) -> None:
     provider = make_provider(fake, clock)
     provider.non_terminated_nodes({})
     fake.add_instance(21, worker_label())  # appeared after the list (another process rented it)
@@ -251,7 +241,7 @@ def test_a_node_missing_from_the_snapshot_costs_one_get_at_most(fake: FakeVast, 
     assert fake.count("get_instance") == 2
 
 
-def test_list_failure_serves_the_stale_snapshot(fake: FakeVast, clock: FakeClock) -> None:
+def test_list_failure_serves_the_stale_snapshot(fake: FakeVast, clock: ManualClock) -> None:
     fake.add_instance(11, worker_label())
     provider = make_provider(fake, clock)
     assert provider.non_terminated_nodes({}) == ["11"]
@@ -265,7 +255,7 @@ def test_list_failure_serves_the_stale_snapshot(fake: FakeVast, clock: FakeClock
 
 
 def test_the_first_list_waits_and_its_failure_is_raised_not_an_empty_cluster(fake: FakeVast,
-                                                                              clock: FakeClock) -> None:
+                                                                              clock: ManualClock) -> None:
     """A freshly started monitor (or ray up) that saw "no nodes" would rent a second head or duplicate workers."""
     fake.add_instance(11, worker_label())
     original = fake.list_instances
@@ -282,7 +272,7 @@ def test_the_first_list_waits_and_its_failure_is_raised_not_an_empty_cluster(fak
     assert provider.non_terminated_nodes({}) == ["11"]
 
 
-def test_a_tick_never_waits_on_a_list_one_refresher_runs_behind_it(fake: FakeVast, clock: FakeClock) -> None:
+def test_a_tick_never_waits_on_a_list_one_refresher_runs_behind_it(fake: FakeVast, clock: ManualClock) -> None:
     fake.add_instance(11, worker_label())
     provider = VastNodeProvider({**PROVIDER, "cache_ttl_s": 4.0}, CLUSTER, client=fake,  # type: ignore[arg-type]
                                 clock=clock)  # threads on: the refresh runs in the background
@@ -324,7 +314,7 @@ def test_a_tick_never_waits_on_a_list_one_refresher_runs_behind_it(fake: FakeVas
 
 
 def test_a_booting_node_ray_waits_on_is_listed_every_two_seconds_ready_ones_every_ttl(fake: FakeVast,
-                                                                                      clock: FakeClock) -> None:
+                                                                                      clock: ManualClock) -> None:
     fake.add_instance(11, worker_label(), actual_status="loading", ports=None)
     fake.add_instance(12, worker_label())
     provider = make_provider(fake, clock, cache_ttl_s=4.0)
@@ -341,7 +331,7 @@ def test_a_booting_node_ray_waits_on_is_listed_every_two_seconds_ready_ones_ever
     assert fake.count("list_instances") == 2, "ready nodes wait for the TTL"
 
 
-def test_a_node_adopted_while_a_list_runs_does_not_vanish_with_that_list(fake: FakeVast, clock: FakeClock) -> None:
+def test_a_node_adopted_while_a_list_runs_does_not_vanish_with_that_list(fake: FakeVast, clock: ManualClock) -> None:
     provider = make_provider(fake, clock)
     provider.non_terminated_nodes({})
     listing, release = threading.Event(), threading.Event()
@@ -371,7 +361,7 @@ def test_a_node_adopted_while_a_list_runs_does_not_vanish_with_that_list(fake: F
 
 
 def test_the_unpaged_list_is_one_call_and_the_paged_one_takes_over_when_it_is_not_served(
-        fake: FakeVast, clock: FakeClock) -> None:
+        fake: FakeVast, clock: ManualClock) -> None:
     fake.add_instance(11, worker_label())
     calls: list[str] = []
 
@@ -387,7 +377,7 @@ def test_the_unpaged_list_is_one_call_and_the_paged_one_takes_over_when_it_is_no
     assert calls == ["v0"] and fake.count("list_instances") == 2, "the unpaged list is not asked for again"
 
 
-def test_a_failing_unpaged_list_serves_the_snapshot_and_is_tried_again(fake: FakeVast, clock: FakeClock) -> None:
+def test_a_failing_unpaged_list_serves_the_snapshot_and_is_tried_again(fake: FakeVast, clock: ManualClock) -> None:
     fake.add_instance(11, worker_label())
     provider = make_provider(fake, clock)
     assert provider.non_terminated_nodes({}) == ["11"]
@@ -398,7 +388,7 @@ def test_a_failing_unpaged_list_serves_the_snapshot_and_is_tried_again(fake: Fak
     assert provider._list_source == "unpaged"
 
 
-def test_paged_listing_never_asks_for_the_unpaged_list(fake: FakeVast, clock: FakeClock) -> None:
+def test_paged_listing_never_asks_for_the_unpaged_list(fake: FakeVast, clock: ManualClock) -> None:
     fake.add_instance(11, worker_label())
     fake.list_instances_v0 = None  # type: ignore[assignment]
     provider = make_provider(fake, clock, instance_list="paged")
@@ -406,7 +396,7 @@ def test_paged_listing_never_asks_for_the_unpaged_list(fake: FakeVast, clock: Fa
 
 
 def test_a_labelled_row_that_did_not_parse_is_a_node_until_terminate_destroys_it(fake: FakeVast,
-                                                                                 clock: FakeClock) -> None:
+                                                                                 clock: ManualClock) -> None:
     fake.add_instance(11, worker_label())
     fake.add_instance(12, worker_label())
     original = fake.list_instances
@@ -447,7 +437,7 @@ def test_a_labelled_row_that_did_not_parse_is_a_node_until_terminate_destroys_it
 
 
 def test_set_node_tags_is_immediate_and_flushes_coalesced_into_one_label_write(fake: FakeVast,
-                                                                               clock: FakeClock) -> None:
+                                                                               clock: ManualClock) -> None:
     fake.add_instance(11, worker_label())
     provider = make_provider(fake, clock)
     provider.non_terminated_nodes({})
@@ -460,7 +450,7 @@ def test_set_node_tags_is_immediate_and_flushes_coalesced_into_one_label_write(f
     assert decode_label(fake.instances[11]["label"])[1][TAG_RAY_NODE_STATUS] == "up-to-date"  # type: ignore[index]
 
 
-def test_a_new_provider_rebuilds_every_tag_from_vast(fake: FakeVast, clock: FakeClock) -> None:
+def test_a_new_provider_rebuilds_every_tag_from_vast(fake: FakeVast, clock: ManualClock) -> None:
     fake.add_instance(11, worker_label())
     first = make_provider(fake, clock)
     first.non_terminated_nodes({})
@@ -472,7 +462,7 @@ def test_a_new_provider_rebuilds_every_tag_from_vast(fake: FakeVast, clock: Fake
     assert second.node_tags("11") == expected
 
 
-def test_an_older_label_never_overwrites_newer_memory(fake: FakeVast, clock: FakeClock) -> None:
+def test_an_older_label_never_overwrites_newer_memory(fake: FakeVast, clock: ManualClock) -> None:
     fake.add_instance(11, worker_label())
     provider = make_provider(fake, clock, cache_ttl_s=1.0)
     provider.non_terminated_nodes({})
@@ -499,7 +489,7 @@ def _wait_for(predicate: Any, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_outbid_worker_is_destroyed_and_reported_terminated(fake: FakeVast, clock: FakeClock) -> None:
+def test_outbid_worker_is_destroyed_and_reported_terminated(fake: FakeVast, clock: ManualClock) -> None:
     fake.add_instance(11, worker_label(), is_bid=True, actual_status="stopped", cur_state="stopped",
                       intended_status="stopped", next_state="stopped")
     provider = make_provider(fake, clock)
@@ -509,7 +499,7 @@ def test_outbid_worker_is_destroyed_and_reported_terminated(fake: FakeVast, cloc
     assert 1 not in provider._avoided_until  # an outbid says nothing about the machine
 
 
-def test_rebid_policy_raises_the_bid_up_to_max_bid(fake: FakeVast, clock: FakeClock) -> None:
+def test_rebid_policy_raises_the_bid_up_to_max_bid(fake: FakeVast, clock: ManualClock) -> None:
     fake.add_instance(11, worker_label(), is_bid=True, actual_status="stopped", cur_state="stopped",
                       intended_status="stopped", next_state="stopped", min_bid=0.3, dph_total=0.25)
     provider = make_provider(fake, clock, interrupted_policy="rebid", max_bid=0.33, bid_multiplier=1.2)
@@ -518,7 +508,7 @@ def test_rebid_policy_raises_the_bid_up_to_max_bid(fake: FakeVast, clock: FakeCl
     assert fake.calls[-1] == ("change_bid", (11, pytest.approx(0.33)))  # 0.3 * 1.2 capped at max_bid
 
 
-def test_failed_instance_is_destroyed_and_its_machine_avoided(fake: FakeVast, clock: FakeClock) -> None:
+def test_failed_instance_is_destroyed_and_its_machine_avoided(fake: FakeVast, clock: ManualClock) -> None:
     fake.add_instance(11, worker_label(), actual_status="exited", machine_id=77)
     provider = make_provider(fake, clock)
     assert provider.non_terminated_nodes({}) == []
@@ -526,7 +516,7 @@ def test_failed_instance_is_destroyed_and_its_machine_avoided(fake: FakeVast, cl
     _wait_for(lambda: 11 not in fake.instances, "the destroy")
 
 
-def test_stuck_loading_is_ended_after_the_deadline(fake: FakeVast, clock: FakeClock) -> None:
+def test_stuck_loading_is_ended_after_the_deadline(fake: FakeVast, clock: ManualClock) -> None:
     fake.add_instance(11, worker_label(), actual_status="loading", machine_id=78, ports=None)
     provider = make_provider(fake, clock, loading_timeout_s=300)
     assert provider.non_terminated_nodes({}) == ["11"]
@@ -538,7 +528,7 @@ def test_stuck_loading_is_ended_after_the_deadline(fake: FakeVast, clock: FakeCl
     assert 78 in provider._avoided_until
 
 
-def test_node_ray_cannot_ssh_into_is_ended(fake: FakeVast, clock: FakeClock) -> None:
+def test_node_ray_cannot_ssh_into_is_ended(fake: FakeVast, clock: ManualClock) -> None:
     fake.add_instance(11, worker_label(), machine_id=79)
     provider = make_provider(fake, clock, ssh_timeout_s=120)
     provider.non_terminated_nodes({})
@@ -550,7 +540,7 @@ def test_node_ray_cannot_ssh_into_is_ended(fake: FakeVast, clock: FakeClock) -> 
     assert 79 in provider._avoided_until
 
 
-def test_local_ipaddrs_counts_only_when_it_holds_an_overlay_address(fake: FakeVast, clock: FakeClock) -> None:
+def test_local_ipaddrs_counts_only_when_it_holds_an_overlay_address(fake: FakeVast, clock: ManualClock) -> None:
     fake.add_instance(11, worker_label(**{TAG_OVERLAY_SUBNET: "10.9.0.0/24"}), local_ipaddrs="10.9.0.3 172.17.0.2")
     fake.add_instance(12, worker_label(**{TAG_OVERLAY_SUBNET: "10.9.0.0/24"}), local_ipaddrs="192.168.0.7 172.17.0.1")
     provider = make_provider(fake, clock)
@@ -565,7 +555,7 @@ def test_local_ipaddrs_counts_only_when_it_holds_an_overlay_address(fake: FakeVa
 # --- terminating ----------------------------------------------------------------------------------------------------
 
 
-def test_terminate_nodes_is_one_bulk_call_hides_at_once_and_is_idempotent(fake: FakeVast, clock: FakeClock) -> None:
+def test_terminate_nodes_is_one_bulk_call_hides_at_once_and_is_idempotent(fake: FakeVast, clock: ManualClock) -> None:
     for instance_id in (11, 12, 13):
         fake.add_instance(instance_id, worker_label())
     provider = make_provider(fake, clock)
@@ -582,7 +572,7 @@ def test_terminate_nodes_is_one_bulk_call_hides_at_once_and_is_idempotent(fake: 
 
 
 def test_workers_rent_concurrently_on_the_heads_cluster_and_are_visible_at_once(fake: FakeVast,
-                                                                               clock: FakeClock) -> None:
+                                                                               clock: ManualClock) -> None:
     fake.offers = [offer(100 + i, 10 + i) for i in range(4)] + [offer(200, 30, cluster_id=8, price=0.1)]
     fake.add_instance(1, encode_label(CLUSTER, {**HEAD_TAGS, TAG_PHYSICAL_CLUSTER: "7", TAG_OVERLAY_SUBNET: SUBNET}))
     provider = make_provider(fake, clock, ssh_public_key="ssh-ed25519 AAAA test")
@@ -603,7 +593,7 @@ def test_workers_rent_concurrently_on_the_heads_cluster_and_are_visible_at_once(
 
 
 def test_head_picks_the_cluster_for_head_and_workers_and_creates_the_overlay(fake: FakeVast,
-                                                                           clock: FakeClock) -> None:
+                                                                           clock: ManualClock) -> None:
     # Cluster 8 is cheaper for one node but has room for two; cluster 7 fits head + 3 workers.
     fake.offers = [offer(100 + i, 10 + i, cluster_id=7, price=0.5) for i in range(4)]
     fake.offers += [offer(200 + i, 20 + i, cluster_id=8, price=0.1) for i in range(2)]
@@ -623,7 +613,7 @@ def test_head_picks_the_cluster_for_head_and_workers_and_creates_the_overlay(fak
     assert provider.non_terminated_nodes(HEAD_TAGS) == [head_id]
 
 
-def test_taken_offer_moves_on_to_the_next_offer(fake: FakeVast, clock: FakeClock) -> None:
+def test_taken_offer_moves_on_to_the_next_offer(fake: FakeVast, clock: ManualClock) -> None:
     fake.offers = [offer(100, 10), offer(101, 11)]
     fake.create_errors = [OfferGoneError("gone", status=404, error_code="no_such_ask")]
     provider = make_provider(fake, clock, use_overlay=False)
@@ -634,7 +624,7 @@ def test_taken_offer_moves_on_to_the_next_offer(fake: FakeVast, clock: FakeClock
     assert fake.count("search_offers") == 1 and fake.count("create_instance") == 2
 
 
-def test_ambiguous_rental_is_not_retried_and_its_ghost_is_destroyed(fake: FakeVast, clock: FakeClock) -> None:
+def test_ambiguous_rental_is_not_retried_and_its_ghost_is_destroyed(fake: FakeVast, clock: ManualClock) -> None:
     fake.offers = [offer(100, 10)]
     error = ServerError("504 after sending", status=504)
     error.outcome_unknown = True
@@ -651,7 +641,7 @@ def test_ambiguous_rental_is_not_retried_and_its_ghost_is_destroyed(fake: FakeVa
     _wait_for(lambda: 9999 not in fake.instances, "the ghost's destroy")
 
 
-def test_failed_create_that_names_an_instance_destroys_it(fake: FakeVast, clock: FakeClock) -> None:
+def test_failed_create_that_names_an_instance_destroys_it(fake: FakeVast, clock: ManualClock) -> None:
     fake.offers = [offer(100, 10)]
     fake.add_instance(4242, None, actual_status="stopped")
     error = ServerError("bid too low", status=400)
@@ -663,7 +653,7 @@ def test_failed_create_that_names_an_instance_destroys_it(fake: FakeVast, clock:
     assert ("destroy_instance", 4242) in fake.calls
 
 
-def test_nothing_fits_raises_node_launch_exception_with_the_explanation(fake: FakeVast, clock: FakeClock) -> None:
+def test_nothing_fits_raises_node_launch_exception_with_the_explanation(fake: FakeVast, clock: ManualClock) -> None:
     fake.offers = [offer(100, 10, price=0.4)]
     provider = make_provider(fake, clock, use_overlay=False, min_reliability=0.999)
     with pytest.raises(NodeLaunchException) as info:
@@ -673,7 +663,7 @@ def test_nothing_fits_raises_node_launch_exception_with_the_explanation(fake: Fa
     assert fake.count("create_instance") == 0
 
 
-def test_max_hourly_cost_counts_live_nodes(fake: FakeVast, clock: FakeClock) -> None:
+def test_max_hourly_cost_counts_live_nodes(fake: FakeVast, clock: ManualClock) -> None:
     fake.offers = [offer(100 + i, 10 + i, price=0.4, min_bid=None) for i in range(4)]
     fake.add_instance(1, worker_label(), dph_total=0.5)
     provider = make_provider(fake, clock, use_overlay=False, max_hourly_cost=1.0)
@@ -685,7 +675,7 @@ def test_max_hourly_cost_counts_live_nodes(fake: FakeVast, clock: FakeClock) -> 
     assert "max_hourly_cost" in info.value.description
 
 
-def test_rental_nonces_hide_instances_until_their_rental_returns(fake: FakeVast, clock: FakeClock) -> None:
+def test_rental_nonces_hide_instances_until_their_rental_returns(fake: FakeVast, clock: ManualClock) -> None:
     fake.offers = [offer(100, 10)]
     provider = make_provider(fake, clock, use_overlay=False)
     seen_during_rent: list[list[str]] = []
@@ -707,7 +697,7 @@ def test_rental_nonces_hide_instances_until_their_rental_returns(fake: FakeVast,
 # --- teardown -------------------------------------------------------------------------------------------------------
 
 
-def test_cleanup_destroys_labelled_leftovers_and_the_overlay(fake: FakeVast, clock: FakeClock) -> None:
+def test_cleanup_destroys_labelled_leftovers_and_the_overlay(fake: FakeVast, clock: ManualClock) -> None:
     provider = make_provider(fake, clock)
     fake.add_instance(31, worker_label())
     fake.add_instance(32, "not ours")
@@ -719,7 +709,7 @@ def test_cleanup_destroys_labelled_leftovers_and_the_overlay(fake: FakeVast, clo
 
 
 def test_overlay_node_is_running_at_once_and_its_address_is_learned_on_the_node(fake: FakeVast,
-                                                                                 clock: FakeClock) -> None:
+                                                                                 clock: ManualClock) -> None:
     # Vast lists host-side addresses only: the node is ready as soon as it runs with an SSH endpoint (no wait for an
     # address the API never serves), and the address read on the node goes into the label for every other process.
     fake.add_instance(11, worker_label(**{TAG_OVERLAY_SUBNET: "10.9.0.0/24"}), local_ipaddrs="192.168.0.7 172.17.0.1")
@@ -739,7 +729,7 @@ def test_overlay_node_is_running_at_once_and_its_address_is_learned_on_the_node(
 
 
 def test_overlay_search_covers_the_subnet_minus_known_addresses_only_on_the_overlay(
-        fake: FakeVast, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+        fake: FakeVast, clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> None:
     from skyward_ray.provider import node_provider
 
     on_overlay = [("lo", ipaddress.IPv4Interface("127.0.0.1/8")), ("eth0", ipaddress.IPv4Interface("10.9.0.1/24"))]

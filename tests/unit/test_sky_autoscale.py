@@ -9,6 +9,7 @@ import pytest
 
 from skyward_ray.compute.autoscale import AutoscalerState, ConfigLimits, NodeRequest, _read_limits
 from skyward_ray.compute.nodes import NodesUnavailableError
+from skyward_ray.emulator.testing import ManualClock
 
 HEAD = {"node:__internal_head__": 1.0, "CPU": 1.0, "GPU": 1.0}
 WORKER = {"CPU": 1.0, "GPU": 1.0}
@@ -30,23 +31,12 @@ class FakeAutoscaler:
         return self.states.pop(0) if len(self.states) > 1 else self.states[0]
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
-def make(count: int, autoscaler: FakeAutoscaler, clock: Clock, lines: list[str]) -> NodeRequest:
+def make(count: int, autoscaler: FakeAutoscaler, clock: ManualClock, lines: list[str]) -> NodeRequest:
     return NodeRequest(count, 1, autoscaler=autoscaler, say=lines.append, clock=clock, sleep=clock.sleep)
 
 
 def test_missing_nodes_are_requested_with_progress_until_they_join() -> None:
-    clock, lines = Clock(), []
+    clock, lines = ManualClock(start=0.0), []
     launching = AutoscalerState(reporting=True, launching=("1 rtx4090",))
     setting_up = AutoscalerState(reporting=True, setting_up=("rtx4090 10.1.0.3 (ray-install)",))
     autoscaler = FakeAutoscaler([launching, launching, setting_up])
@@ -71,7 +61,7 @@ def test_missing_nodes_are_requested_with_progress_until_they_join() -> None:
 
 
 def test_enough_nodes_asks_for_nothing() -> None:
-    clock, lines = Clock(), []
+    clock, lines = ManualClock(start=0.0), []
     autoscaler = FakeAutoscaler([AutoscalerState(reporting=True)])
     request = make(1, autoscaler, clock, lines)
     request.wait(lambda: [node("h", "10.1.0.2", HEAD)], timeout_s=5)
@@ -81,7 +71,7 @@ def test_enough_nodes_asks_for_nothing() -> None:
 
 
 def test_infeasible_request_fails_at_once_in_one_line_naming_max_workers() -> None:
-    clock, lines = Clock(), []
+    clock, lines = ManualClock(start=0.0), []
     limits = ConfigLimits(max_workers=1, node_types={"head": (0, HEAD), "rtx4090": (3, WORKER)})
     ours = ((({"CPU": 1.0, "GPU": 1.0}), 1), ({"GPU": 1.0}, 2))
     autoscaler = FakeAutoscaler([AutoscalerState(reporting=True), AutoscalerState(reporting=True, infeasible=ours,
@@ -100,7 +90,7 @@ def test_infeasible_request_fails_at_once_in_one_line_naming_max_workers() -> No
 
 
 def test_an_older_infeasible_request_is_not_mistaken_for_ours() -> None:
-    clock, lines = Clock(), []
+    clock, lines = ManualClock(start=0.0), []
     stale = AutoscalerState(reporting=True, infeasible=(({"GPU": 8.0}, 4),))
     request = make(2, FakeAutoscaler([stale]), clock, lines)
     with pytest.raises(NodesUnavailableError, match="nodes=2 but the Ray cluster has 1 alive node"):
@@ -108,7 +98,7 @@ def test_an_older_infeasible_request_is_not_mistaken_for_ours() -> None:
 
 
 def test_a_cluster_without_an_autoscaler_says_so() -> None:
-    clock, lines = Clock(), []
+    clock, lines = ManualClock(start=0.0), []
     request = make(2, FakeAutoscaler([AutoscalerState(reporting=False)]), clock, lines)
     with pytest.raises(NodesUnavailableError, match="no autoscaler reports on this cluster"):
         request.wait(lambda: [node("h", "10.1.0.2", HEAD)], timeout_s=20)
