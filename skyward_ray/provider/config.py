@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from skyward_ray.errors import ConfigError
 from skyward_ray.placement.gpus import resolve_gpu
 from skyward_ray.placement.options import Allocation, PlacementOptions, config_error_from
+from skyward_ray.provider.tags import MAX_CREATE_LABEL_LENGTH, LabelTooLongError, check_create_label_fits
 from skyward_ray.vast.credentials import resolve_base_url
 from skyward_ray.vast.models import validate_overlay_name
 
@@ -312,7 +313,22 @@ def validate_cluster_config(cluster_config: Mapping[str, Any]) -> tuple[VastProv
             node_config=node_config,
         )
     check_overlay_for_workers(provider.use_overlay, shapes)
+    check_labels_fit(cluster_config.get("cluster_name"), shapes)
     return provider, shapes
+
+
+def check_labels_fit(cluster_name: Any, shapes: Mapping[str, NodeTypeShape]) -> None:
+    """A rental's label (256 characters at most on create) must hold the cluster's and node type's names."""
+    if not isinstance(cluster_name, str):
+        return  # Ray's own schema check reports a missing or non-string cluster_name
+    for name in shapes:
+        try:
+            check_create_label_fits(cluster_name, name)
+        except LabelTooLongError:
+            raise ConfigError(
+                f"cluster_name: {cluster_name!r} with node type {name!r} is too long for the label Vast accepts on a "
+                f"rental ({MAX_CREATE_LABEL_LENGTH} characters for the names and tags together): use shorter names"
+            ) from None
 
 
 NO_OVERLAY_REASON = (

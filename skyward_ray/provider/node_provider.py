@@ -109,6 +109,7 @@ from skyward_ray.provider.list_stamp import ListStamp
 from skyward_ray.provider.overlay_ip import SUBNET_ENV, interface_addresses
 from skyward_ray.provider.search_cache import OfferCache
 from skyward_ray.provider.tags import (
+    MAX_CREATE_LABEL_LENGTH,
     TAG_OVERLAY_IP,
     TAG_OVERLAY_SUBNET,
     TAG_PHYSICAL_CLUSTER,
@@ -1311,7 +1312,7 @@ class VastNodeProvider(NodeProvider):
                 assignment.offer_id,
                 image=rental.image,
                 disk_gb=self.config.disk_gb,
-                label=encode_label(self.cluster_name, node_tags),
+                label=encode_label(self.cluster_name, node_tags, limit=MAX_CREATE_LABEL_LENGTH),
                 env=self._instance_env(node, kind, site),
                 onstart=BASE_ONSTART + (f"\n{node.onstart}" if node.onstart else ""),
                 price=assignment.bid_price,

@@ -1,6 +1,7 @@
 """The tag <-> Vast label codec: the ONE place that knows how Ray tags live in an instance's label.
 
-Vast has no key/value tags, only one free-text ``label`` (at most 1024 characters) per instance. Every Ray tag of a
+Vast has no key/value tags, only one free-text ``label`` per instance (at most 256 characters when the instance is
+created, 1024 when it is relabelled). Every Ray tag of a
 node, plus our own (physical cluster, overlay subnet, rental nonce), is encoded in it so that the laptop and the
 head rebuild the same truth from one list call, and a restarted monitor rebuilds every tag from Vast alone.
 
@@ -49,7 +50,8 @@ from ray.autoscaler.tags import (
 )
 
 LABEL_VERSION = "skyr1"
-MAX_LABEL_LENGTH = 1024  # Vast rejects longer labels with a 400
+MAX_LABEL_LENGTH = 1024  # PUT /instances/{id}/ (relabel) rejects longer labels with a 400
+MAX_CREATE_LABEL_LENGTH = 256  # PUT /asks/{id}/ (create) rejects longer labels with a 400
 
 # Our own tags, kept next to Ray's so that one list call restores them too.
 TAG_PHYSICAL_CLUSTER = "skyward-physical-cluster"  # Vast cluster_id the cluster's nodes live on
@@ -94,7 +96,7 @@ _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 
 
 class LabelTooLongError(ValueError):
-    """The encoded tags would not fit in Vast's 1024-character label."""
+    """The encoded tags would not fit in Vast's label (256 characters at create, 1024 later)."""
 
 
 def _escape(text: str) -> str:
@@ -166,8 +168,9 @@ def label_prefix(cluster_name: str) -> str:
     return f"{LABEL_VERSION}:{_escape(cluster_name)};"
 
 
-def encode_label(cluster_name: str, tags: Mapping[str, str]) -> str:
-    """The label carrying ``tags`` for a node of ``cluster_name``; deterministic (same tags, same label)."""
+def encode_label(cluster_name: str, tags: Mapping[str, str], *, limit: int = MAX_LABEL_LENGTH) -> str:
+    """The label carrying ``tags`` for a node of ``cluster_name``; deterministic (same tags, same label). ``limit``
+    is the length Vast accepts where the label is sent (:data:`MAX_CREATE_LABEL_LENGTH` on a rental)."""
     kind = tags.get(TAG_RAY_NODE_KIND)
     parts: list[str] = []
     for key in sorted(tags, key=lambda k: (k not in _KEY_CODES, _KEY_CODES.get(k, k))):
@@ -179,12 +182,28 @@ def encode_label(cluster_name: str, tags: Mapping[str, str]) -> str:
         code = _KEY_CODES.get(key, "." + _escape(key))
         parts.append(f"{code}={_encode_value(value)}")
     label = label_prefix(cluster_name) + ";".join(parts)
-    if len(label) > MAX_LABEL_LENGTH:
+    if len(label) > limit:
         raise LabelTooLongError(
             f"the tags of a node of cluster {cluster_name!r} need {len(label)} characters in the Vast label; "
-            f"at most {MAX_LABEL_LENGTH} are allowed (shorten the cluster name or the tag values)"
+            f"at most {limit} are allowed (shorten the cluster name or the tag values)"
         )
     return label
+
+
+def check_create_label_fits(cluster_name: str, node_type: str) -> None:
+    """Refuse, before anything is rented, a cluster or node type name that leaves no room in the label a rental
+    carries: the tags a node is created with, at their longest, must fit :data:`MAX_CREATE_LABEL_LENGTH`."""
+    longest_create_tags = {
+        TAG_RAY_NODE_KIND: NODE_KIND_WORKER,
+        TAG_RAY_USER_NODE_TYPE: node_type,
+        TAG_RAY_NODE_STATUS: STATUS_UNINITIALIZED,
+        TAG_RAY_LAUNCH_CONFIG: "f" * 40,
+        TAG_RAY_LAUNCH_REQUEST: str(uuid.UUID(int=0)),
+        TAG_RENTAL: "f" * 8,
+        TAG_PHYSICAL_CLUSTER: "9" * 10,
+        TAG_OVERLAY_SUBNET: "255.255.255.255/32",
+    }
+    encode_label(cluster_name, longest_create_tags, limit=MAX_CREATE_LABEL_LENGTH)
 
 
 def decode_label(label: str | None) -> tuple[str, dict[str, str]] | None:

@@ -106,7 +106,8 @@ log = logging.getLogger(__name__)
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
-MAX_LABEL_CHARS = 1024  # Vast rejects longer labels with a 400
+MAX_LABEL_CHARS = 1024  # a relabel (PUT /instances/{id}/) with a longer label is refused with a 400
+MAX_CREATE_LABEL_CHARS = 256  # a rental (PUT /asks/{id}/) with a longer label is refused with a 400
 MAX_ONSTART_CHARS = 4048  # Vast's documented onstart limit
 MAX_PAGE_SIZE = 25  # GET /api/v1/instances/ never returns more per page
 DESTROY_CHUNK = 64  # what the CLI sends per bulk destroy
@@ -566,7 +567,7 @@ class VastClient:
             raise ConfigError(f"image {image!r} is not allowed: use a Docker image reference")
         if isinstance(disk_gb, bool) or not isinstance(disk_gb, int | float) or disk_gb <= 0:
             raise ConfigError(f"disk_gb = {disk_gb!r} is not allowed: use GB > 0")
-        self._check_label(label)
+        self._check_label(label, MAX_CREATE_LABEL_CHARS)
         env_body = self._check_env(env)
         if onstart is not None and (not isinstance(onstart, str) or len(onstart) > MAX_ONSTART_CHARS):
             raise ConfigError(f"onstart is not allowed: use text of at most {MAX_ONSTART_CHARS} characters")
@@ -1054,12 +1055,10 @@ class VastClient:
         return value
 
     @staticmethod
-    def _check_label(label: Any) -> None:
-        if not isinstance(label, str) or not label.strip() or len(label) > MAX_LABEL_CHARS:
+    def _check_label(label: Any, limit: int = MAX_LABEL_CHARS) -> None:
+        if not isinstance(label, str) or not label.strip() or len(label) > limit:
             shown = label if not isinstance(label, str) else f"{label[:40]}... ({len(label)} chars)"
-            raise ConfigError(
-                f"label {shown!r} is not allowed: use non-blank text of at most {MAX_LABEL_CHARS} characters"
-            )
+            raise ConfigError(f"label {shown!r} is not allowed: use non-blank text of at most {limit} characters")
 
     @staticmethod
     def _check_price(price: Any) -> None:

@@ -122,6 +122,8 @@ CASES: list[Case] = [
     provider("api_key_file", 5, shown=HIDDEN),  # a field named *key*: its value is masked
     provider("api_key", SECRET, shown=HIDDEN, id="provider.api_key (unknown, secret)"),
     provider("api_min_interval_s", -1),
+    provider("api_rate_scale", 0),
+    provider("search_ttl_s", -1),
     provider("cache_ttl_s", 0),
     provider("instance_list", "sometimes"),
     provider("tag_flush_delay_s", 600),

@@ -178,3 +178,10 @@ def test_head_type_may_also_be_a_worker_type() -> None:
     _, shapes = validate_cluster_config(config)
     (shape,) = shapes.values()
     assert shape.kind == "head" and shape.max_workers == 2
+
+
+def test_a_cluster_name_too_long_for_a_rental_label_is_refused_naming_the_field() -> None:
+    config = validate_cluster_file(REPO / "cluster_configs" / "vast-multinode.yaml")
+    validate_cluster_config({**config, "cluster_name": "c" * 100})
+    with pytest.raises(ConfigError, match=r"^cluster_name: 'c{200}' with node type .* too long .*\(256 characters"):
+        validate_cluster_config({**config, "cluster_name": "c" * 200})

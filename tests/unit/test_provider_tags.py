@@ -21,11 +21,13 @@ from ray.autoscaler.tags import (
 )
 
 from skyward_ray.provider.tags import (
+    MAX_CREATE_LABEL_LENGTH,
     MAX_LABEL_LENGTH,
     TAG_OVERLAY_SUBNET,
     TAG_PHYSICAL_CLUSTER,
     TAG_RENTAL,
     LabelTooLongError,
+    check_create_label_fits,
     decode_label,
     encode_label,
     is_cluster_label,
@@ -118,6 +120,29 @@ def test_unknown_field_codes_from_a_later_revision_are_ignored() -> None:
 def test_too_long_label_is_refused_with_the_limit_named() -> None:
     with pytest.raises(LabelTooLongError, match=str(MAX_LABEL_LENGTH)):
         encode_label("c", {"big": "x" * MAX_LABEL_LENGTH})
+
+
+def test_a_rental_label_has_vast_create_limit_and_a_relabel_the_larger_one() -> None:
+    tags = {"big": "x" * 300}
+    assert len(encode_label("c", tags)) <= MAX_LABEL_LENGTH
+    with pytest.raises(LabelTooLongError, match=str(MAX_CREATE_LABEL_LENGTH)):
+        encode_label("c", tags, limit=MAX_CREATE_LABEL_LENGTH)
+
+
+def test_names_that_leave_no_room_in_a_rental_label_are_refused_before_renting() -> None:
+    check_create_label_fits("my-cluster", "gpu_worker")
+    check_create_label_fits("c" * 100, "gpu_worker")
+    with pytest.raises(LabelTooLongError, match=str(MAX_CREATE_LABEL_LENGTH)):
+        check_create_label_fits("c" * 200, "gpu_worker")
+    with pytest.raises(LabelTooLongError):
+        check_create_label_fits("c", "t" * 200)
+
+
+def test_the_longest_create_tags_of_a_real_worker_fit_a_rental_label() -> None:
+    """What Ray and the provider put on a worker when renting it (the updater's hashes come later, by relabel)."""
+    create_tags = {key: value for key, value in _full_worker_tags("demo").items()
+                   if key not in (TAG_RAY_RUNTIME_CONFIG, TAG_RAY_FILE_MOUNTS_CONTENTS)}
+    assert len(encode_label("demo", create_tags, limit=MAX_CREATE_LABEL_LENGTH)) <= MAX_CREATE_LABEL_LENGTH
 
 
 _text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)

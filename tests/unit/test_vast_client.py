@@ -170,7 +170,7 @@ def test_create_without_new_contract_is_a_protocol_error(fake: FakeVast, client:
         ({"image": " "}, "image"),
         ({"disk_gb": 0}, "disk_gb"),
         ({"label": ""}, "label"),
-        ({"label": "x" * 1025}, "label"),
+        ({"label": "x" * 257}, "label"),  # a rental's label: 256 at most (a relabel allows 1024)
         ({"price": 0}, "price"),
         ({"price": -1.0}, "price"),
         ({"runtype": "ssh_directo"}, "runtype"),
