@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from skyward_ray.doctor.report import Report, Status
-from skyward_ray.doctor.wire import WireLog, raw_call
+from skyward_ray.doctor.wire import WireLog, raw_call, raw_instance_pages
 from skyward_ray.errors import ConfigError
 from skyward_ray.placement import (
     NodeGroup,
@@ -31,7 +31,7 @@ from skyward_ray.placement import (
 from skyward_ray.provider.bootstrap import key_body
 from skyward_ray.provider.config import HEAD_KIND, NodeTypeShape, VastNodeConfig, VastProviderConfig
 from skyward_ray.provider.tags import LABEL_VERSION, decode_label
-from skyward_ray.vast.client import LIST_INSTANCES, LIST_INSTANCES_V0, LIST_OVERLAYS, SEARCH_OFFERS, VastClient
+from skyward_ray.vast.client import LIST_INSTANCES_V0, LIST_OVERLAYS, SEARCH_OFFERS, VastClient
 from skyward_ray.vast.credentials import API_KEY_ENV, config_key_path, legacy_key_path
 from skyward_ray.vast.errors import (
     AuthError,
@@ -228,11 +228,8 @@ class FreeChecks:
     def instance_list(self) -> None:
         expected = "every row of GET /api/v1/instances/ (25 per page) fits our Instance model"
         rows: list[Any] = []
-        params: dict[str, Any] = {"select_filters": {}, "order_by": [{"col": "id", "dir": "asc"}], "limit": 25}
         pages = 0
-        while pages < MAX_LIST_PAGES:
-            body = raw_call(self.client, LIST_INSTANCES, params=params)
-            pages += 1
+        for pages, body in enumerate(raw_instance_pages(self.client, MAX_LIST_PAGES), start=1):
             page = body.get("instances") if isinstance(body, dict) else None
             if not isinstance(page, list):
                 kind = type(page).__name__ if isinstance(body, dict) else type(body).__name__
@@ -240,10 +237,6 @@ class FreeChecks:
                                 Status.FAIL)
                 return
             rows += page
-            token = body.get("next_token")
-            if not token:
-                break
-            params["after_token"] = token
         bad: dict[str, list[str]] = {}
         dropped: list[str] = []
         ours = doctors = 0

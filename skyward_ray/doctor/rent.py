@@ -36,7 +36,7 @@ from ray.autoscaler.tags import (
 from skyward_ray.doctor import node_probe
 from skyward_ray.doctor.free import ClusterShape, FreeResult, rate_limit_row
 from skyward_ray.doctor.report import Report, Status
-from skyward_ray.doctor.wire import WireLog, raw_call
+from skyward_ray.doctor.wire import WireLog, raw_call, raw_instance_pages
 from skyward_ray.errors import SkywardError
 from skyward_ray.placement import NodeGroup, NoPlacementError, PlacementRequest, build_queries, plan
 from skyward_ray.provider.bootstrap import ensure_key_pair, key_body, register_ssh_key
@@ -44,7 +44,7 @@ from skyward_ray.provider.command_runner import tcp_accepts
 from skyward_ray.provider.config import PROVIDER_MODULE, overlay_name_for
 from skyward_ray.provider.node_provider import VastNodeProvider
 from skyward_ray.provider.tags import is_cluster_label
-from skyward_ray.vast.client import GET_INSTANCE, LIST_INSTANCES, VastClient
+from skyward_ray.vast.client import GET_INSTANCE, VastClient
 from skyward_ray.vast.errors import VastError
 from skyward_ray.vast.models import Instance, NodeState
 
@@ -551,18 +551,12 @@ class Rental:
     def labelled(self) -> list[int]:
         """Ids of every instance carrying this run's label, from the raw pages (a misfit row is still found)."""
         ids: list[int] = []
-        params: dict[str, Any] = {"select_filters": {}, "order_by": [{"col": "id", "dir": "asc"}], "limit": 25}
-        for _ in range(400):
-            body = raw_call(self.client, LIST_INSTANCES, params=params)
+        for body in raw_instance_pages(self.client, 400):
             rows = body.get("instances") if isinstance(body, dict) else None
             for row in rows if isinstance(rows, list) else []:
                 if isinstance(row, dict) and is_cluster_label(row.get("label"), self.cluster_name):
                     with contextlib.suppress(TypeError, ValueError):
                         ids.append(int(row["id"]))
-            token = body.get("next_token") if isinstance(body, dict) else None
-            if not token:
-                break
-            params["after_token"] = token
         return ids
 
     def sweep(self) -> None:

@@ -12,14 +12,14 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
 from skyward_ray.vast import client as vast_client
-from skyward_ray.vast.client import Endpoint, VastClient
+from skyward_ray.vast.client import LIST_INSTANCES, Endpoint, VastClient
 
 # Headers a 429 is judged by; anything else (cookies, tracing ids) stays out of the report.
 _RATE_HEADERS = ("retry-after", "x-ratelimit-reset", "x-ratelimit-limit", "x-ratelimit-remaining", "content-type")
@@ -139,3 +139,16 @@ def raw_call(client: VastClient, endpoint: Endpoint, *, params: dict[str, Any] |
     if json_body is not None:
         kwargs["json_body"] = json_body
     return client._call(endpoint, **kwargs)  # the doctor reads what our models would hide
+
+
+def raw_instance_pages(client: VastClient, max_pages: int) -> Iterator[Any]:
+    """The decoded bodies of ``GET /api/v1/instances/``, 25 rows a page in id order, following ``next_token`` until
+    there is none or ``max_pages`` were read; a body without a token (or not an object) is the last one."""
+    params: dict[str, Any] = {"select_filters": {}, "order_by": [{"col": "id", "dir": "asc"}], "limit": 25}
+    for _ in range(max_pages):
+        body = raw_call(client, LIST_INSTANCES, params=params)
+        yield body
+        token = body.get("next_token") if isinstance(body, dict) else None
+        if not token:
+            return
+        params["after_token"] = token
