@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from skyward_ray.emulator.testing import ManualClock
 from skyward_ray.provider import deadman
 from skyward_ray.provider.overlay_ip import (
     container_env,
@@ -90,41 +91,30 @@ def test_fill_default_start_commands_only_fills_missing_keys() -> None:
 # --- deadman --------------------------------------------------------------------------------------------------------
 
 
-class Ticks:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
 def test_dead_man_switch_fires_after_the_timeout_without_the_head() -> None:
-    ticks = Ticks()
+    ticks = ManualClock(start=0.0)
     answers = iter([True, True] + [False] * 100)
     fired_at: list[float] = []
     fired = deadman.watch(lambda: next(answers), 60, lambda: fired_at.append(ticks.now) or True, interval_s=10,
-                          clock=ticks.clock, sleep=ticks.sleep)
+                          clock=ticks, sleep=ticks.sleep)
     assert fired and fired_at == [70.0]  # last success at t=10, then 60 s of silence
 
 
 def test_dead_man_switch_keeps_quiet_while_the_head_answers_now_and_then() -> None:
-    ticks = Ticks()
+    ticks = ManualClock(start=0.0)
     pattern = iter(([False] * 4 + [True]) * 20)
     stop_after = 100
 
     def stop() -> bool:
         return ticks.now >= stop_after * 10
 
-    fired = deadman.watch(lambda: next(pattern), 60, lambda: True, interval_s=10, clock=ticks.clock,
+    fired = deadman.watch(lambda: next(pattern), 60, lambda: True, interval_s=10, clock=ticks,
                           sleep=ticks.sleep, should_stop=stop)
     assert not fired
 
 
 def test_dead_man_switch_retries_the_self_destroy_until_it_succeeds() -> None:
-    ticks = Ticks()
+    ticks = ManualClock(start=0.0)
     results = iter([False, False, True])
     calls: list[float] = []
 
@@ -132,7 +122,7 @@ def test_dead_man_switch_retries_the_self_destroy_until_it_succeeds() -> None:
         calls.append(ticks.now)
         return next(results)
 
-    assert deadman.watch(lambda: False, 30, destroy, interval_s=10, clock=ticks.clock, sleep=ticks.sleep)
+    assert deadman.watch(lambda: False, 30, destroy, interval_s=10, clock=ticks, sleep=ticks.sleep)
     assert len(calls) == 3
 
 
