@@ -79,11 +79,12 @@ def _install(tmp_path: Path, wheelhouse: Path, *target: str | Path) -> tuple[dic
 
 def _check(found: dict[str, object], log: str) -> None:
     assert found["version"] == "0.1.0" and found["python"] == ">=3.11" and found["license"] == "Apache-2.0"
-    assert found["extras"] == ["test", "torch", "examples"]
+    assert found["extras"] == ["test", "torch", "train", "examples"]
     requires = found["requires"]
     assert isinstance(requires, list)
     for needed in ('ray[default]==2.60.*', 'click>=8', 'vastai==1.9.1; extra == "test"',
-                   'torch==2.13.0; extra == "torch"', 'transformers; extra == "examples"'):
+                   'torch==2.13.0; extra == "torch"', 'transformers; extra == "examples"',
+                   'ray[train]==2.60.*; extra == "train"', 'moto[server]>=5; extra == "test"'):
         assert needed in requires, requires
     assert found["scripts"] == [["skyward-ray", "skyward_ray.cli:main"]] and found["script_file"]
     assert found["netns_init"], "package data (the namespace init script) is installed"
