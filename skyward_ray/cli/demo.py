@@ -87,6 +87,7 @@ class DemoRun:
     namespace_pids: set[int] = field(default_factory=set)
     job_report: dict[str, Any] | None = None
     leftovers: list[str] = field(default_factory=list)
+    api_traffic: str = ""
     error: str | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -184,6 +185,14 @@ class _Emulator:
         response = httpx.get(f"{self.admin_url}/state/", timeout=30)
         response.raise_for_status()
         return response.json()
+
+    def api_traffic(self) -> str:
+        """One line on the Vast API calls the run made: how many, under which rate limits, how many refused (429)."""
+        counters = httpx.get(f"{self.admin_url}/counters/", timeout=30).json()
+        mode = httpx.get(f"{self.admin_url}/rate_limits/", timeout=30).json().get("mode", "?")
+        calls = sum(counters["requests"].values())
+        refused = sum(statuses.get("429", 0) for statuses in counters["statuses"].values())
+        return f"Vast API: {calls} requests under {mode} rate limits, {refused} refused with a 429"
 
     def stop(self) -> None:
         """SIGTERM: the emulator destroys every instance and removes its namespaces and bridges before it exits."""
@@ -322,6 +331,8 @@ def _summary(run: DemoRun) -> None:
         subnet = run.overlay["internal_subnet"] if run.overlay else "none"
         print(f"  instances rented: {len(run.rentals)}; physical clusters: {', '.join(clusters)}; overlay {subnet}; "
               f"up to ${peak:.3f}/h, spent ${spent:.4f}")
+    if run.api_traffic:
+        print(f"  {run.api_traffic}")
     if run.error:
         print(f"  error: {run.error.splitlines()[0][:width - 9]}")
     print(f"  left behind: {', '.join(run.leftovers) if run.leftovers else 'nothing'}")
@@ -395,6 +406,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 _run_streamed(["ray", "down", config, "-y", *RAY_STYLE], env, log_dir / "ray-down.log",
                               _DOWN_TIMEOUT_S)
                 state = emulator.state()
+                run.api_traffic = emulator.api_traffic()
                 if state["instances"] or state["overlays"]:
                     raise SkywardError(f"after ray down the emulator still has instances "
                                        f"{[i['id'] for i in state['instances']]} and overlays "

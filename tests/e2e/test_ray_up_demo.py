@@ -68,6 +68,8 @@ def test_demo_runs_green_and_leaves_nothing(netns_host: None, netns_kit: NetnsKi
     text = "\n".join(summary)
     assert "result correct: True; 4 tasks on 4 Ray nodes" in text
     assert "left behind: nothing" in text
+    # The run lives within Vast's documented rate limits: the emulator enforces them and refused nothing.
+    assert re.search(r"Vast API: \d+ requests under documented rate limits, 0 refused with a 429", text), text
     rows = [line.split() for line in summary if re.match(r"\s+\d+\s+\d{5,}\s+(head|worker)\s", line)]
     assert len(rows) == 4 and sorted(r[2] for r in rows) == ["head"] + ["worker"] * 3
     assert len({r[3] for r in rows}) == 4, "four distinct Ray node IPs"
