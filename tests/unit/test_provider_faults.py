@@ -17,9 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_provider_node_provider import FakeClock, FakeVast, make_provider, offer, worker_label
+from test_provider_node_provider import FakeVast, make_provider, offer, worker_label
 
-from skyward_ray.emulator.testing import wait_until
+from skyward_ray.emulator.testing import ManualClock, wait_until
 from skyward_ray.provider import deadman
 from skyward_ray.provider.node_provider import (
     EXIT_FLUSH_BUDGET_S,
@@ -65,7 +65,7 @@ def _pool_idle(provider: VastNodeProvider) -> None:
 
 
 def test_a_failed_destroy_keeps_the_node_counted_and_is_retried_at_each_refresh() -> None:
-    fake, clock = FlakyDestroyVast(), FakeClock()
+    fake, clock = FlakyDestroyVast(), ManualClock()
     fake.add_instance(501, worker_label(), dph_total=0.5)
     provider = make_provider(fake, clock, cache_ttl_s=1.0, max_hourly_cost=0.8, use_overlay=False)
     try:
@@ -105,7 +105,7 @@ def test_a_failed_destroy_keeps_the_node_counted_and_is_retried_at_each_refresh(
 
 
 def test_a_destroy_in_flight_is_not_sent_twice() -> None:
-    fake, clock = FlakyDestroyVast(), FakeClock()
+    fake, clock = FlakyDestroyVast(), ManualClock()
     fake.add_instance(502, worker_label(), dph_total=0.5)
     provider = make_provider(fake, clock, cache_ttl_s=1.0)
     gate = threading.Event()
@@ -136,7 +136,7 @@ def test_a_destroy_in_flight_is_not_sent_twice() -> None:
 
 
 def test_a_ghost_rental_stays_reserved_until_a_list_settles_it() -> None:
-    fake, clock = FakeVast(), FakeClock()
+    fake, clock = FakeVast(), ManualClock()
     provider = make_provider(fake, clock, cache_ttl_s=1.0, max_hourly_cost=1.0, use_overlay=False)
     fake.offers = [offer(9001, 90, cluster_id=None, price=0.4)]
     fake.create_error = ServerError("Vast answered 504", status=504, outcome_unknown=True)  # it may have happened
@@ -182,7 +182,7 @@ def unreachable() -> Iterator[list[UnreachableVast]]:
 
 def _provider_with_pending_tags(fake: FakeVast, node_id: int) -> VastNodeProvider:
     fake.add_instance(node_id, worker_label())
-    provider = make_provider(fake, FakeClock())
+    provider = make_provider(fake, ManualClock())
     provider.set_node_tags(str(node_id), {"ray-node-status": "up-to-date"})
     assert provider.unflushed_node_ids() == [str(node_id)]
     return provider

@@ -16,12 +16,12 @@ from test_provider_node_provider import (
     NODE_CONFIG,
     SUBNET,
     WORKER_TAGS,
-    FakeClock,
     FakeVast,
     make_provider,
     offer,
 )
 
+from skyward_ray.emulator.testing import ManualClock
 from skyward_ray.provider.search_cache import OfferCache, cache_key
 from skyward_ray.provider.tags import TAG_OVERLAY_SUBNET, TAG_PHYSICAL_CLUSTER, encode_label
 from skyward_ray.vast.errors import AuthError, BadRequestError, OfferGoneError, ServerError
@@ -47,8 +47,8 @@ def fake() -> Vast:
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+def clock() -> ManualClock:
+    return ManualClock()
 
 
 def with_head(fake: Vast) -> None:
@@ -58,7 +58,7 @@ def with_head(fake: Vast) -> None:
 # --- the cache alone ------------------------------------------------------------------------------------------------
 
 
-def test_cache_coalesces_concurrent_searches_and_expires_after_its_ttl(clock: FakeClock) -> None:
+def test_cache_coalesces_concurrent_searches_and_expires_after_its_ttl(clock: ManualClock) -> None:
     release = threading.Event()
     calls: list[dict[str, Any]] = []
 
@@ -86,7 +86,7 @@ def test_cache_coalesces_concurrent_searches_and_expires_after_its_ttl(clock: Fa
     assert len(calls) == 2, "an answer older than the TTL is searched again"
 
 
-def test_cache_takes_planned_gpus_off_a_machine_and_drops_a_machine_found_gone(clock: FakeClock) -> None:
+def test_cache_takes_planned_gpus_off_a_machine_and_drops_a_machine_found_gone(clock: ManualClock) -> None:
     # Machine 10 has 4 free GPUs (offers of 1, 2 and 4 GPUs); machine 11 has 1.
     found = [offer(101, 10, num_gpus=1), offer(102, 10, num_gpus=2), offer(104, 10, num_gpus=4), offer(111, 11)]
     cache = OfferCache(lambda query: list(found), ttl_s=30.0, clock=clock)
@@ -105,7 +105,7 @@ def test_cache_takes_planned_gpus_off_a_machine_and_drops_a_machine_found_gone(c
     assert sorted(cache.current([query], {})) == [101, 102, 111], "4 free minus the 1 in flight: 1 and 2 remain"
 
 
-def test_an_answer_stays_in_use_while_its_scale_up_rents_up_to_three_ttls(clock: FakeClock) -> None:
+def test_an_answer_stays_in_use_while_its_scale_up_rents_up_to_three_ttls(clock: ManualClock) -> None:
     calls: list[float] = []
 
     def search(query: dict[str, Any]) -> list[Offer]:
@@ -133,7 +133,7 @@ def test_an_answer_stays_in_use_while_its_scale_up_rents_up_to_three_ttls(clock:
     assert len(calls) == 3
 
 
-def test_a_full_answer_to_a_small_limit_does_not_serve_a_larger_one(clock: FakeClock) -> None:
+def test_a_full_answer_to_a_small_limit_does_not_serve_a_larger_one(clock: ManualClock) -> None:
     calls: list[int] = []
 
     def search(query: dict[str, Any]) -> list[Offer]:
@@ -150,7 +150,7 @@ def test_a_full_answer_to_a_small_limit_does_not_serve_a_larger_one(clock: FakeC
 # --- the provider ---------------------------------------------------------------------------------------------------
 
 
-def test_launches_within_the_ttl_share_one_search_and_never_plan_a_gpu_twice(fake: Vast, clock: FakeClock) -> None:
+def test_launches_within_the_ttl_share_one_search_and_never_plan_a_gpu_twice(fake: Vast, clock: ManualClock) -> None:
     fake.offers = [offer(100 + i, 10 + i, price=0.4 + i / 100) for i in range(8)]
     with_head(fake)
     provider = make_provider(fake, clock, search_ttl_s=20.0)
@@ -164,7 +164,7 @@ def test_launches_within_the_ttl_share_one_search_and_never_plan_a_gpu_twice(fak
     assert fake.count("search_offers") == 2, "after the TTL a launch searches again"
 
 
-def test_concurrent_launches_plan_distinct_gpus_from_one_answer(fake: Vast, clock: FakeClock,
+def test_concurrent_launches_plan_distinct_gpus_from_one_answer(fake: Vast, clock: ManualClock,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     fake.offers = [offer(100 + i, 10 + i) for i in range(10)]
     with_head(fake)
@@ -186,7 +186,7 @@ def test_concurrent_launches_plan_distinct_gpus_from_one_answer(fake: Vast, cloc
     assert fake.count("search_offers") == 1
 
 
-def test_a_taken_offer_moves_on_to_the_next_offer_of_the_shared_answer(fake: Vast, clock: FakeClock) -> None:
+def test_a_taken_offer_moves_on_to_the_next_offer_of_the_shared_answer(fake: Vast, clock: ManualClock) -> None:
     fake.offers = [offer(100, 10), offer(101, 11)]
     fake.create_errors = [OfferGoneError("gone", status=404, error_code="no_such_ask")]
     provider = make_provider(fake, clock, use_overlay=False)
@@ -196,7 +196,7 @@ def test_a_taken_offer_moves_on_to_the_next_offer_of_the_shared_answer(fake: Vas
     assert fake.count("search_offers") == 1, "the rival took machine 10; machine 11 was in the answer already"
 
 
-def test_a_dirty_answer_that_cannot_place_is_searched_again_once(fake: Vast, clock: FakeClock) -> None:
+def test_a_dirty_answer_that_cannot_place_is_searched_again_once(fake: Vast, clock: ManualClock) -> None:
     fake.offers = [offer(100, 10)]
     provider = make_provider(fake, clock, use_overlay=False)
     provider.create_node_with_resources_and_labels(ON_DEMAND, WORKER_TAGS, 1, {}, {})
@@ -207,7 +207,7 @@ def test_a_dirty_answer_that_cannot_place_is_searched_again_once(fake: Vast, clo
 
 
 def test_a_failing_launch_retried_by_the_autoscaler_costs_no_search_within_the_ttl(fake: Vast,
-                                                                                   clock: FakeClock) -> None:
+                                                                                   clock: ManualClock) -> None:
     fake.offers = [offer(100, 10, price=0.4)]
     provider = make_provider(fake, clock, use_overlay=False, min_reliability=0.999)
     for _ in range(5):
@@ -219,7 +219,7 @@ def test_a_failing_launch_retried_by_the_autoscaler_costs_no_search_within_the_t
     assert fake.count("search_offers") == 2
 
 
-def test_accepted_nodes_are_visible_before_their_batch_ends(fake: Vast, clock: FakeClock) -> None:
+def test_accepted_nodes_are_visible_before_their_batch_ends(fake: Vast, clock: ManualClock) -> None:
     fake.offers = [offer(100 + i, 10 + i) for i in range(3)]
     with_head(fake)
     provider = make_provider(fake, clock)
@@ -260,7 +260,7 @@ class NoOverlays(Vast):
 
 
 @pytest.mark.parametrize("refuse", ["list", "create"])
-def test_no_overlays_fails_ray_up_in_one_line_with_nothing_rented(refuse: str, clock: FakeClock) -> None:
+def test_no_overlays_fails_ray_up_in_one_line_with_nothing_rented(refuse: str, clock: ManualClock) -> None:
     fake = NoOverlays(refuse)
     fake.offers = [offer(100 + i, 10 + i) for i in range(4)]
     provider = make_provider(fake, clock, node_types=NODE_TYPES)
@@ -277,7 +277,7 @@ def test_no_overlays_fails_ray_up_in_one_line_with_nothing_rented(refuse: str, c
     provider.cleanup_cluster_resources()
 
 
-def test_single_node_clusters_need_no_overlay(clock: FakeClock) -> None:
+def test_single_node_clusters_need_no_overlay(clock: ManualClock) -> None:
     fake = NoOverlays("list")
     fake.offers = [offer(100, 10)]
     provider = make_provider(fake, clock, node_types=NODE_TYPES, use_overlay=False)
@@ -288,7 +288,7 @@ def test_single_node_clusters_need_no_overlay(clock: FakeClock) -> None:
     provider.cleanup_cluster_resources()
 
 
-def test_a_failing_overlay_call_is_not_mistaken_for_missing_overlays(clock: FakeClock) -> None:
+def test_a_failing_overlay_call_is_not_mistaken_for_missing_overlays(clock: ManualClock) -> None:
     fake = NoOverlays("none")
     fake.create_overlay = lambda cluster_id, name: (_ for _ in ()).throw(  # type: ignore[method-assign]
         ServerError("POST /api/v0/overlay/: HTTP 502", status=502, endpoint="POST /api/v0/overlay/"))
