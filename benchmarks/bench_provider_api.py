@@ -25,22 +25,18 @@ JSON object.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+from emulator_process import Emulator, emulator_process
 
 from skyward_ray.emulator.testing import wait_until
 from skyward_ray.provider.node_provider import VastNodeProvider
@@ -58,35 +54,6 @@ CLUSTER = "bench"
 WORKER_TAGS = {"ray-node-type": "worker", "ray-user-node-type": "gpu", "ray-node-status": "up-to-date",
                "ray-launch-config": "1" * 40, "ray-runtime-config": "2" * 40}
 SETUP_RATE_SCALE = 0.001  # the setup client's own pacing while the emulator's limits are off
-
-
-@dataclass(frozen=True)
-class Emulator:
-    url: str
-    api_key: str
-    admin_url: str
-
-
-@contextlib.contextmanager
-def emulator_process() -> Iterator[Emulator]:
-    """``skyward-ray emulator serve`` (documented limits) as a child process; ended by its PID whatever happens."""
-    cmd = [sys.executable, "-m", "skyward_ray.cli", "emulator", "serve", "--scenario", "bench", "--seed", "1",
-           "--boot-delay", "0", "--port", "0", "--rate-limits", "documented"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()  # one JSON line once it listens (or EOF if it died)
-        if not line.strip().startswith("{"):
-            raise SystemExit(f"the emulator did not start (exit code {proc.poll()})")
-        ready = json.loads(line)
-        yield Emulator(ready["url"], ready["api_key"], ready["admin_url"])
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def _admin(emu: Emulator, method: str, path: str, body: dict[str, Any] | None = None) -> Any:

@@ -25,24 +25,20 @@ Runs alone: ``python benchmarks/bench_rate_limits.py``; about 2.5 minutes. The l
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import random
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+from emulator_process import Emulator, emulator_process
 from ray.autoscaler.v2.instance_manager.node_provider import NodeProviderAdapter
 
 from skyward_ray.emulator.testing import AdapterConfigReader, wait_until
@@ -59,35 +55,6 @@ WORKER_TYPE = "gpu"
 NODE_CONFIG = {"accelerator": "RTX 4090", "allocation": "spot-if-available"}
 SEARCH = "POST /api/v0/bundles/"
 CREATE = str(CREATE_INSTANCE)
-
-
-@dataclass(frozen=True)
-class Emulator:
-    url: str
-    api_key: str
-    admin_url: str
-
-
-@contextlib.contextmanager
-def emulator_process() -> Iterator[Emulator]:
-    """``skyward-ray emulator serve`` with Vast's documented limits, as a child process ended by its PID."""
-    cmd = [sys.executable, "-m", "skyward_ray.cli", "emulator", "serve", "--scenario", "bench", "--seed", "1",
-           "--boot-delay", "0", "--port", "0", "--runtime", "none", "--rate-limits", "documented"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()  # one JSON line once it listens (or EOF if it died)
-        if not line.strip().startswith("{"):
-            raise SystemExit(f"the emulator did not start (exit code {proc.poll()})")
-        ready = json.loads(line)
-        yield Emulator(ready["url"], ready["api_key"], ready["admin_url"])
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def admin(emu: Emulator, method: str, path: str, **kwargs: Any) -> Any:
