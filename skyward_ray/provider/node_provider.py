@@ -137,6 +137,7 @@ RENT_ROUNDS = 3  # searches per launch when offers keep being taken by others
 MISSING_GRACE_S = 60.0  # a rented node absent from lists this long is checked with one GET
 DESTROY_RETRY_S = 30.0  # a terminated node still listed after this long is destroyed again
 OVERLAY_POLL_S = 1.0
+FLUSH_RETRY_S = 0.25  # between label writes retried before the process ends
 # While Ray waits on a booting node, the snapshot is refreshed this often: twice the list's documented interval, so the
 # delays of a loaded machine never bring two lists of a process closer than Vast allows.
 PENDING_REFRESH_S = 2.0
@@ -979,17 +980,33 @@ class VastNodeProvider(NodeProvider):
         with self._lock:
             return sorted(self._dirty | self._writing, key=lambda node_id: (len(node_id), node_id))
 
+    def flush_pending(self, timeout_s: float) -> bool:
+        """Write every pending label, waiting for writes in flight and retrying failed ones, for up to ``timeout_s``.
+
+        One failed write (a 5xx, a 429) must not leave Vast with stale tags when the process is about to end: the
+        next monitor rebuilds its nodes from the labels alone. True when Vast has the latest tags of every node."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with contextlib.suppress(Exception):
+                self.flush_tags()
+            remaining = deadline - time.monotonic()
+            if not self.unflushed_node_ids():
+                return True
+            if remaining <= 0:
+                return False
+            time.sleep(min(FLUSH_RETRY_S, remaining))  # a write in flight elsewhere, or a failed one to retry
+
     def close(self, timeout_s: float = 30.0) -> None:
         """Write pending tags and stop the background threads (also run at interpreter exit, so the last tags of
         ``ray up`` reach Vast). A label write in flight is waited for, not cut off."""
+        deadline = time.monotonic() + timeout_s
         self._closing.set()
         self._flush_wanted.set()
         with self._lock:
             flusher, pool, self._pool = self._flusher, self._pool, None
         if flusher is not None and flusher is not threading.current_thread():
             flusher.join(timeout_s)
-        with contextlib.suppress(Exception):
-            self.flush_tags()
+        self.flush_pending(max(0.0, deadline - time.monotonic()))
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=False)
 

@@ -270,7 +270,9 @@ class MiniAutoscaler:
             self._new_generation()
             new = self.provider
         old_pool.shutdown(wait=False, cancel_futures=True)
-        old.flush_tags()
+        # The atexit flush: waits for a label write the flusher has in flight and retries a failed one, so closing
+        # the client below cuts off launches only, never the last tags.
+        assert old.flush_pending(timeout_s=30), f"old tags never reached Vast: {old.unflushed_node_ids()}"
         old.client.close()
         with old._lock:  # private, read once: what the dead process had on the wire
             inflight = sum(old._inflight.values())

@@ -218,6 +218,31 @@ def test_exit_flush_with_a_reachable_api_writes_everything_quietly(caplog: pytes
     assert not [r for r in caplog.records if r.getMessage().startswith("exit:")]
 
 
+class OnceFailingLabelVast(FakeVast):
+    """The first label write answers a 5xx (Vast's load balancer under load); the next ones succeed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.label_failures = 1
+
+    def set_label(self, instance_id: int, label: str) -> None:
+        if self.label_failures:
+            self.label_failures -= 1
+            self._record("set_label", instance_id)
+            raise ServerError("Vast answered 502", status=502)
+        super().set_label(instance_id, label)
+
+
+def test_close_retries_a_failed_label_write_so_a_new_monitor_sees_the_latest_tags() -> None:
+    fake = OnceFailingLabelVast()
+    provider = _provider_with_pending_tags(fake, 801)
+    provider.close(timeout_s=5.0)
+    assert fake.count("set_label") == 2 and provider.unflushed_node_ids() == []
+    successor = make_provider(fake, ManualClock())
+    assert successor.non_terminated_nodes({}) == ["801"]
+    assert successor.node_tags("801")["ray-node-status"] == "up-to-date"
+
+
 # --- item 4: the dead-man switch signals only its own previous copy -------------------------------------------------
 
 
