@@ -97,7 +97,7 @@ def train_loop(config: dict[str, Any]) -> None:
     from ray.train import Checkpoint
     from ray.train.torch import get_device, prepare_model
 
-    from skyward_ray.compute.integrations.train import wait_for_checkpoint_taken
+    from skyward_ray.sky.integrations.train import wait_for_checkpoint_taken
 
     device = get_device()
     if device.type == "cuda":
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from skyward_ray.compute.integrations.train import require_shared_storage
+    from skyward_ray.sky.integrations.train import require_shared_storage
     from skyward_ray.errors import ConfigError
 
     scaling = ScalingConfig(num_workers=args.workers, use_gpu=args.gpu, resources_per_worker={"CPU": 1},

@@ -5,9 +5,9 @@ itself is the operators' target: ``fn(x) >> sky`` runs on the innermost active p
 
 The ``sky`` names are re-exported lazily (on first attribute access): importing ``skyward_ray.vast``, the emulator or
 the CLI must not import Ray or the ``sky`` layer (DESIGN.md's layering). ``sky.compute`` is the seed's decorator, which
-shares its name with the ``skyward_ray.compute`` subpackage; a property on this module's class keeps the attribute
+shares its name with the ``skyward_ray.sky`` subpackage; a property on this module's class keeps the attribute
 the decorator even after the import system records the subpackage under that name. Reach the subpackage's modules
-with ``from skyward_ray.compute.<module> import ...``.
+with ``from skyward_ray.sky.<module> import ...``.
 """
 
 from __future__ import annotations
@@ -21,33 +21,33 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from skyward_ray.compute import integrations
-    from skyward_ray.compute.accelerator import Accelerator
-    from skyward_ray.compute.context import InstanceInfo, instance_info
-    from skyward_ray.compute.image import Image
-    from skyward_ray.compute.launcher import LocalLauncher
-    from skyward_ray.compute.pending import PendingCompute, PendingComputeGroup, compute, function, gather
-    from skyward_ray.compute.pool import ComputePool, pool
-    from skyward_ray.compute.providers import VastAI
-    from skyward_ray.compute.vast_launcher import VastLauncher
+    from skyward_ray.sky import integrations
+    from skyward_ray.sky.accelerator import Accelerator
+    from skyward_ray.sky.context import InstanceInfo, instance_info
+    from skyward_ray.sky.image import Image
+    from skyward_ray.sky.launcher import LocalLauncher
+    from skyward_ray.sky.pending import PendingCompute, PendingComputeGroup, compute, function, gather
+    from skyward_ray.sky.pool import ComputePool, pool
+    from skyward_ray.sky.providers import VastAI
+    from skyward_ray.sky.vast_launcher import VastLauncher
 
 # Public name -> the module that defines it.
 _EXPORTS: dict[str, str] = {
-    "Accelerator": "skyward_ray.compute.accelerator",
-    "ComputePool": "skyward_ray.compute.pool",
-    "Image": "skyward_ray.compute.image",
-    "InstanceInfo": "skyward_ray.compute.context",
-    "LocalLauncher": "skyward_ray.compute.launcher",
-    "PendingCompute": "skyward_ray.compute.pending",
-    "PendingComputeGroup": "skyward_ray.compute.pending",
-    "VastAI": "skyward_ray.compute.providers",
-    "VastLauncher": "skyward_ray.compute.vast_launcher",
-    "function": "skyward_ray.compute.pending",
-    "gather": "skyward_ray.compute.pending",
-    "instance_info": "skyward_ray.compute.context",
-    "pool": "skyward_ray.compute.pool",
+    "Accelerator": "skyward_ray.sky.accelerator",
+    "ComputePool": "skyward_ray.sky.pool",
+    "Image": "skyward_ray.sky.image",
+    "InstanceInfo": "skyward_ray.sky.context",
+    "LocalLauncher": "skyward_ray.sky.launcher",
+    "PendingCompute": "skyward_ray.sky.pending",
+    "PendingComputeGroup": "skyward_ray.sky.pending",
+    "VastAI": "skyward_ray.sky.providers",
+    "VastLauncher": "skyward_ray.sky.vast_launcher",
+    "function": "skyward_ray.sky.pending",
+    "gather": "skyward_ray.sky.pending",
+    "instance_info": "skyward_ray.sky.context",
+    "pool": "skyward_ray.sky.pool",
 }
-_MODULES: dict[str, str] = {"integrations": "skyward_ray.compute.integrations"}
+_MODULES: dict[str, str] = {"integrations": "skyward_ray.sky.integrations"}
 
 __all__ = [
     "Accelerator",
@@ -89,7 +89,7 @@ class _SkyModule(types.ModuleType):
 
     @property
     def compute(self) -> Any:
-        return importlib.import_module("skyward_ray.compute.pending").compute
+        return importlib.import_module("skyward_ray.sky.pending").compute
 
     @compute.setter
     def compute(self, subpackage: types.ModuleType) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import skyward_ray as sky
-from skyward_ray.compute.spec import PoolSpec
+from skyward_ray.sky.spec import PoolSpec
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(300)
@@ -73,7 +73,7 @@ def test_lower_layers_import_without_ray_or_the_sky_api() -> None:
     """The sky names are lazy, so the Vast client, placement and the emulator stay free of Ray (DESIGN layering)."""
     probe = (
         "import sys, skyward_ray, skyward_ray.vast.models, skyward_ray.placement.options;"
-        "print(sorted(m for m in ('ray', 'skyward_ray.compute') if m in sys.modules))"
+        "print(sorted(m for m in ('ray', 'skyward_ray.sky') if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60,
                           check=True)

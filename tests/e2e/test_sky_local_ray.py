@@ -18,8 +18,8 @@ import ray
 from ray import cloudpickle
 
 import skyward_ray as sky
-from skyward_ray.compute.dispatch import RemoteTraceback
-from skyward_ray.compute.nodes import NodesUnavailableError
+from skyward_ray.sky.dispatch import RemoteTraceback
+from skyward_ray.sky.nodes import NodesUnavailableError
 
 NODE_IPS = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
 # pytest imports this file as a top-level module the Ray workers cannot import; ship its classes by value instead.
@@ -208,7 +208,7 @@ def test_image_env_reaches_every_call(cluster: sky.ComputePool) -> None:
 def test_image_packages_already_present_are_skipped_with_a_log_line(
     cluster: sky.ComputePool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level("INFO", logger="skyward_ray.compute.pool")
+    caplog.set_level("INFO", logger="skyward_ray.sky.pool")
     with sky.ComputePool(nodes=2, address=cluster.address, image=sky.Image(pip=["pytest", "ray>=2"])):
         pass
     assert "pytest, ray>=2 already installed on all 2 node(s)" in caplog.text

@@ -17,8 +17,8 @@ import pytest
 import ray
 
 import skyward_ray as sky
-from skyward_ray.compute.context import NO_ACTIVE_POOL, current_pool
-from skyward_ray.compute.nodes import NodesUnavailableError
+from skyward_ray.sky.context import NO_ACTIVE_POOL, current_pool
+from skyward_ray.sky.nodes import NodesUnavailableError
 
 pytestmark = pytest.mark.timeout(240)
 REPO = Path(__file__).resolve().parents[2]

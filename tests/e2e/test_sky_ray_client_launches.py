@@ -25,8 +25,8 @@ import pytest
 from rayup_kit import EmulatorProcess, RayCluster
 
 import skyward_ray as sky
-from skyward_ray.compute.nodes import NodesUnavailableError
-from skyward_ray.compute.vast_launcher import RAY_CLIENT_PORT, SshTunnel
+from skyward_ray.sky.nodes import NodesUnavailableError
+from skyward_ray.sky.vast_launcher import RAY_CLIENT_PORT, SshTunnel
 from skyward_ray.vast.client import VastClient
 
 if TYPE_CHECKING:
@@ -101,7 +101,7 @@ class Records(logging.Handler):
 def test_twenty_pools_connect_without_a_ray_client_retry(tunnel: str) -> None:
     records = Records()
     # The pool's retries; Ray's notice from this process and from the server, through Ray Client's log stream.
-    watched = [logging.getLogger(name) for name in ("skyward_ray.compute.pool", "ray._private.worker",
+    watched = [logging.getLogger(name) for name in ("skyward_ray.sky.pool", "ray._private.worker",
                                                     "ray.util.client.logsclient", "ray.client_builder")]
     for logger in watched:
         logger.addHandler(records)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import skyward_ray.emulator
 
-FORBIDDEN = ("skyward_ray.vast", "skyward_ray.provider", "skyward_ray.compute", "skyward_ray.placement")
+FORBIDDEN = ("skyward_ray.vast", "skyward_ray.provider", "skyward_ray.sky", "skyward_ray.placement")
 PACKAGE = Path(skyward_ray.emulator.__file__).parent
 CLI = PACKAGE.parent / "cli" / "emulator.py"
 

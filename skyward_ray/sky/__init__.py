@@ -1,0 +1,54 @@
+"""The seed's ``sky`` API as thin shims over Ray: pools, pending calls and their operators, images, accelerators.
+
+Layering: imports Ray, the placement options and GPU table, the package's errors, and for launching on Vast
+(:mod:`~skyward_ray.sky.vast_launcher`, imported only when a pool launches) the Vast client and the provider's
+config rendering (schema, SSH key, overlay name) and its SSH reachability check; never the provider's
+``NodeProvider`` class itself, which Ray loads from the cluster config.
+"""
+
+from skyward_ray.sky import integrations
+from skyward_ray.sky.accelerator import Accelerator
+from skyward_ray.sky.context import NO_ACTIVE_POOL, InstanceInfo, instance_info
+from skyward_ray.sky.dispatch import RemoteTraceback
+from skyward_ray.sky.image import Image
+from skyward_ray.sky.launcher import AttachLauncher, ClusterHandle, Launcher, LaunchError, LocalLauncher
+from skyward_ray.sky.nodes import NodeInfo, NodesUnavailableError
+from skyward_ray.sky.pending import (
+    ComputeFunction,
+    PendingCompute,
+    PendingComputeGroup,
+    compute,
+    function,
+    gather,
+)
+
+# The `pool` decorator is exported by the top-level package only, so `skyward_ray.sky.pool` stays the module.
+from skyward_ray.sky.pool import ComputePool
+from skyward_ray.sky.providers import VastAI
+from skyward_ray.sky.spec import PoolSpec
+
+__all__ = [
+    "NO_ACTIVE_POOL",
+    "Accelerator",
+    "AttachLauncher",
+    "ClusterHandle",
+    "ComputeFunction",
+    "ComputePool",
+    "Image",
+    "InstanceInfo",
+    "LaunchError",
+    "Launcher",
+    "LocalLauncher",
+    "NodeInfo",
+    "NodesUnavailableError",
+    "PendingCompute",
+    "PendingComputeGroup",
+    "PoolSpec",
+    "RemoteTraceback",
+    "VastAI",
+    "compute",
+    "function",
+    "gather",
+    "instance_info",
+    "integrations",
+]
