@@ -260,8 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from skyward_ray.sky.integrations.train import require_shared_storage
     from skyward_ray.errors import ConfigError
+    from skyward_ray.sky.integrations.train import require_shared_storage
 
     scaling = ScalingConfig(num_workers=args.workers, use_gpu=args.gpu, resources_per_worker={"CPU": 1},
                             placement_strategy=args.placement)

@@ -23,6 +23,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 
 import ray
 
+from skyward_ray.errors import ConfigError
 from skyward_ray.sky.autoscale import NodeRequest
 from skyward_ray.sky.context import pop_pool, push_pool
 from skyward_ray.sky.dispatch import Dispatcher
@@ -31,7 +32,6 @@ from skyward_ray.sky.launcher import AttachLauncher, ClusterHandle, Launcher, La
 from skyward_ray.sky.nodes import NodeInfo, wait_for_nodes
 from skyward_ray.sky.pending import ComputeFunction, PendingCompute, gather
 from skyward_ray.sky.spec import PoolSpec
-from skyward_ray.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

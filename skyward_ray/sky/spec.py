@@ -11,11 +11,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from skyward_ray.errors import ConfigError
+from skyward_ray.placement.options import Allocation, config_error_from
 from skyward_ray.sky.accelerator import Accelerator, as_accelerator
 from skyward_ray.sky.image import Image, as_image
 from skyward_ray.sky.providers import VastAI
-from skyward_ray.errors import ConfigError
-from skyward_ray.placement.options import Allocation, config_error_from
 
 MAX_NODES = 256
 

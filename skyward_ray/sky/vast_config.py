@@ -30,11 +30,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from skyward_ray.sky.spec import PoolSpec
 from skyward_ray.errors import ConfigError
 from skyward_ray.placement.options import Allocation
 from skyward_ray.provider.bootstrap import DEFAULT_SSH_USER, validate
 from skyward_ray.provider.config import NO_OVERLAY_REASON, PROVIDER_MODULE
+from skyward_ray.sky.spec import PoolSpec
 
 HEAD_TYPE = "head"
 WORKER_TYPE = "worker"

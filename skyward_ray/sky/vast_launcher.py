@@ -44,12 +44,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from skyward_ray.sky.launcher import ClusterHandle, LaunchError, _free_port
-from skyward_ray.sky.vast_config import head_allocation, render_cluster_config
 from skyward_ray.errors import ConfigError, SkywardError
 from skyward_ray.provider.bootstrap import DEFAULT_SSH_USER, ensure_key_pair
 from skyward_ray.provider.command_runner import is_documentation_address, tcp_accepts
 from skyward_ray.provider.config import overlay_name_for
+from skyward_ray.sky.launcher import ClusterHandle, LaunchError, _free_port
+from skyward_ray.sky.vast_config import head_allocation, render_cluster_config
 from skyward_ray.vast.client import VastClient
 from skyward_ray.vast.credentials import resolve_api_key, resolve_base_url
 

@@ -31,10 +31,10 @@ import yaml
 from ray.autoscaler.node_launch_exception import NodeLaunchException
 
 import skyward_ray as sky
-from skyward_ray.sky.spec import PoolSpec
 from skyward_ray.errors import ConfigError
 from skyward_ray.provider.config import VastNodeConfig, VastProviderConfig
 from skyward_ray.provider.node_provider import VastNodeProvider
+from skyward_ray.sky.spec import PoolSpec
 
 REPO = Path(__file__).resolve().parents[3]
 BASE = yaml.safe_load((REPO / "cluster_configs" / "vast-multinode.yaml").read_text())

@@ -15,10 +15,10 @@ import yaml
 
 import skyward_ray as sky
 from skyward_ray.cli import main
-from skyward_ray.sky.spec import PoolSpec
-from skyward_ray.sky.vast_config import render_cluster_config
 from skyward_ray.errors import ConfigError
 from skyward_ray.provider.bootstrap import validate
+from skyward_ray.sky.spec import PoolSpec
+from skyward_ray.sky.vast_config import render_cluster_config
 
 REPO = Path(__file__).resolve().parents[3]
 BASE = yaml.safe_load((REPO / "cluster_configs" / "vast-multinode.yaml").read_text())

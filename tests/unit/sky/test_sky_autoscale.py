@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from skyward_ray.emulator.testing import ManualClock
 from skyward_ray.sky.autoscale import AutoscalerState, ConfigLimits, NodeRequest, _read_limits
 from skyward_ray.sky.nodes import NodesUnavailableError
-from skyward_ray.emulator.testing import ManualClock
 
 HEAD = {"node:__internal_head__": 1.0, "CPU": 1.0, "GPU": 1.0}
 WORKER = {"CPU": 1.0, "GPU": 1.0}

@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 
 import skyward_ray as sky
-from skyward_ray.sky.spec import PoolSpec
 from skyward_ray.errors import ConfigError
 from skyward_ray.placement.gpus import resolve_gpu
 from skyward_ray.placement.options import Allocation, PlacementOptions
+from skyward_ray.sky.spec import PoolSpec
 
 SEED_DEFAULTS = {
     "api_key": None,

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 
 import skyward_ray as sky
+from skyward_ray.errors import ConfigError
 from skyward_ray.sky import pool as pool_module
 from skyward_ray.sky.launcher import AttachLauncher, ClusterHandle, LaunchError, discover_address
 from skyward_ray.sky.spec import PoolSpec
-from skyward_ray.errors import ConfigError
 
 
 @pytest.fixture

@@ -10,12 +10,12 @@ import pytest
 from ray.exceptions import RayTaskError
 
 import skyward_ray as sky
+from skyward_ray.errors import ConfigError
 from skyward_ray.sky import context, netif
 from skyward_ray.sky.context import InstanceInfo, call_on_node, instance_info
 from skyward_ray.sky.dispatch import RemoteTraceback, unwrap_remote_error
 from skyward_ray.sky.integrations.pytorch import distributed_env
 from skyward_ray.sky.nodes import NodesUnavailableError, rank_nodes, wait_for_nodes
-from skyward_ray.errors import ConfigError
 
 HEAD = {"node:__internal_head__": 1.0, "CPU": 4.0}
 

@@ -10,14 +10,14 @@ from typing import Any
 import pytest
 
 import skyward_ray as sky
-from skyward_ray.sky.launcher import LaunchError
-from skyward_ray.sky.spec import PoolSpec
-from skyward_ray.sky.vast_config import head_allocation, render_cluster_config
-from skyward_ray.sky.vast_launcher import VastLauncher, _EventReader
 from skyward_ray.errors import ConfigError
 from skyward_ray.placement.options import Allocation
 from skyward_ray.provider.bootstrap import fill_node_resources
 from skyward_ray.provider.config import validate_cluster_config
+from skyward_ray.sky.launcher import LaunchError
+from skyward_ray.sky.spec import PoolSpec
+from skyward_ray.sky.vast_config import head_allocation, render_cluster_config
+from skyward_ray.sky.vast_launcher import VastLauncher, _EventReader
 from skyward_ray.vast.errors import CredentialsError
 
 SECRET = "sk-unit-test-0123456789"

@@ -15,6 +15,8 @@ import pytest
 import ray.train as ray_train
 import yaml
 
+from skyward_ray.errors import ConfigError, SkywardError
+from skyward_ray.placement.options import Allocation
 from skyward_ray.sky.integrations.train import (
     allocations,
     cluster_on_bids,
@@ -22,8 +24,6 @@ from skyward_ray.sky.integrations.train import (
     storage_problem,
     wait_for_checkpoint_taken,
 )
-from skyward_ray.errors import ConfigError, SkywardError
-from skyward_ray.placement.options import Allocation
 
 REPO = Path(__file__).resolve().parents[3]
 
