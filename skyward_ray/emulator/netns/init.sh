@@ -1,6 +1,6 @@
 #!/bin/sh
 # PID 1 of one emulated instance, run by the netns runtime as
-#   ip netns exec NS unshare --pid --fork --mount-proc --uts --ipc --mount sh netns_init.sh DIR HOSTNAME SSHD [KEEP...]
+#   ip netns exec NS unshare --pid --fork --mount-proc --uts --ipc --mount sh init.sh DIR HOSTNAME SSHD [KEEP...]
 # It is already in the instance's own network, PID, UTS, IPC and (private) mount namespaces, so every mount below is
 # seen by the instance only. It gives the instance its container-like view of the host's file system, then becomes
 # the instance's sshd: sshd reaps orphans (nohup'd Ray daemons, onstart), and when it dies the kernel ends every
