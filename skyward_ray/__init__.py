@@ -23,9 +23,9 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from skyward_ray.sky import integrations
     from skyward_ray.sky.accelerator import Accelerator
-    from skyward_ray.sky.context import InstanceInfo, instance_info
     from skyward_ray.sky.image import Image
     from skyward_ray.sky.launcher import LocalLauncher
+    from skyward_ray.sky.node_context import InstanceInfo, instance_info
     from skyward_ray.sky.pending import PendingCompute, PendingComputeGroup, compute, function, gather
     from skyward_ray.sky.pool import ComputePool, pool
     from skyward_ray.sky.providers import VastAI
@@ -36,7 +36,7 @@ _EXPORTS: dict[str, str] = {
     "Accelerator": "skyward_ray.sky.accelerator",
     "ComputePool": "skyward_ray.sky.pool",
     "Image": "skyward_ray.sky.image",
-    "InstanceInfo": "skyward_ray.sky.context",
+    "InstanceInfo": "skyward_ray.sky.node_context",
     "LocalLauncher": "skyward_ray.sky.launcher",
     "PendingCompute": "skyward_ray.sky.pending",
     "PendingComputeGroup": "skyward_ray.sky.pending",
@@ -44,7 +44,7 @@ _EXPORTS: dict[str, str] = {
     "VastLauncher": "skyward_ray.sky.vast_launcher",
     "function": "skyward_ray.sky.pending",
     "gather": "skyward_ray.sky.pending",
-    "instance_info": "skyward_ray.sky.context",
+    "instance_info": "skyward_ray.sky.node_context",
     "pool": "skyward_ray.sky.pool",
 }
 _MODULES: dict[str, str] = {"integrations": "skyward_ray.sky.integrations"}

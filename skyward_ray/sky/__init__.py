@@ -8,10 +8,11 @@ config rendering (schema, SSH key, overlay name) and its SSH reachability check;
 
 from skyward_ray.sky import integrations
 from skyward_ray.sky.accelerator import Accelerator
-from skyward_ray.sky.context import NO_ACTIVE_POOL, InstanceInfo, instance_info
+from skyward_ray.sky.active_pool import NO_ACTIVE_POOL
 from skyward_ray.sky.dispatch import RemoteTraceback
 from skyward_ray.sky.image import Image
 from skyward_ray.sky.launcher import AttachLauncher, ClusterHandle, Launcher, LaunchError, LocalLauncher
+from skyward_ray.sky.node_context import InstanceInfo, instance_info
 from skyward_ray.sky.nodes import NodeInfo, NodesUnavailableError
 from skyward_ray.sky.pending import (
     ComputeFunction,

@@ -1,7 +1,7 @@
 """Pending calls as Ray tasks pinned to a pool's ranked nodes.
 
 Per pool, per ``@sky.compute`` function and per node, one Ray remote function (built on first use, then reused): a
-small trampoline that sets the node context (:func:`skyward_ray.sky.context.instance_info`) around the user's
+small trampoline that sets the node context (:func:`skyward_ray.sky.node_context.instance_info`) around the user's
 function and is pinned to its node with ``NodeAffinitySchedulingStrategy(soft=False)``. Broadcasts go to every node,
 everything else round-robin. A call then costs one ``.remote()`` with the user's own arguments, as raw Ray does.
 
@@ -32,7 +32,7 @@ import ray
 from ray.exceptions import RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from skyward_ray.sky.context import InstanceInfo, NodeContext, call_on_node, node_context
+from skyward_ray.sky.node_context import InstanceInfo, NodeContext, call_on_node, pack_context
 from skyward_ray.sky.nodes import NodeInfo
 from skyward_ray.sky.pending import ComputeFunction, PendingCompute
 
@@ -103,7 +103,7 @@ class Dispatcher:
         self.nodes = tuple(nodes)
         peers = tuple(node.ip for node in self.nodes)
         self._context = {
-            (node.rank, broadcast): node_context(InstanceInfo(node.rank, peers, node.gpus, broadcast))
+            (node.rank, broadcast): pack_context(InstanceInfo(node.rank, peers, node.gpus, broadcast))
             for node in self.nodes
             for broadcast in (False, True)
         }

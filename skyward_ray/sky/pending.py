@@ -22,9 +22,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload, runtime_checkable
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload, runtime_checkable
 
-from skyward_ray.sky.context import current_pool
+from skyward_ray.sky.active_pool import current_pool
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -49,7 +49,7 @@ def resolve_target(target: object) -> Target:
     """``sky`` (the package module) -> the innermost active pool; a pool -> itself; anything else -> ``TypeError``."""
     if isinstance(target, ModuleType):
         if target.__name__.partition(".")[0] == __name__.partition(".")[0]:
-            return current_pool()
+            return cast(Target, current_pool())
     elif isinstance(target, Target):
         return target
     raise TypeError(

@@ -24,8 +24,8 @@ from typing import Any, ParamSpec, TypeVar, overload
 import ray
 
 from skyward_ray.errors import ConfigError
+from skyward_ray.sky.active_pool import pop_pool, push_pool
 from skyward_ray.sky.autoscale import NodeRequest
-from skyward_ray.sky.context import pop_pool, push_pool
 from skyward_ray.sky.dispatch import Dispatcher
 from skyward_ray.sky.image import missing_apt_packages, missing_requirements
 from skyward_ray.sky.launcher import AttachLauncher, ClusterHandle, Launcher, LaunchError, discover_address

@@ -17,7 +17,7 @@ import pytest
 import ray
 
 import skyward_ray as sky
-from skyward_ray.sky.context import NO_ACTIVE_POOL, current_pool
+from skyward_ray.sky.active_pool import NO_ACTIVE_POOL, current_pool
 from skyward_ray.sky.nodes import NodesUnavailableError
 
 pytestmark = pytest.mark.timeout(240)

@@ -23,7 +23,7 @@ from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar, overload
 
 from skyward_ray.errors import ConfigError
-from skyward_ray.sky.context import HEAD_PORT, InstanceInfo, instance_info
+from skyward_ray.sky.node_context import HEAD_PORT, InstanceInfo, instance_info
 
 P = ParamSpec("P")
 T = TypeVar("T")

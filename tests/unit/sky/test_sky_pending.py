@@ -11,7 +11,7 @@ import pytest
 from ray import cloudpickle
 
 import skyward_ray as sky
-from skyward_ray.sky.context import NO_ACTIVE_POOL, current_pool, pop_pool, push_pool
+from skyward_ray.sky.active_pool import NO_ACTIVE_POOL, current_pool, pop_pool, push_pool
 from skyward_ray.sky.pending import ComputeFunction, PendingCompute, PendingComputeGroup, Target
 
 calls: list[Any] = []

@@ -11,10 +11,10 @@ from ray.exceptions import RayTaskError
 
 import skyward_ray as sky
 from skyward_ray.errors import ConfigError
-from skyward_ray.sky import context, netif
-from skyward_ray.sky.context import InstanceInfo, call_on_node, instance_info
+from skyward_ray.sky import netif, node_context
 from skyward_ray.sky.dispatch import RemoteTraceback, unwrap_remote_error
 from skyward_ray.sky.integrations.pytorch import distributed_env
+from skyward_ray.sky.node_context import InstanceInfo, call_on_node, instance_info
 from skyward_ray.sky.nodes import NodesUnavailableError, rank_nodes, wait_for_nodes
 
 HEAD = {"node:__internal_head__": 1.0, "CPU": 4.0}
@@ -68,9 +68,8 @@ def test_instance_info_is_set_only_during_a_call() -> None:
 
 
 def test_torch_environment_points_every_rank_at_rank_zero(monkeypatch: pytest.MonkeyPatch) -> None:
-    # `sky.compute` is the decorator, so patch through the module object rather than a dotted path.
-    monkeypatch.setattr(context, "interface_for_ip", lambda ip: "eth0")
-    context._cached_interface.cache_clear()
+    monkeypatch.setattr(node_context, "interface_for_ip", lambda ip: "eth0")
+    node_context._cached_interface.cache_clear()
     info = InstanceInfo(2, ("10.8.0.2", "10.8.0.3", "10.8.0.4"), broadcast=True)
     try:
         assert distributed_env(info) == {
@@ -78,7 +77,7 @@ def test_torch_environment_points_every_rank_at_rank_zero(monkeypatch: pytest.Mo
             "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1", "NCCL_SOCKET_IFNAME": "eth0", "GLOO_SOCKET_IFNAME": "eth0",
         }
     finally:
-        context._cached_interface.cache_clear()
+        node_context._cached_interface.cache_clear()
 
 
 def test_torch_integration_leaves_calls_outside_a_broadcast_alone() -> None:
@@ -102,8 +101,8 @@ def test_torch_integration_hands_the_chosen_backend_to_init_process_group(
 ) -> None:
     import torch.distributed as dist
 
-    monkeypatch.setattr(context, "interface_for_ip", lambda ip: "lo")
-    context._cached_interface.cache_clear()
+    monkeypatch.setattr(node_context, "interface_for_ip", lambda ip: "lo")
+    node_context._cached_interface.cache_clear()
     calls: list[tuple[str, dict[str, Any]]] = []
     monkeypatch.setattr(dist, "is_initialized", lambda: False)
     monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: calls.append((backend, kw)))
@@ -116,7 +115,7 @@ def test_torch_integration_hands_the_chosen_backend_to_init_process_group(
     try:
         assert call_on_node((1, ["10.8.0.2", "10.8.0.3"], 0, True), world, (), {}) == "2"
     finally:
-        context._cached_interface.cache_clear()
+        node_context._cached_interface.cache_clear()
     assert [c[0] for c in calls] == ["gloo", "destroyed"]
     assert calls[0][1]["rank"] == 1 and calls[0][1]["world_size"] == 2
 

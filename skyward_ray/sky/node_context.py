@@ -1,65 +1,20 @@
-"""Which pool ``>> sky`` means on the driver, and which node a call runs on inside a task.
+"""Where a call runs: :class:`InstanceInfo` (rank, peers, GPUs), set on the worker around each pool call.
 
-Two pieces of ambient state, both kept here so nothing else touches globals:
-
-- the **active pool**: a ``ContextVar`` holding the stack of pools entered in this context, so nested ``with`` blocks
-  and concurrent asyncio tasks each see their own innermost pool. A new thread starts with an empty context; when
-  exactly one pool is active in the whole process, that thread falls back to it (a thread pool inside a ``@sky.pool``
-  function just works), and otherwise gets the seed's "No active pool" error rather than a guess.
-- the **node context**: the :class:`InstanceInfo` of the call running in this worker process, set by the task
-  trampoline for the duration of the call and read by :func:`instance_info` (``None`` on the driver).
+:func:`call_on_node` is the trampoline every pool task runs in a Ray worker process; :func:`instance_info` reads the
+context it sets (``None`` on the driver and outside pool calls).
 """
 
 from __future__ import annotations
 
-import threading
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from skyward_ray.sky.netif import interface_for_ip
 
-if TYPE_CHECKING:
-    from skyward_ray.sky.pool import ComputePool
-
-NO_ACTIVE_POOL = "No active pool. Use within a @pool decorated function or 'with pool(...):' block."
-
 # The default torch rendezvous port on rank 0, as the legacy ``head_port``.
 HEAD_PORT = 29500
-
-_active: ContextVar[tuple[ComputePool, ...]] = ContextVar("skyward_ray_active_pools", default=())
-_process_pools: list[ComputePool] = []
-_process_lock = threading.Lock()
-
-
-def push_pool(pool: ComputePool) -> Any:
-    """Make ``pool`` the innermost active pool; returns the token :func:`pop_pool` needs."""
-    with _process_lock:
-        _process_pools.append(pool)
-    return _active.set((*_active.get(), pool))
-
-
-def pop_pool(pool: ComputePool, token: Any) -> None:
-    """Undo :func:`push_pool`. Tolerates a token from another context (an exit on a different task)."""
-    try:
-        _active.reset(token)
-    except ValueError:
-        _active.set(tuple(p for p in _active.get() if p is not pool))
-    with _process_lock:
-        if pool in _process_pools:
-            _process_pools.remove(pool)
-
-
-def current_pool() -> ComputePool:
-    """The innermost active pool, or ``RuntimeError`` with the seed's message."""
-    stack = _active.get()
-    if stack:
-        return stack[-1]
-    with _process_lock:
-        if len(_process_pools) == 1:
-            return _process_pools[0]
-    raise RuntimeError(NO_ACTIVE_POOL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +23,7 @@ class InstanceInfo:
 
     ``peers`` are the nodes' Ray node IPs in rank order; on Vast, Ray runs on the overlay IP, so these are the overlay
     addresses that NCCL/Gloo must use. The field names follow the legacy ``InstanceInfo`` (``node``, ``total_nodes``,
-    ``head_addr``, ``head_port``) so seed-era code keeps working.
+    ``head_addr``, ``head_port``) so code written for it keeps working.
     """
 
     node: int
@@ -122,7 +77,8 @@ def instance_info() -> InstanceInfo | None:
 NodeContext = tuple[int, tuple[str, ...], int, bool]
 
 
-def node_context(info: InstanceInfo) -> NodeContext:
+def pack_context(info: InstanceInfo) -> NodeContext:
+    """``info`` as the plain tuple a task carries."""
     return (info.node, info.peers, info.accelerators, info.broadcast)
 
 
