@@ -1,21 +1,14 @@
 """skyward-ray: Ray clusters on Vast.ai, and the ``sky`` API as thin shims over Ray.
 
-``import skyward_ray as sky`` gives the public names; everything else lives in the layered subpackages. The module
-itself is the operators' target: ``fn(x) >> sky`` runs on the innermost active pool.
-
-The ``sky`` names are re-exported lazily (on first attribute access): importing ``skyward_ray.vast``, the emulator or
-the CLI must not import Ray or the ``sky`` layer (DESIGN.md's layering). ``sky.compute`` is the seed's decorator, which
-shares its name with the ``skyward_ray.sky`` subpackage; a property on this module's class keeps the attribute
-the decorator even after the import system records the subpackage under that name. Reach the subpackage's modules
-with ``from skyward_ray.sky.<module> import ...``.
+``import skyward_ray as sky`` gives the public names, imported on first use so that the CLI, the Vast client and the
+emulator never load Ray. The module itself is the operators' target: ``fn(x) >> sky`` runs on the innermost active
+pool. ``sky.compute`` is the decorator: the API's modules live in the ``skyward_ray.sky`` subpackage, whose name is
+not one of the public names, so importing them never replaces one.
 """
 
 from __future__ import annotations
 
-import copyreg
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -42,6 +35,7 @@ _EXPORTS: dict[str, str] = {
     "PendingComputeGroup": "skyward_ray.sky.pending",
     "VastAI": "skyward_ray.sky.providers",
     "VastLauncher": "skyward_ray.sky.vast_launcher",
+    "compute": "skyward_ray.sky.pending",
     "function": "skyward_ray.sky.pending",
     "gather": "skyward_ray.sky.pending",
     "instance_info": "skyward_ray.sky.node_context",
@@ -83,25 +77,3 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted({*globals(), *__all__})
 
-
-class _SkyModule(types.ModuleType):
-    """This package's module type: only to keep ``sky.compute`` the decorator (see the module docstring)."""
-
-    @property
-    def compute(self) -> Any:
-        return importlib.import_module("skyward_ray.sky.pending").compute
-
-    @compute.setter
-    def compute(self, subpackage: types.ModuleType) -> None:
-        # The import system records the subpackage here; it stays in sys.modules, which is what imports use.
-        return None
-
-
-def _reduce_module(module: types.ModuleType) -> tuple[Any, tuple[str]]:
-    # Pickle (and Ray's cloudpickle, for functions that use `sky`) dispatch on the exact type, so a module subclass
-    # needs its reducer: by reference, as for any module.
-    return importlib.import_module, (module.__name__,)
-
-
-copyreg.pickle(_SkyModule, _reduce_module)
-sys.modules[__name__].__class__ = _SkyModule

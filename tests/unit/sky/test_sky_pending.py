@@ -197,16 +197,23 @@ def test_threads_use_the_only_active_pool_but_refuse_to_guess_between_two() -> N
         pop_pool(first, token)  # type: ignore[arg-type]
 
 
-def test_sky_compute_stays_the_decorator_after_subpackage_imports() -> None:
+def test_public_names_stay_themselves_after_every_subpackage_import() -> None:
     import importlib
+    import pkgutil
+    import types
 
-    importlib.import_module("skyward_ray.sky.launcher")
+    import skyward_ray.sky
+
+    for module in pkgutil.walk_packages(skyward_ray.sky.__path__, "skyward_ray.sky."):
+        importlib.import_module(module.name)
     pending_module = importlib.import_module("skyward_ray.sky.pending")
     assert sky.compute is pending_module.compute
     from skyward_ray import compute as imported
 
     assert imported is pending_module.compute
     assert {"compute", "pool", "gather", "ComputePool", "VastAI"} <= set(dir(sky))
+    modules = {name for name in sky.__all__ if isinstance(getattr(sky, name), types.ModuleType)}
+    assert modules == {"integrations"}
     with pytest.raises(AttributeError):
         _ = sky.no_such_name  # type: ignore[attr-defined]
 
