@@ -98,7 +98,7 @@ def provider_run(emu: Emulator, client: VastClient, key_file: Path) -> dict[str,
                 progress.append(record.getMessage())
 
     handler = Progress(level=logging.INFO)
-    provider_log = logging.getLogger("skyward_ray.provider.node_provider")
+    provider_log = logging.getLogger("skyward_ray.provider")
     provider_log.addHandler(handler)
     provider_log.setLevel(logging.INFO)
     admin(emu, "DELETE", "counters/")

@@ -159,7 +159,7 @@ def replaced(records: list[logging.LogRecord]) -> dict[str, int]:
     """Nodes the provider itself ended, by reason, from its warnings (outbid, failed host, stuck loading)."""
     counts: Counter[str] = Counter()
     for record in records:
-        if record.name != "skyward_ray.provider.node_provider":
+        if not record.name.startswith("skyward_ray.provider."):
             continue
         message = record.getMessage()
         if "was outbid: destroying it" in message:

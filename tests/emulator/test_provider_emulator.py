@@ -156,7 +156,7 @@ def test_head_and_workers_share_one_physical_cluster_and_one_overlay(emulator: E
     ours = [i for i in dump["instances"] if is_cluster_label(i.get("label"), CLUSTER)]
     assert sorted(str(i["id"]) for i in ours) == sorted([head, *workers])
     assert len({i["cluster_id"] for i in ours}) == 1 and ours[0]["cluster_id"] is not None
-    overlays = [o for o in dump["overlays"] if o["name"] == monitor._overlay_name]
+    overlays = [o for o in dump["overlays"] if o["name"] == monitor.sites.overlay_name]
     assert len(overlays) == 1 and overlays[0]["cluster_id"] == ours[0]["cluster_id"]
     assert sorted(overlays[0]["members"]) == sorted([head, *workers])
     # Vast lists host-side addresses only: every node is running (ready for SSH) with no overlay address from the

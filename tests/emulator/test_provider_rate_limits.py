@@ -96,7 +96,7 @@ def scaled() -> Iterator[EmulatorServer]:
 @pytest.mark.timeout(300)
 def test_sixteen_workers_rent_at_vasts_pace_without_earning_a_429(documented: EmulatorServer, tmp_path: Path,
                                                                   caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="skyward_ray.provider.node_provider")
+    caplog.set_level(logging.INFO, logger="skyward_ray.provider")
     cluster = "rate16"
     provider = VastNodeProvider(provider_config(documented, key_file_for(tmp_path, documented.api_key),
                                                 use_overlay=False), cluster)

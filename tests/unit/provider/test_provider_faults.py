@@ -17,16 +17,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ray.autoscaler.node_launch_exception import NodeLaunchException
 from test_provider_node_provider import FakeVast, make_provider, offer, worker_label
 
 from skyward_ray.emulator.testing import ManualClock, wait_until
 from skyward_ray.provider import deadman
-from skyward_ray.provider.node_provider import (
-    EXIT_FLUSH_BUDGET_S,
-    NodeLaunchException,
-    VastNodeProvider,
-    _flush_all_at_exit,
-)
+from skyward_ray.provider.exit_flush import EXIT_FLUSH_BUDGET_S, flush_all_at_exit
+from skyward_ray.provider.node_provider import VastNodeProvider
 from skyward_ray.vast.errors import ServerError
 
 NODE_CONFIG = {"accelerator": "RTX 4090", "allocation": "on-demand"}
@@ -55,9 +52,9 @@ class FlakyDestroyVast(FakeVast):
 
 def _pool_idle(provider: VastNodeProvider) -> None:
     """Wait for the background destroys the last refresh dispatched (bounded)."""
-    pool = provider._background()
+    pool = provider.actions.pool()
     pool.submit(lambda: None).result(timeout=10)
-    wait_until(lambda: not any(n.destroying for n in provider._nodes.values()), timeout_s=10,
+    wait_until(lambda: not any(n.destroying for n in provider.state.nodes.values()), timeout_s=10,
                what="background destroys done")
 
 
@@ -73,7 +70,7 @@ def test_a_failed_destroy_keeps_the_node_counted_and_is_retried_at_each_refresh(
         provider.terminate_nodes(["501"])
         assert provider.non_terminated_nodes({}) == []  # hidden from Ray at once
         with provider._lock:
-            assert provider._committed_per_hour() == pytest.approx(0.5), "still running: still billed"
+            assert provider.state.committed_per_hour() == pytest.approx(0.5), "still running: still billed"
         # No room for another 0.4 $/h node while the failed-destroy node bills 0.5 of the 0.8 cap.
         fake.offers = [offer(9001, 90, cluster_id=None, price=0.4)]
         with pytest.raises(NodeLaunchException, match="max_hourly_cost"):
@@ -86,7 +83,7 @@ def test_a_failed_destroy_keeps_the_node_counted_and_is_retried_at_each_refresh(
         _pool_idle(provider)
         assert fake.count("destroy_instance") == tries + 1
         with provider._lock:
-            assert provider._committed_per_hour() == pytest.approx(0.5)
+            assert provider.state.committed_per_hour() == pytest.approx(0.5)
 
         fake.failing = False
         clock.advance(1.5)
@@ -94,10 +91,10 @@ def test_a_failed_destroy_keeps_the_node_counted_and_is_retried_at_each_refresh(
         _pool_idle(provider)
         assert 501 not in fake.instances, "the retried destroy went through"
         with provider._lock:
-            assert provider._committed_per_hour() == 0.0, "destroyed: no longer billed, no longer counted"
+            assert provider.state.committed_per_hour() == 0.0, "destroyed: no longer billed, no longer counted"
         clock.advance(1.5)
         provider.non_terminated_nodes({})
-        assert "501" not in provider._nodes  # gone from the list: forgotten
+        assert "501" not in provider.state.nodes  # gone from the list: forgotten
         provider.create_node_with_resources_and_labels(NODE_CONFIG, dict(WORKER), 1, {}, {})
         assert fake.count("create_instance") == 1
     finally:
@@ -145,11 +142,11 @@ def test_a_ghost_rental_stays_reserved_until_a_list_settles_it() -> None:
         with pytest.raises(NodeLaunchException):
             provider.create_node_with_resources_and_labels(NODE_CONFIG, dict(WORKER), 1, {}, {})
         with provider._lock:
-            assert provider._committed_per_hour() == pytest.approx(0.4), "the ghost may be billing"
+            assert provider.state.committed_per_hour() == pytest.approx(0.4), "the ghost may be billing"
         clock.advance(1.5)
         provider.non_terminated_nodes({})  # the list shows no ghost: the reservation ends
         with provider._lock:
-            assert provider._committed_per_hour() == 0.0
+            assert provider.state.committed_per_hour() == 0.0
     finally:
         provider.close()
 
@@ -195,9 +192,9 @@ def test_exit_flush_returns_within_its_budget_and_names_what_was_not_written(
     unreachable += [hanging, failing]
     providers = [_provider_with_pending_tags(hanging, 601), _provider_with_pending_tags(hanging, 602),
                  _provider_with_pending_tags(failing, 603)]
-    caplog.set_level(logging.WARNING, logger="skyward_ray.provider.node_provider")
+    caplog.set_level(logging.WARNING, logger="skyward_ray.provider.exit_flush")
     started = time.monotonic()
-    _flush_all_at_exit(providers, budget_s=1.0)
+    flush_all_at_exit(providers, budget_s=1.0)
     elapsed = time.monotonic() - started
     assert elapsed < 2.0, f"the exit flush took {elapsed:.1f} s with a 1 s budget"
     assert hanging.count("set_label") >= 2 and failing.count("set_label") >= 1  # each provider tried
@@ -212,8 +209,8 @@ def test_exit_flush_returns_within_its_budget_and_names_what_was_not_written(
 def test_exit_flush_with_a_reachable_api_writes_everything_quietly(caplog: pytest.LogCaptureFixture) -> None:
     fake = FakeVast()
     provider = _provider_with_pending_tags(fake, 701)
-    caplog.set_level(logging.WARNING, logger="skyward_ray.provider.node_provider")
-    _flush_all_at_exit([provider], budget_s=5.0)
+    caplog.set_level(logging.WARNING, logger="skyward_ray.provider.exit_flush")
+    flush_all_at_exit([provider], budget_s=5.0)
     assert fake.count("set_label") == 1 and provider.unflushed_node_ids() == []
     assert not [r for r in caplog.records if r.getMessage().startswith("exit:")]
 

@@ -385,7 +385,7 @@ def test_a_failing_unpaged_list_serves_the_snapshot_and_is_tried_again(fake: Fak
     clock.advance(5)
     assert provider.non_terminated_nodes({}) == ["11"]
     assert fake.count("list_instances") == 1, "a 5xx is a failure now, not a missing endpoint"
-    assert provider._list_source == "unpaged"
+    assert provider.snapshot.list_source == "unpaged"
 
 
 def test_paged_listing_never_asks_for_the_unpaged_list(fake: FakeVast, clock: ManualClock) -> None:
@@ -496,7 +496,7 @@ def test_outbid_worker_is_destroyed_and_reported_terminated(fake: FakeVast, cloc
     assert provider.non_terminated_nodes({}) == []
     assert provider.is_terminated("11")
     _wait_for(lambda: 11 not in fake.instances, "the destroy")
-    assert 1 not in provider._avoided_until  # an outbid says nothing about the machine
+    assert 1 not in provider.state.avoided_until  # an outbid says nothing about the machine
 
 
 def test_rebid_policy_raises_the_bid_up_to_max_bid(fake: FakeVast, clock: ManualClock) -> None:
@@ -512,7 +512,7 @@ def test_failed_instance_is_destroyed_and_its_machine_avoided(fake: FakeVast, cl
     fake.add_instance(11, worker_label(), actual_status="exited", machine_id=77)
     provider = make_provider(fake, clock)
     assert provider.non_terminated_nodes({}) == []
-    assert 77 in provider._avoided_until
+    assert 77 in provider.state.avoided_until
     _wait_for(lambda: 11 not in fake.instances, "the destroy")
 
 
@@ -525,7 +525,7 @@ def test_stuck_loading_is_ended_after_the_deadline(fake: FakeVast, clock: Manual
     assert provider.non_terminated_nodes({}) == ["11"]
     clock.advance(5)  # past the deadline and past the snapshot's TTL: the next refresh judges it
     assert provider.non_terminated_nodes({}) == []
-    assert 78 in provider._avoided_until
+    assert 78 in provider.state.avoided_until
 
 
 def test_node_ray_cannot_ssh_into_is_ended(fake: FakeVast, clock: ManualClock) -> None:
@@ -537,7 +537,7 @@ def test_node_ray_cannot_ssh_into_is_ended(fake: FakeVast, clock: ManualClock) -
     assert provider.non_terminated_nodes({}) == ["11"]
     clock.advance(30)
     assert provider.non_terminated_nodes({}) == []
-    assert 79 in provider._avoided_until
+    assert 79 in provider.state.avoided_until
 
 
 def test_local_ipaddrs_counts_only_when_it_holds_an_overlay_address(fake: FakeVast, clock: ManualClock) -> None:
@@ -583,7 +583,7 @@ def test_workers_rent_concurrently_on_the_heads_cluster_and_are_visible_at_once(
     assert search["cluster_id"] == {"eq": 7}
     for _, (offer_id, kwargs) in (c for c in fake.calls if c[0] == "create_instance"):
         assert offer_id != 200  # cheaper, but on another physical cluster
-        assert kwargs["env"][f"-n {provider._overlay_name}"] == "1"
+        assert kwargs["env"][f"-n {provider.sites.overlay_name}"] == "1"
         assert kwargs["env"]["SKYWARD_OVERLAY_SUBNET"] == SUBNET
         assert kwargs["price"] is not None  # workers default to spot-if-available: a bid
         tags = decode_label(kwargs["label"])[1]  # type: ignore[index]
@@ -604,7 +604,7 @@ def test_head_picks_the_cluster_for_head_and_workers_and_creates_the_overlay(fak
     provider = make_provider(fake, clock, node_types=node_types)
     created = provider.create_node(NODE_CONFIG, HEAD_TAGS, 1)
     assert created is not None and len(created) == 1
-    assert ("create_overlay", (7, provider._overlay_name)) in fake.calls
+    assert ("create_overlay", (7, provider.sites.overlay_name)) in fake.calls
     (head_id,) = created
     tags = provider.node_tags(head_id)
     assert tags[TAG_PHYSICAL_CLUSTER] == "7" and tags[TAG_OVERLAY_SUBNET] == SUBNET
@@ -701,7 +701,7 @@ def test_cleanup_destroys_labelled_leftovers_and_the_overlay(fake: FakeVast, clo
     provider = make_provider(fake, clock)
     fake.add_instance(31, worker_label())
     fake.add_instance(32, "not ours")
-    fake.overlays = [Overlay(overlay_id=1, name=provider._overlay_name, cluster_id=7, internal_subnet=SUBNET),
+    fake.overlays = [Overlay(overlay_id=1, name=provider.sites.overlay_name, cluster_id=7, internal_subnet=SUBNET),
                      Overlay(overlay_id=2, name="someone-else", cluster_id=7, internal_subnet="10.1.0.0/24")]
     provider.cleanup_cluster_resources()
     assert set(fake.instances) == {32}
@@ -730,10 +730,10 @@ def test_overlay_node_is_running_at_once_and_its_address_is_learned_on_the_node(
 
 def test_overlay_search_covers_the_subnet_minus_known_addresses_only_on_the_overlay(
         fake: FakeVast, clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> None:
-    from skyward_ray.provider import node_provider
+    from skyward_ray.provider import overlay_addresses
 
     on_overlay = [("lo", ipaddress.IPv4Interface("127.0.0.1/8")), ("eth0", ipaddress.IPv4Interface("10.9.0.1/24"))]
-    monkeypatch.setattr(node_provider, "interface_addresses", lambda: on_overlay)
+    monkeypatch.setattr(overlay_addresses, "interface_addresses", lambda: on_overlay)
     subnet = {TAG_OVERLAY_SUBNET: "10.9.0.0/24"}
     fake.add_instance(11, worker_label(**subnet), local_ipaddrs="192.168.0.7")
     fake.add_instance(12, worker_label(**subnet, **{TAG_OVERLAY_IP: "10.9.0.2"}), local_ipaddrs="192.168.0.8")
@@ -754,7 +754,7 @@ def test_overlay_search_covers_the_subnet_minus_known_addresses_only_on_the_over
     provider.non_terminated_nodes({})
     targets = provider.overlay_search("15")
     assert "10.9.0.2" in targets and "10.9.0.3" in targets and "10.9.0.9" not in targets
-    monkeypatch.setattr(node_provider, "interface_addresses", lambda: on_overlay[:1])  # the laptop
+    monkeypatch.setattr(overlay_addresses, "interface_addresses", lambda: on_overlay[:1])  # the laptop
     fake.add_instance(14, worker_label(**subnet), local_ipaddrs="192.168.0.10")
     assert provider.overlay_search("14") == []
 

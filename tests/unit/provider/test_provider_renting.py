@@ -272,7 +272,7 @@ def test_no_overlays_fails_ray_up_in_one_line_with_nothing_rented(refuse: str, c
     assert "use_overlay: false" in message and "nothing was rented" in message
     assert fake.count("create_instance") == 0
     with provider._lock:
-        assert provider._committed_per_hour() == 0.0, "the head's reservation was released"
+        assert provider.state.committed_per_hour() == 0.0, "the head's reservation was released"
     # ray down on such an account: nothing to delete, no error.
     provider.cleanup_cluster_resources()
 
