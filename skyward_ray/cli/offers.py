@@ -28,7 +28,7 @@ from skyward_ray.placement import (
     explain,
     plan,
 )
-from skyward_ray.placement.explain import Style
+from skyward_ray.placement.explanation import Style
 from skyward_ray.placement.planner import DEFAULT_RUNNERS_UP
 from skyward_ray.provider.config import NO_OVERLAY_REASON
 from skyward_ray.vast.client import VastClient

@@ -2,7 +2,8 @@
 physical cluster, bid prices, image choice, and why nothing fits). Imports only the Vast wire models; no I/O, no clock.
 """
 
-from skyward_ray.placement.explain import Explanation, NoPlacementError, explain
+from skyward_ray.placement.explain import explain
+from skyward_ray.placement.explanation import Explanation, NoPlacementError
 from skyward_ray.placement.filters import DEFAULT_SEARCH_LIMIT, Check, CudaFloor, OfferFilter, build_queries, recheck
 from skyward_ray.placement.gpus import GPU_MODELS, GpuModel, GpuSelection, known_gpu_names, resolve_gpu
 from skyward_ray.placement.image import (

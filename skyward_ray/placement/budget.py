@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from skyward_ray.placement.explain import Explanation, NoPlacementError
+from skyward_ray.placement.explanation import Explanation, NoPlacementError
 from skyward_ray.placement.options import PlacementOptions
 from skyward_ray.placement.planner import plan
 from skyward_ray.placement.request import PlacementRequest

@@ -13,7 +13,8 @@ from collections.abc import Iterable, Sequence
 
 from pydantic import BaseModel, ConfigDict
 
-from skyward_ray.placement.explain import NoPlacementError, explain
+from skyward_ray.placement.explain import explain
+from skyward_ray.placement.explanation import NoPlacementError
 from skyward_ray.placement.image import ImageSource, choose_image
 from skyward_ray.placement.options import PlacementOptions
 from skyward_ray.placement.request import PlacementRequest, Scope

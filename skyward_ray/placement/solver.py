@@ -331,3 +331,12 @@ def solve(market: Market, *, keep: int = 1, budget_micro: int | None = None) -> 
         kept.sort(key=lambda item: item.order)
         del kept[keep:]
     return kept
+
+
+def best_solution(
+    request: PlacementRequest, options: PlacementOptions, offers: Iterable[Offer], already_committed_per_hour: float
+) -> Solution | None:
+    """The cheapest plan within what ``max_hourly_cost`` leaves, or None: whether (and how) a request places."""
+    budget = budget_micro(options, already_committed_per_hour)
+    solutions = solve(collect(request, options, offers, budget_micro=budget), keep=1, budget_micro=budget)
+    return solutions[0] if solutions else None

@@ -14,7 +14,7 @@ import pytest
 
 import skyward_ray
 from skyward_ray.errors import SkywardError
-from skyward_ray.placement.explain import Explanation, NoPlacementError
+from skyward_ray.placement.explanation import Explanation, NoPlacementError
 from skyward_ray.provider.renting import NodeLaunchError
 
 for module in pkgutil.walk_packages(skyward_ray.__path__, "skyward_ray."):

@@ -12,7 +12,7 @@ import pytest
 from test_placement_market import machine
 
 from skyward_ray.placement import PlacementOptions, PlacementRequest, explain
-from skyward_ray.placement.explain import Style
+from skyward_ray.placement.explanation import Style
 from skyward_ray.placement.solver import budget_micro, collect, solve
 from skyward_ray.vast.models import Offer
 

@@ -9,7 +9,7 @@ from test_placement_market import machine, offer
 
 from skyward_ray.errors import SkywardError
 from skyward_ray.placement import NoPlacementError, PlacementOptions, PlacementRequest, explain, plan
-from skyward_ray.placement.explain import Style
+from skyward_ray.placement.explanation import Style
 from skyward_ray.vast.models import Offer
 
 ONE = PlacementRequest.single("RTX 4090")
