@@ -3,22 +3,16 @@
     up   --config C --events E --deadline T   create_or_update_cluster, then wait for every worker; report the head
     down --config C --events E --deadline T   teardown_cluster, then check that nothing of the cluster is left
 
-Why a child process rather than calls in the user's process: Ray's launcher prints its own CLI output (and the SSH
-output of every setup command) to stdout, keeps module-level state (the CLI logger's settings, the event system,
-cached providers), and blocks in threads that a Ctrl-C cannot stop cleanly. In a child of its own session it writes
-to a log file, keeps its state to itself, never sees the terminal's Ctrl-C, and can be ended by its process group.
-
-The parent (:class:`skyward_ray.sky.vast_launcher.VastLauncher`) reads one JSON object per line from the events
-file: ``{"event": "step", "step": "<Ray's CreateClusterEvent name>"}`` while the head comes up, ``{"event":
-"workers", "up": k, "wanted": n, "statuses": {...}}`` as workers join, then exactly one of ``{"event": "done", ...}``
-or ``{"event": "error", "message": ...}``. Only Ray's interfaces are used here: the SDK, its event system, and the
-``NodeProvider`` Ray loads from the config (``non_terminated_nodes``, ``node_tags``, ``get_command_runner``).
+A child of its own session keeps Ray's launcher output, module state and blocking threads out of the user's process.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import re
+import subprocess
 import sys
 import threading
 import time
@@ -31,10 +25,17 @@ WORKER_POLL_S = 1.0
 # Where ``ray start --head`` records the GCS address (Ray's default temp dir on the node): its host is the address
 # Ray, and so the Ray Client server on port 10001, listens on.
 HEAD_ADDRESS_FILE = "/tmp/ray/ray_current_cluster"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class Events:
-    """Appends JSON lines to the events file, one writer at a time, flushed at once (the parent tails it)."""
+    """Appends JSON lines to the events file, one writer at a time, flushed at once (the parent tails it).
+
+    ``{"event": "step", "step": "<Ray's CreateClusterEvent name>"}`` while the head comes up, ``{"event": "workers",
+    "up": k, "wanted": n, "statuses": {...}}`` as workers join, then exactly one of ``{"event": "done", ...}`` or
+    ``{"event": "error", "message": ...}``. Ray's side uses only its SDK, its event system and the ``NodeProvider``
+    Ray loads from the config (``non_terminated_nodes``, ``node_tags``, ``get_command_runner``).
+    """
 
     def __init__(self, path: Path) -> None:
         self._file = path.open("a", encoding="utf-8")
@@ -45,6 +46,39 @@ class Events:
         with self._lock:
             self._file.write(line + "\n")
             self._file.flush()
+
+
+class EventReader:
+    """The parent's side of :class:`Events`: the complete JSON lines appended to the file since the last read."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+
+    def read(self) -> list[dict[str, Any]]:
+        try:
+            with self.path.open("rb") as handle:
+                handle.seek(self._offset)
+                data = handle.read()
+        except FileNotFoundError:
+            return []
+        end = data.rfind(b"\n") + 1
+        self._offset += end
+        found = []
+        for line in data[:end].splitlines():
+            with contextlib.suppress(ValueError):
+                found.append(json.loads(line))
+        return found
+
+
+def log_tail(path: Path, lines: int = 8) -> str:
+    """The last non-empty lines of a child's log on one line, without Ray's colour codes (for an error message)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    clean = [line for line in _ANSI.sub("", text).splitlines() if line.strip()]
+    return " | ".join(clean[-lines:]) or "(empty log)"
 
 
 def _provider(config: dict[str, Any]) -> Any:
@@ -79,8 +113,6 @@ def _head_id(provider: Any) -> str:
 
 def _head_address(provider: Any, config: dict[str, Any], head_id: str) -> str:
     """The head's Ray address (``ip:port``), read on the head through Ray's own command runner for it."""
-    import subprocess
-
     runner = provider.get_command_runner(
         "skyward-pool", head_id, config["auth"], config["cluster_name"], subprocess, use_internal_ip=False
     )
@@ -140,6 +172,13 @@ def down(config: dict[str, Any], events: Events) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one action and report it in the events file.
+
+    Why a child process: Ray's launcher prints its own CLI output (and the SSH output of every setup command) to
+    stdout, keeps module-level state (the CLI logger's settings, the event system, cached providers), and blocks in
+    threads that a Ctrl-C cannot stop cleanly. Here it writes to a log file, keeps its state to itself, never sees the
+    terminal's Ctrl-C, and can be ended by its process group.
+    """
     parser = argparse.ArgumentParser(prog="python -m skyward_ray.sky.cluster_sdk")
     parser.add_argument("action", choices=("up", "down"))
     parser.add_argument("--config", type=Path, required=True, help="the cluster config, JSON")
@@ -160,9 +199,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _reason(exc: BaseException) -> str:
     """One line for the user: the error's own text, without Ray's colour codes."""
-    import re
-
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip() or type(exc).__name__
+    text = _ANSI.sub("", str(exc)).strip() or type(exc).__name__
     return f"{type(exc).__name__}: {text}" if not isinstance(exc, RuntimeError | TimeoutError) else text
 
 

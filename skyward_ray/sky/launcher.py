@@ -115,7 +115,8 @@ def _ray_tmpdir(path: str) -> Iterator[None]:
                 os.environ["RAY_TMPDIR"] = previous
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str) -> int:
+    """A TCP port free on ``host`` right now (the OS picks it)."""
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
@@ -175,7 +176,7 @@ class LocalLauncher:
                 self._cluster = Cluster(
                     initialize_head=True,
                     head_node_args={**common, "node_ip_address": ips[0], "num_gpus": self._gpus(0),
-                                    "gcs_server_port": _free_port(ips[0])},
+                                    "gcs_server_port": free_port(ips[0])},
                 )
                 for index, ip in enumerate(ips[1:], start=1):
                     self._cluster.add_node(**common, node_ip_address=ip, num_gpus=self._gpus(index))

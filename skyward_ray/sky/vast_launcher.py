@@ -1,39 +1,18 @@
 """``VastLauncher``: a pool's own Ray cluster on Vast, from ``ray up`` to ``ray down``, driven from Python.
 
-:meth:`VastLauncher.up`:
-
-1. renders the pool's cluster config (:func:`skyward_ray.sky.vast_config.render_cluster_config`): N nodes of the
-   pool's accelerator, node 0 the head, N-1 workers as ``min_workers`` so they come up with the cluster, the image's
-   setup commands; the API key only as a 0600 file (``provider.api_key_file``), removed by :meth:`down`;
-2. runs Ray's cluster launcher SDK (``create_or_update_cluster``, no config cache) in a child process
-   (:mod:`skyward_ray.sky.cluster_sdk` says why), which also waits until every worker runs Ray, all within the
-   pool's ``ready_timeout``; the steps show as progress lines (renting the head, overlay, workers joining k/N);
-3. opens an SSH local port forward to the head's Ray Client server (port 10001 on the head's Ray address) and
-   returns ``ray://127.0.0.1:<port>``. On real Vast a laptop reaches an instance only through its mapped ports, and
-   SSH (22/tcp) is always mapped; the forward is restarted if it drops while the pool is up.
-
-:meth:`down` (the pool calls it on exit, on errors and on Ctrl-C, with Ctrl-C held back) closes the forward, stops a
-launch still running, runs ``teardown_cluster`` (which also sweeps instances by label and deletes the overlay), checks
-that nothing of the cluster is left on the account, and removes every local file of the launch. It is safe to call
-more than once and raises :class:`LaunchError` naming what could not be removed.
-
-The Vast API is the one ``VAST_URL`` names (else Vast's own), for this process, the provider and the head alike, as
-the official client does: pointing at the emulator is that one variable. Ray Client needs the same Ray and Python
-versions on both ends; the provider pins the nodes' Ray to this machine's, and the emulator's hosts run this very
-environment.
+``up`` renders the cluster config, runs Ray's launcher SDK in a child process (:mod:`skyward_ray.sky.cluster_sdk`)
+while showing its progress, and connects Ray Client through an SSH tunnel to the head; ``down`` removes every instance,
+the overlay and every local file of the launch. The Vast API is the one ``VAST_URL`` names, as for the official client.
 """
 
 from __future__ import annotations
 
 import contextlib
-import getpass
-import hashlib
 import json
 import logging
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -48,7 +27,9 @@ from skyward_ray.errors import ConfigError, SkywardError
 from skyward_ray.provider.bootstrap import DEFAULT_SSH_USER, ensure_key_pair
 from skyward_ray.provider.command_runner import is_documentation_address, tcp_accepts
 from skyward_ray.provider.config import overlay_name_for
-from skyward_ray.sky.launcher import ClusterHandle, LaunchError, _free_port
+from skyward_ray.sky.cluster_sdk import EventReader, log_tail
+from skyward_ray.sky.launcher import ClusterHandle, LaunchError
+from skyward_ray.sky.ssh_tunnel import SshTunnel, end_process_group, end_ssh_masters
 from skyward_ray.sky.vast_config import head_allocation, render_cluster_config
 from skyward_ray.vast.client import VastClient
 from skyward_ray.vast.credentials import resolve_api_key, resolve_base_url
@@ -62,7 +43,6 @@ log = logging.getLogger(__name__)
 RAY_CLIENT_PORT = 10001  # `ray start --head` starts the Ray Client server here by default
 POLL_S = 0.5
 OVERLAY_POLL_S = 2.0
-KILL_GRACE_S = 10.0
 _STEP_LINES = {  # Ray's CreateClusterEvent -> what the user reads (each shown once)
     "acquiring_new_head_node": "renting the head",
     "head_node_acquired": "head rented; waiting for its SSH",
@@ -75,108 +55,6 @@ _STEP_LINES = {  # Ray's CreateClusterEvent -> what the user reads (each shown o
 
 def _stderr_progress(message: str) -> None:
     print(f"sky: {message}", file=sys.stderr, flush=True)
-
-
-def ssh_control_dir(cluster_name: str) -> Path:
-    """Where Ray's SSH runner keeps this cluster's master sockets (Ray 2.60's fixed formula, by user and cluster)."""
-    user = hashlib.sha256(getpass.getuser().encode()).hexdigest()[:10]
-    cluster = hashlib.sha256(cluster_name.encode()).hexdigest()[:10]
-    return Path(f"/tmp/ray_ssh_{user}/{cluster}")
-
-
-def _ssh_options(key: str, port: int) -> list[str]:
-    return ["-i", key, "-p", str(port), "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
-            "-o", "StrictHostKeyChecking=no", "-o", f"UserKnownHostsFile={os.devnull}", "-o", "LogLevel=ERROR",
-            "-o", "ConnectTimeout=10", "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4"]
-
-
-def _end_group(proc: subprocess.Popen[Any] | None) -> None:
-    """End a child started in its own session, and what it started there (ssh, rsync), by its process group."""
-    if proc is None or proc.poll() is not None:
-        return
-    for sig, wait_s in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, KILL_GRACE_S)):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=wait_s)
-            return
-
-
-class SshTunnel:
-    """``ssh -N -L 127.0.0.1:<local>:<target>`` to a node's SSH endpoint, restarted if it drops until closed."""
-
-    def __init__(self, endpoint: tuple[str, int], target: tuple[str, int], key: str, user: str,
-                 log_path: Path, restart_check_s: float = 2.0) -> None:
-        self.endpoint = endpoint
-        self.target = target
-        self.key = key
-        self.user = user
-        self.local_port = _free_port("127.0.0.1")
-        self._log_path = log_path
-        self._restart_check_s = restart_check_s
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._closed = threading.Event()
-        self._lock = threading.Lock()
-        self._watchdog: threading.Thread | None = None
-        self.restarts = 0
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        host, port = self.endpoint
-        forward = f"127.0.0.1:{self.local_port}:{self.target[0]}:{self.target[1]}"
-        argv = ["ssh", "-N", *_ssh_options(self.key, port), "-o", "ExitOnForwardFailure=yes", "-L", forward,
-                f"{self.user}@{host}"]
-        with self._log_path.open("ab") as log_file:
-            return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-                                    start_new_session=True)
-
-    def open(self, timeout_s: float) -> None:
-        """Start the forward and wait until the local port accepts connections (ssh binds it once forwarding)."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            with self._lock:
-                self._proc = self._spawn()
-                proc = self._proc
-            while proc.poll() is None and time.monotonic() < deadline:
-                if tcp_accepts(("127.0.0.1", self.local_port), timeout_s=1.0):
-                    self._watchdog = threading.Thread(target=self._watch, name="skyward-ssh-tunnel", daemon=True)
-                    self._watchdog.start()
-                    return
-                time.sleep(0.1)
-            _end_group(proc)
-            if time.monotonic() >= deadline:
-                raise LaunchError(
-                    f"no SSH tunnel to the head at {self.endpoint[0]}:{self.endpoint[1]} within {timeout_s:g} s: "
-                    f"{self._tail()}"
-                )
-            time.sleep(1.0)  # ssh exited (sshd not ready yet, port taken): try again
-
-    def _watch(self) -> None:
-        while not self._closed.wait(self._restart_check_s):
-            with self._lock:
-                if self._closed.is_set() or self._proc is None or self._proc.poll() is None:
-                    continue
-                log.warning("the SSH tunnel to the head dropped (exit %s); reopening it", self._proc.returncode)
-                self.restarts += 1
-                self._proc = self._spawn()
-
-    def _tail(self) -> str:
-        with contextlib.suppress(OSError):
-            lines = self._log_path.read_text(errors="replace").strip().splitlines()
-            if lines:
-                return lines[-1][:300]
-        return "ssh said nothing"
-
-    def close(self) -> None:
-        self._closed.set()
-        with self._lock:
-            proc, self._proc = self._proc, None
-        _end_group(proc)
-        if self._watchdog is not None:
-            self._watchdog.join(timeout=10)
 
 
 @dataclass
@@ -198,7 +76,7 @@ class _Launch:
 
 
 class VastLauncher:
-    """Launch a pool's Ray cluster on Vast (``sky.VastAI(...)``) and remove it again. See the module docstring.
+    """Launch a pool's Ray cluster on Vast (``sky.VastAI(...)``) and remove it again.
 
     ``ssh_private_key``: the key Ray and the tunnel use (default ``~/.ssh/skyward-ray_ed25519``, made once, as for
     ``ray up``). ``cpus_per_node``: Ray's CPU count per node (default: what the instance has).
@@ -255,6 +133,12 @@ class VastLauncher:
     # --- up ----------------------------------------------------------------------------------------------------------
 
     def up(self, spec: PoolSpec) -> ClusterHandle:
+        """Rent and start the pool's cluster, all within ``spec.ready_timeout``; returns ``ray://127.0.0.1:<port>``.
+
+        The config (:func:`~skyward_ray.sky.vast_config.render_cluster_config`) names the API key only as a 0600 file
+        that :meth:`down` removes. The child runs ``create_or_update_cluster`` (no config cache) and waits until every
+        worker runs Ray; its steps show as progress lines. Then an SSH forward to the head's Ray Client port opens.
+        """
         if spec.provider is None:
             raise ConfigError("provider: None is not allowed for VastLauncher; allowed: sky.VastAI(...)")
         with self._lock:
@@ -338,7 +222,7 @@ class VastLauncher:
         watch_overlay = workers > 0 and spec.provider.use_overlay
         client = VastClient(api_key=spec.provider.api_key.get_secret_value() if spec.provider.api_key else None,
                             base_url=launch.config["provider"]["api_url"]) if watch_overlay else None
-        reader = _EventReader(events_path)
+        reader = EventReader(events_path)
         shown: set[str] = set()
         next_overlay_look = 0.0
         try:
@@ -353,7 +237,7 @@ class VastLauncher:
                         if outcome is not None:
                             return outcome
                     raise LaunchError(f"the launch ended (exit {proc.returncode}) without a result: "
-                                      f"{_log_tail(launch.path('up.log'))}")
+                                      f"{log_tail(launch.path('up.log'))}")
                 if time.monotonic() >= hard_deadline:
                     raise LaunchError(f"the pool was not up within ready_timeout={spec.ready_timeout:g} s "
                                       f"(log: {launch.path('up.log')})")
@@ -434,6 +318,11 @@ class VastLauncher:
     # --- down --------------------------------------------------------------------------------------------------------
 
     def down(self) -> None:
+        """Close the tunnel, stop a launch still running, ``teardown_cluster`` and remove the launch's files.
+
+        The teardown also sweeps instances by label, deletes the overlay and checks that nothing of the cluster is left
+        on the account. Safe to call twice; raises :class:`LaunchError` naming what could not be removed.
+        """
         with self._lock:
             launch = self._launch
             if launch is None:
@@ -441,7 +330,7 @@ class VastLauncher:
             problems: list[str] = []
             if launch.tunnel is not None:
                 launch.tunnel.close()
-            _end_group(launch.child)  # a launch still running (Ctrl-C or a timeout while coming up)
+            end_process_group(launch.child)  # a launch still running (Ctrl-C or a timeout while coming up)
             launch.child = None
             if launch.sdk_ran:
                 problem = self._teardown(launch)
@@ -451,7 +340,7 @@ class VastLauncher:
                     launch.sdk_ran = False
                 else:
                     problems.append(problem)
-            _end_ssh_masters(launch.cluster_name)
+            end_ssh_masters(launch.cluster_name)
             if launch.api_key_file is not None:
                 with contextlib.suppress(FileNotFoundError):
                     launch.api_key_file.unlink()
@@ -472,60 +361,15 @@ class VastLauncher:
         try:
             proc.wait(timeout=self.teardown_timeout_s + 30.0)
         except subprocess.TimeoutExpired:
-            _end_group(proc)
+            end_process_group(proc)
             return f"the teardown did not finish within {self.teardown_timeout_s:g} s"
         finally:
-            _end_group(proc)
-        events = _EventReader(events_path).read()
+            end_process_group(proc)
+        events = EventReader(events_path).read()
         errors = [str(e.get("message")) for e in events if e.get("event") == "error"]
         if errors or not any(e.get("event") == "done" for e in events):
             return errors[0] if errors else f"the teardown ended (exit {proc.returncode}) without a result: " \
-                                              f"{_log_tail(launch.path('down.log'))}"
+                                              f"{log_tail(launch.path('down.log'))}"
         self._say(f"cluster {launch.cluster_name} removed: no instance or overlay left")
         return None
 
-
-class _EventReader:
-    """The complete JSON lines appended to a file since the last read."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._offset = 0
-
-    def read(self) -> list[dict[str, Any]]:
-        try:
-            with self.path.open("rb") as handle:
-                handle.seek(self._offset)
-                data = handle.read()
-        except FileNotFoundError:
-            return []
-        end = data.rfind(b"\n") + 1
-        self._offset += end
-        found = []
-        for line in data[:end].splitlines():
-            with contextlib.suppress(ValueError):
-                found.append(json.loads(line))
-        return found
-
-
-def _log_tail(path: Path, lines: int = 8) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    import re
-
-    clean = [line for line in re.sub(r"\x1b\[[0-9;]*m", "", text).splitlines() if line.strip()]
-    return " | ".join(clean[-lines:]) or "(empty log)"
-
-
-def _end_ssh_masters(cluster_name: str) -> None:
-    """Close the SSH master connections Ray opened for this cluster (they outlive the SDK call by up to 10 s)."""
-    directory = ssh_control_dir(cluster_name)
-    if not directory.is_dir():
-        return
-    for sock in directory.iterdir():
-        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-            subprocess.run(["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "placeholder"], capture_output=True,
-                           timeout=10, check=False)
-    shutil.rmtree(directory, ignore_errors=True)

@@ -39,7 +39,8 @@ from skyward_ray.emulator.netns import NetnsRuntime, clean_leftovers
 from skyward_ray.emulator.server import EmulatorServer
 from skyward_ray.provider.tags import decode_label
 from skyward_ray.sky.launcher import LaunchError
-from skyward_ray.sky.vast_launcher import VastLauncher, ssh_control_dir
+from skyward_ray.sky.ssh_tunnel import ssh_control_dir
+from skyward_ray.sky.vast_launcher import VastLauncher
 
 if TYPE_CHECKING:
     from conftest import NetnsKit

@@ -14,10 +14,11 @@ from skyward_ray.errors import ConfigError
 from skyward_ray.placement.options import Allocation
 from skyward_ray.provider.bootstrap import fill_node_resources
 from skyward_ray.provider.config import validate_cluster_config
+from skyward_ray.sky.cluster_sdk import EventReader
 from skyward_ray.sky.launcher import LaunchError
 from skyward_ray.sky.spec import PoolSpec
 from skyward_ray.sky.vast_config import head_allocation, render_cluster_config
-from skyward_ray.sky.vast_launcher import VastLauncher, _EventReader
+from skyward_ray.sky.vast_launcher import VastLauncher
 from skyward_ray.vast.errors import CredentialsError
 
 SECRET = "sk-unit-test-0123456789"
@@ -156,7 +157,7 @@ def test_no_api_key_anywhere_fails_before_anything_starts(ssh_key: Path, monkeyp
 
 def test_events_are_read_once_and_only_when_complete(tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
-    reader = _EventReader(path)
+    reader = EventReader(path)
     assert reader.read() == []
     path.write_text('{"event": "step", "step": "acquiring_new_head_node"}\n{"event": "wor')
     assert reader.read() == [{"event": "step", "step": "acquiring_new_head_node"}]
