@@ -1,21 +1,6 @@
-"""What ``ray up`` needs before the first node exists, done on the laptop: ``bootstrap_config`` and friends.
-
-``bootstrap_config`` (Ray calls it after its own checks; the result is cached in ``/tmp/ray-config-*`` until
-``--no-config-cache``):
-
-1. validates ``provider:`` and every ``node_config`` (clear errors, see :mod:`skyward_ray.provider.config`) and the
-   top-level keys Ray needs from an external provider's YAML;
-2. stores what the head must know in the provider section: ``api_url`` (from ``VAST_URL`` when not given, so the head
-   talks to the same API), the SSH public key, and the cluster's node types (the head's placement plans for its
-   workers too);
-3. makes sure ``auth`` has a key pair (generates one when none is given) and that its public half is registered with
-   the Vast account once (compared with the account's keys);
-4. adds the API key as a 0600 file mount for the head only (:func:`prepare_head_config` removes it from the config
-   the head uses for its workers, and points the head's provider at it). The key is never in the config itself;
-5. ships this package to the nodes and installs it there, pinned to the laptop's Ray version
-   (:mod:`skyward_ray.provider.remote_install`);
-6. fills the default start commands (:mod:`skyward_ray.provider.start_commands`) where the YAML leaves them out.
-"""
+"""What ``ray up`` needs on the laptop before the first node exists: :func:`bootstrap_config` validates the YAML,
+records what the head must know, makes and registers the SSH key pair, stages the API key for the head only, and
+ships this package to the nodes; :func:`prepare_head_config` derives the head's own config."""
 
 from __future__ import annotations
 
@@ -258,7 +243,19 @@ def install_command(remote_dir: str, digest: str) -> str:
 
 
 def bootstrap_config(cluster_config: dict[str, Any], *, client: VastClient | None = None) -> dict[str, Any]:
-    """Ray's ``bootstrap_config``: see the module docstring. Returns a new config."""
+    """Ray's ``bootstrap_config`` (its result is cached in ``/tmp/ray-config-*`` until ``--no-config-cache``).
+    Returns a new config that:
+
+    1. is validated: ``provider:``, every ``node_config`` and the top-level keys Ray needs from an external provider;
+    2. tells the head what it must know in the provider section: ``api_url`` (from ``VAST_URL`` when not given, so
+       the head talks to the same API), the SSH public key, and the cluster's node types (the head plans for its
+       workers too);
+    3. has an ``auth`` key pair (generated when none is given) whose public half is registered with the account once;
+    4. mounts the API key as a 0600 file on the head only (:func:`prepare_head_config` removes it from the config the
+       head uses for its workers); the key is never in the config itself;
+    5. ships this package to the nodes and installs it there, pinned to the laptop's Ray version
+       (:mod:`skyward_ray.provider.remote_install`);
+    6. has the default start commands (:mod:`skyward_ray.provider.start_commands`) where the YAML leaves them out."""
     config = copy.deepcopy(cluster_config)
     provider_model, shapes = validate(config)
     provider = config["provider"]

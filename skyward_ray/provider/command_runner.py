@@ -1,32 +1,6 @@
-"""An SSH command runner for Vast's mapped SSH ports.
-
-Ray's ``SSHCommandRunner`` always connects to port 22 of ``internal_ip``/``external_ip``, and ``auth`` has no port
-key. A Vast instance's sshd is reached at a *mapped* port: directly at ``public_ipaddr`` + the host port of
-``22/tcp``, or through Vast's proxy at ``ssh_host:ssh_port``; and from inside the cluster at the overlay address,
-port 22 (overlay members reach each other on every port). This runner tries those endpoints in order and pins the
-first that accepts a TCP connection, then drives Ray's own machinery with ``-o Port=<port>``:
-
-* ``_get_node_ip`` (a private hook of Ray 2.60; pinned by ``ray==2.60.*`` and covered by tests) returns the chosen host;
-* the ``initialization_commands`` path, which builds a fresh ``SSHOptions`` from the override key and so would lose
-  ``Port`` and ``ControlPath``, is routed through the runner's own options (same key: Ray passes
-  ``auth.ssh_private_key``);
-* ``remote_shell_command_str`` carries ``-p <port>``.
-
-Vast documents no API field for an instance's overlay address; it is read on the node at the first SSH contact and
-handed to the provider, which keeps the one in the overlay's subnet in the node's label. From the laptop the first
-contact is the public endpoint, and the runner reads the node's addresses over it (from ``/proc/net/fib_trie``, which
-every Linux has). From the head (``use_internal_ip``), a worker's public ports may not be reachable at all (Vast's
-NAT between instances), so the runner looks for the node on the overlay itself: it tries port 22 on every address of
-the overlay subnet no known node holds (all at once, about a second), asks each that answers which instance it is
-(``$CONTAINER_ID``, with its addresses) over SSH, and pins the one that is this node. No fixed wait: the node is
-reached as soon as its sshd answers on the overlay.
-
-Ray copies file mounts with rsync before it runs a single setup command, and many images lack rsync, so the first
-rsync of a runner makes sure the node has it (installing it with the image's package manager when it does not).
-
-Endpoints come from the provider's snapshot (no API call per SSH command). Until one answers, every attempt
-re-reads them, because Ray retries ``uptime`` while a node boots and the right endpoint may only then appear.
-"""
+"""Ray's SSH command runner for Vast nodes, whose sshd sits behind a mapped port (direct or through Vast's proxy) or
+at port 22 of the overlay address: it pins the first endpoint that accepts a TCP connection and drives Ray's own SSH
+machinery with that port. It also finds a node on the overlay and reads its overlay address at the first contact."""
 
 from __future__ import annotations
 
@@ -173,7 +147,20 @@ def quiet_without_tty() -> None:
 
 
 class VastSSHCommandRunner(SSHCommandRunner):
-    """``SSHCommandRunner`` that targets the first reachable of a node's SSH endpoints, with its port."""
+    """``SSHCommandRunner`` that targets the first reachable of a node's SSH endpoints, with its port.
+
+    Ray's runner always connects to port 22 and ``auth`` has no port key, so this one returns the chosen host from
+    ``_get_node_ip`` (a private hook of Ray 2.60, pinned by ``ray==2.60.*`` and covered by tests), routes the
+    ``initialization_commands`` path (which would rebuild ``SSHOptions`` without ``Port`` and ``ControlPath``)
+    through its own options, and gives ``remote_shell_command_str`` a ``-p <port>``.
+
+    Vast serves no overlay address, so the node's is read at the first contact: from the laptop over the public
+    endpoint (``/proc/net/fib_trie``); from the head (``use_internal_ip``), where a worker's public ports may be
+    unreachable, by trying port 22 on every free address of the overlay subnet at once and asking each that answers
+    which instance it is (``$CONTAINER_ID``). No fixed wait: the node is reached as soon as its sshd answers.
+
+    Endpoints come from the provider's snapshot (no API call per SSH command) and are re-read at every attempt until
+    one answers, since Ray retries ``uptime`` while a node boots. The first rsync makes sure the node has rsync."""
 
     def __init__(
         self,

@@ -1,14 +1,6 @@
-"""The schema of a Vast cluster YAML's ``provider:`` section and of each node type's ``node_config``.
-
-Both are strict pydantic models: an unknown key or a bad value is a :class:`~skyward_ray.errors.ConfigError` that
-names the field (with its place in the YAML), the value and what is allowed. The placement fields (reliability,
-geolocation, bids, image, disk, overlay, budget ...) are *inherited* from
-:class:`~skyward_ray.placement.PlacementOptions`, never copied, so a default or a limit changes in one place.
-``cluster_configs/REFERENCE.md`` is generated from these models (:mod:`skyward_ray.provider.reference`).
-
-Keys marked "set by bootstrap_config" are filled on the laptop by ``ray up`` (the API URL, the public key, the
-cluster's node types for the head's placement, the key file on the head); a YAML normally leaves them out.
-"""
+"""The schema of a Vast cluster YAML's ``provider:`` section and of each node type's ``node_config``: strict pydantic
+models whose errors name the field, the value and what is allowed. The placement fields are inherited from
+:class:`~skyward_ray.placement.PlacementOptions`; ``cluster_configs/REFERENCE.md`` is generated from these models."""
 
 from __future__ import annotations
 
@@ -95,7 +87,7 @@ class VastNodeConfig(BaseModel):
         return value
 
     def allocation_for(self, kind: str) -> Allocation:
-        """The explicit allocation, else on-demand for a head (decision 7) and spot-if-available for workers."""
+        """The explicit allocation, else on-demand for a head (never outbid) and spot-if-available for workers."""
         if self.allocation is not None:
             return self.allocation
         return Allocation.ON_DEMAND if kind == HEAD_KIND else Allocation.SPOT_IF_AVAILABLE

@@ -1,18 +1,8 @@
 """The dead-man switch of a worker: destroy my own instance when my head has been unreachable for too long.
 
-Started by the default worker start commands (:mod:`skyward_ray.provider.start_commands`)::
-
-    python -m skyward_ray.provider.deadman --head $RAY_HEAD_IP:6379
-
-Why: a head that dies (or a laptop that tears the cluster down badly) must not leave workers billing forever. The
-worker checks that the head's GCS port accepts TCP connections every ``--interval`` seconds; after
-``SKYWARD_INSTANCE_TIMEOUT`` seconds (the provider's ``instance_timeout``, passed in the instance's env; 0 disables
-it) without one success it destroys its own instance through the Vast API, with the *instance-scoped* key Vast gives
-every container (``CONTAINER_API_KEY``, valid only for that instance). The account key is never on a worker.
-
-Only one copy runs per node: a new one ends the previous one (by the PID in its pidfile, once ``/proc`` shows that
-PID still runs this module: a pidfile outlives its process, and the PID may since belong to anything).
-"""
+Started by the default worker start commands: ``python -m skyward_ray.provider.deadman --head $RAY_HEAD_IP:6379``.
+A dead head must not leave workers billing forever; the worker destroys itself with the instance-scoped key Vast
+gives every container (``CONTAINER_API_KEY``), so the account key is never on a worker."""
 
 from __future__ import annotations
 

@@ -1,12 +1,6 @@
-"""Spacing of instance lists across the processes of one machine.
-
-The client's pacer spaces calls within one process. A user (or a script) running ``ray up``, then ``ray exec``,
-``ray submit``... starts a new process for each, and each begins with a list: the first list of one process can land
-within a second of the last list of the one before, from the same key and address, and Vast refuses it with a 429.
-So the provider books its lists here too: one small file per identity (a hash of the server and the key, never the
-key) holds when the last list of any process may have started; a list that comes sooner waits for the rest of the
-interval. Best effort: if the file cannot be used, the list goes ahead (the client still retries a 429).
-"""
+"""Spacing of instance lists across the processes of one machine: ``ray up``, ``ray exec``, ``ray submit`` each start
+with a list, and two from the same key and address within a second earn a 429. One small file per identity (a hash
+of server and key, never the key) holds when the last list may have started; best effort."""
 
 from __future__ import annotations
 

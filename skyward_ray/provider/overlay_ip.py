@@ -1,19 +1,8 @@
 """Print this node's overlay address and interface, so Ray and NCCL/Gloo run on the overlay.
 
-Run on a node (it is part of the default start commands, :mod:`skyward_ray.provider.start_commands`)::
-
-    python -m skyward_ray.provider.overlay_ip            # "10.8.0.2 eth0", or nothing without an overlay
-    python -m skyward_ray.provider.overlay_ip --export   # shell lines for eval: SKYWARD_NODE_IP, *_SOCKET_IFNAME
-
-The overlay's subnet comes from ``--subnet`` or from ``SKYWARD_OVERLAY_SUBNET``, which the provider puts in every
-instance's environment when it rents it on an overlay (read from the login environment, else from PID 1's, because
-a container's env does not always reach SSH sessions). The address is the interface address inside that subnet
-(Vast names it ``eth0``). Without a subnet the node is not on an overlay: nothing is printed and Ray picks its
-address itself. With a subnet but no matching address after ``--wait`` seconds it fails loudly (exit 1), because a
-Ray node on the wrong address would silently split the cluster.
-
-Standard library only: it runs before anything else is known to work on the node, and it must start fast.
-"""
+Run on a node by the default start commands (``python -m skyward_ray.provider.overlay_ip --export``). The subnet comes
+from ``--subnet`` or ``SKYWARD_OVERLAY_SUBNET``; without one nothing is printed, and with one but no address inside it
+after ``--wait`` seconds it exits 1 (Ray on the wrong address would split the cluster). Standard library only."""
 
 from __future__ import annotations
 

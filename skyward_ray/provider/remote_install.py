@@ -1,19 +1,8 @@
-"""Install the shipped skyward-ray on a node (run by ``head_setup_commands`` / ``worker_setup_commands``).
+"""Install the shipped skyward-ray on a node (run by the setup commands, from the shipped copy: standard library only).
 
-``bootstrap_config`` ships a copy of the laptop's ``skyward_ray`` package as a file mount and runs this file *from
-that copy* (``python <ship>/skyward_ray/provider/remote_install.py ...``), so it may use the standard library only.
-
-What it does, in order:
-
-1. If ``skyward_ray`` is importable with the same content (:func:`tree_hash`) and Ray has the laptop's version:
-   nothing (re-running ``ray up`` costs nothing).
-2. If the importable ``skyward_ray`` is a development install (not a shipped copy) of the same version, with the
-   laptop's Ray: nothing either. On the emulator every node shares the host's venv, which has exactly that; it must
-   never be pip-installed into, least of all by several nodes at once.
-3. Otherwise, under a file lock in the environment (nodes sharing one environment install one at a time): install the
-   package's requirements with Ray pinned to the laptop's version, then put the shipped copy on ``sys.path`` with a
-   ``.pth`` file, and check that a fresh interpreter imports it from there.
-"""
+Nothing happens when the importable package has the same content, or is a development install of the same version
+with the laptop's Ray (the emulator's nodes share the host's venv, which must never be pip-installed into). Otherwise,
+under a file lock, it installs the requirements with Ray pinned and puts the shipped copy on ``sys.path``."""
 
 from __future__ import annotations
 

@@ -1,28 +1,6 @@
-"""Offer searches shared by every launch of one provider, within Vast's search budget.
-
-Vast allows 10 searches (``POST /api/v0/bundles/``) per minute per client address. A scale-up reaches the provider as
-several ``create_node`` calls (Ray's v2 autoscaler launches batches of at most 5 nodes, two batches at a time, and
-a ``spot-if-available`` group needs two searches: on-demand and bid), and a failed launch is retried by the
-autoscaler every few seconds. Searching afresh for each would spend the budget in one scale-up. So:
-
-* **Shared within a TTL.** The answer to a query is reused for ``ttl_s`` seconds (``search_ttl_s``, default 30):
-  every launch in that time plans on it. It also stays in use while launches planned on it are still renting, up to
-  ``MAX_AGE_TTLS`` times the TTL: Vast's create pace spreads a 16-node scale-up over about 70 s and Ray asks for it
-  in batches of 5, so the later batches of one scale-up plan on the answer the first ones did (the rentals check
-  the market as they go: an offer found gone drops its machine, and an answer that can no longer place a launch is
-  searched again). The cache key is the query without ``machine_id`` (the machines the
-  provider avoids change after every failure; the planner rechecks them on the offers) and without ``limit`` (an
-  answer fetched with a larger limit serves a smaller one; a full answer to a smaller limit does not serve a larger).
-* **Coalesced.** Launches that want the same query at the same time wait for one request.
-* **Kept honest.** Our own rentals change the market the cached answer describes. A node planned on a machine takes
-  its GPUs off that machine in every cached answer at once (the solver reads a machine's free GPUs as the largest
-  ``num_gpus`` among its offers), so two launches never plan the same GPU twice; an answer fetched while a rental is
-  in flight gets the same treatment. An offer Vast says is gone removes its machine from every answer. An answer we
-  changed this way is *dirty*: a plan that fails on it may search again (:meth:`OfferCache.is_dirty`), while a
-  clean answer that fails says the same as a fresh search would, so it is not repeated within the TTL.
-
-Thread-safe: one short lock, never held during a search.
-"""
+"""Offer searches shared by every launch of one provider, within Vast's budget of 10 searches per minute: answers are
+reused for ``search_ttl_s`` (and while launches planned on them still rent), concurrent identical searches coalesce,
+and our own rentals and gone offers are subtracted from every cached answer at once."""
 
 from __future__ import annotations
 
@@ -80,7 +58,19 @@ class SearchStats:
 
 
 class OfferCache:
-    """Search answers per query, shared for ``ttl_s``; see the module docstring."""
+    """Search answers per query, shared for ``ttl_s``; thread-safe (one short lock, never held during a search).
+
+    A scale-up reaches the provider as several ``create_node`` calls (Ray's v2 autoscaler launches batches of at most
+    5 nodes, two at a time; a ``spot-if-available`` group needs an on-demand and a bid search), so:
+
+    * an answer serves every launch for ``ttl_s``, and up to ``MAX_AGE_TTLS`` times that while launches planned on it
+      are still renting (a 16-node scale-up takes about 70 s at Vast's create pace). The key is the query without
+      ``machine_id`` (avoided machines change after every failure; the planner rechecks them) and without ``limit``
+      (an answer fetched with a larger limit serves a smaller one);
+    * launches that want the same query at the same time wait for one request;
+    * a node planned on a machine takes its GPUs off that machine in every answer at once, so two launches never plan
+      the same GPU twice; an offer Vast says is gone removes its machine. An answer changed this way is *dirty*: a
+      plan that fails on it may search again (:meth:`is_dirty`), while a clean answer that fails is not repeated."""
 
     def __init__(self, search: Callable[[dict[str, Any]], list[Offer]], *, ttl_s: float = DEFAULT_SEARCH_TTL_S,
                  clock: Callable[[], float]) -> None:

@@ -1,23 +1,7 @@
-"""The tag <-> Vast label codec: the ONE place that knows how Ray tags live in an instance's label.
-
-Vast has no key/value tags, only one free-text ``label`` per instance (at most 256 characters when the instance is
-created, 1024 when it is relabelled). Every Ray tag of a
-node, plus our own (physical cluster, overlay subnet, rental nonce), is encoded in it so that the laptop and the
-head rebuild the same truth from one list call, and a restarted monitor rebuilds every tag from Vast alone.
-
-Format (version 1)::
-
-    skyr1:<cluster>;k=w;t=gpu;s=!D;l=~<27 chars>;r=~...;f=~...;q=^<22 chars>;c=17;o=10.8.0.0/24;g=3f2a9c1b
-
-* ``skyr1`` is the versioned prefix; ``<cluster>`` the exact Ray cluster name (escaped). A cluster's instances are
-  exactly those whose label starts with :func:`label_prefix`.
-* Known tag keys have one-letter codes (:data:`_KEY_CODES`); any other key is written as ``.<escaped key>``.
-* Values are compacted where that is lossless: a 40-hex SHA-1 (Ray's config hashes) becomes ``~`` + 27 base64url
-  characters, a UUID (v2 launch request ids) ``^`` + 22, a known kind or status ``!`` + one letter. Everything else is
-  percent-escaped, so the markers and separators never appear unescaped in a literal value.
-* ``ray-cluster-name`` is the label's cluster part and ``ray-node-name`` is left out when it has Ray's default value
-  (``ray-<cluster>-<kind>``); :func:`decode_label` puts both back.
-"""
+"""The tag <-> Vast label codec: the one place that knows how Ray tags live in an instance's label. Vast has one
+free-text label per instance (256 characters at creation, 1024 on relabel); every Ray tag of a node and our own
+(physical cluster, overlay subnet, rental nonce) is encoded in it, so every process rebuilds the same tags from one
+list call. Format: see :func:`encode_label`."""
 
 from __future__ import annotations
 
@@ -170,7 +154,14 @@ def label_prefix(cluster_name: str) -> str:
 
 def encode_label(cluster_name: str, tags: Mapping[str, str], *, limit: int = MAX_LABEL_LENGTH) -> str:
     """The label carrying ``tags`` for a node of ``cluster_name``; deterministic (same tags, same label). ``limit``
-    is the length Vast accepts where the label is sent (:data:`MAX_CREATE_LABEL_LENGTH` on a rental)."""
+    is the length Vast accepts where the label is sent (:data:`MAX_CREATE_LABEL_LENGTH` on a rental).
+
+    Format (version 1): ``skyr1:<cluster>;k=w;t=gpu;s=!D;l=~<27 chars>;q=^<22 chars>;c=17;o=10.8.0.0/24;g=3f2a9c1b``.
+    ``<cluster>`` is the exact cluster name, escaped (a cluster's instances are those whose label starts with
+    :func:`label_prefix`). Known keys have one-letter codes (:data:`_KEY_CODES`), others are ``.<escaped key>``.
+    Values are compacted losslessly: a 40-hex SHA-1 becomes ``~`` + 27 base64url characters, a UUID ``^`` + 22, a
+    known kind or status ``!`` + one letter; everything else is percent-escaped. ``ray-cluster-name`` and a default
+    ``ray-node-name`` are left out; :func:`decode_label` puts both back."""
     kind = tags.get(TAG_RAY_NODE_KIND)
     parts: list[str] = []
     for key in sorted(tags, key=lambda k: (k not in _KEY_CODES, _KEY_CODES.get(k, k))):
