@@ -8,42 +8,44 @@ closed). ``--rate-limits documented|off|x<scale>`` switches Vast's documented ra
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import signal
 import sys
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+from skyward_ray.emulator.faults import DEFAULT_RATE_LIMITS, parse_rate_limits
+from skyward_ray.emulator.scenarios import SCENARIOS
 from skyward_ray.errors import SkywardError
 
 _RUNTIMES = ("none", "netns")
+_Number = TypeVar("_Number", int, float)
+
+
+def _in_range(text: str, cast: Callable[[str], _Number], low: _Number, high: _Number, *, not_a: str,
+              allowed: str) -> _Number:
+    """``text`` as a number from ``low`` to ``high``, else an argparse error naming the value."""
+    try:
+        value = cast(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {not_a}") from None
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{value} is out of range; allowed: {allowed}")
+    return value
 
 
 def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; allowed: 0 (a free port) to 65535") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{value} is out of range; allowed: 0 (a free port) to 65535")
-    return value
+    allowed = "0 (a free port) to 65535"
+    return _in_range(text, int, 0, 65535, not_a=f"an integer; allowed: {allowed}", allowed=allowed)
 
 
 def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 <= value <= 3600:
-        raise argparse.ArgumentTypeError(f"{value} is out of range; allowed: 0 to 3600 seconds")
-    return value
+    return _in_range(text, float, 0.0, 3600.0, not_a="a number of seconds", allowed="0 to 3600 seconds")
 
 
 def _rate_limits(text: str) -> str:
-    from skyward_ray.emulator.faults import parse_rate_limits
-
     try:
         parse_rate_limits(text)
     except ValueError as exc:
@@ -52,9 +54,6 @@ def _rate_limits(text: str) -> str:
 
 
 def register(subparsers: Any) -> None:
-    from skyward_ray.emulator.faults import DEFAULT_RATE_LIMITS
-    from skyward_ray.emulator.scenarios import SCENARIOS
-
     parser = subparsers.add_parser("emulator", help="run the local Vast.ai marketplace emulator",
                                    description="A local, wire-compatible Vast.ai marketplace (no account needed).")
     commands = parser.add_subparsers(dest="emulator_command", required=True)
@@ -81,25 +80,13 @@ def register(subparsers: Any) -> None:
     clean.set_defaults(func=clean_command)
 
 
-def _netns_module() -> Any:
-    try:
-        return importlib.import_module("skyward_ray.emulator.netns")
-    except ModuleNotFoundError as exc:
-        if exc.name != "skyward_ray.emulator.netns":
-            raise
-        raise SkywardError("--runtime netns: the netns host runtime (skyward_ray.emulator.netns) is not installed "
-                           "in this build; use --runtime none") from None
-
-
 def _make_runtime(name: str) -> Any:
     if name == "none":
         return None
-    module = _netns_module()
-    runtime_class = getattr(module, "NetnsRuntime", None)
-    if runtime_class is None:
-        raise SkywardError("--runtime netns: skyward_ray.emulator.netns has no NetnsRuntime yet; use --runtime none")
+    from skyward_ray.emulator.netns import NetnsRuntime  # only --runtime netns needs it
+
     try:
-        return runtime_class()
+        return NetnsRuntime()
     except SkywardError:
         raise
     except (OSError, RuntimeError) as exc:
@@ -140,15 +127,10 @@ def serve_command(args: argparse.Namespace) -> int:
 
 
 def clean_command(args: argparse.Namespace) -> int:
-    module = _netns_module()
-    clean = getattr(module, "clean_leftovers", None)
-    if clean is None:
-        raise SkywardError("emulator clean: skyward_ray.emulator.netns has no clean_leftovers yet")
-    removed = clean()
-    if isinstance(removed, list | tuple | set):
-        for item in removed:
-            print(f"removed {item}")
-        print(f"{len(removed)} leftover(s) removed")
-    elif removed is not None:
-        print(removed)
+    from skyward_ray.emulator.netns import clean_leftovers
+
+    removed = clean_leftovers()
+    for item in removed:
+        print(f"removed {item}")
+    print(f"{len(removed)} leftover(s) removed")
     return 0
