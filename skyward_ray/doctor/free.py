@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from skyward_ray.doctor.report import Report, Status
-from skyward_ray.doctor.wire import WireLog, raw_call, raw_instance_pages
+from skyward_ray.doctor.wire import WireLog, raw_instance_pages
 from skyward_ray.errors import ConfigError
 from skyward_ray.placement import (
     NodeGroup,
@@ -31,8 +31,9 @@ from skyward_ray.placement import (
 from skyward_ray.provider.bootstrap import key_body
 from skyward_ray.provider.config import HEAD_KIND, NodeTypeShape, VastNodeConfig, VastProviderConfig
 from skyward_ray.provider.tags import LABEL_VERSION, decode_label
-from skyward_ray.vast.client import LIST_INSTANCES_V0, LIST_OVERLAYS, SEARCH_OFFERS, VastClient
+from skyward_ray.vast.client import VastClient
 from skyward_ray.vast.credentials import API_KEY_ENV, config_key_path, legacy_key_path
+from skyward_ray.vast.endpoints import LIST_INSTANCES_V0, LIST_OVERLAYS, SEARCH_OFFERS
 from skyward_ray.vast.errors import (
     AuthError,
     QuotaExceededError,
@@ -280,7 +281,7 @@ class FreeChecks:
         """``GET /api/v0/instances/`` (no pages): what the provider's refresh reads by default, being one call."""
         expected = "GET /api/v0/instances/ lists the same rows in one answer"
         try:
-            body = raw_call(self.client, LIST_INSTANCES_V0, params={"owner": "me"})
+            body = self.client.call(LIST_INSTANCES_V0, params={"owner": "me"})
         except VastError as exc:
             if not (exc.status and 400 <= exc.status < 500):
                 raise
@@ -307,7 +308,7 @@ class FreeChecks:
     def overlays(self) -> None:
         expected = "GET /api/v0/overlay/ answers a list of {overlay_id, name, cluster_id, internal_subnet, instances}"
         try:
-            body = raw_call(self.client, LIST_OVERLAYS)
+            body = self.client.call(LIST_OVERLAYS)
         except VastError as exc:
             if not (exc.status and 400 <= exc.status < 500) or isinstance(exc, RateLimitedError | QuotaExceededError):
                 raise  # not a refusal of the feature: the row says what went wrong
@@ -338,7 +339,7 @@ class FreeChecks:
 
     def search(self, query: dict[str, Any]) -> tuple[list[Offer], dict[str, list[str]], int]:
         """One search through the client: (offers that fit, misfit rows named, rows returned)."""
-        body = raw_call(self.client, SEARCH_OFFERS, json_body=query)
+        body = self.client.call(SEARCH_OFFERS, json_body=query)
         rows = body if isinstance(body, list) else body.get("offers") if isinstance(body, dict) else None
         if not isinstance(rows, list):
             raise ConfigError(f"POST /api/v0/bundles/ answered {type(body).__name__} without an 'offers' list")

@@ -36,7 +36,7 @@ from ray.autoscaler.tags import (
 from skyward_ray.doctor import node_probe
 from skyward_ray.doctor.free import ClusterShape, FreeResult, rate_limit_row
 from skyward_ray.doctor.report import Report, Status
-from skyward_ray.doctor.wire import WireLog, raw_call, raw_instance_pages
+from skyward_ray.doctor.wire import WireLog, raw_instance_pages
 from skyward_ray.errors import SkywardError
 from skyward_ray.placement import NodeGroup, NoPlacementError, PlacementRequest, build_queries, plan
 from skyward_ray.provider.bootstrap import ensure_key_pair, key_body, register_ssh_key
@@ -44,7 +44,8 @@ from skyward_ray.provider.command_runner import tcp_accepts
 from skyward_ray.provider.config import PROVIDER_MODULE, overlay_name_for
 from skyward_ray.provider.node_provider import VastNodeProvider
 from skyward_ray.provider.tags import is_cluster_label
-from skyward_ray.vast.client import GET_INSTANCE, VastClient
+from skyward_ray.vast.client import VastClient
+from skyward_ray.vast.endpoints import GET_INSTANCE
 from skyward_ray.vast.errors import VastError
 from skyward_ray.vast.models import Instance, NodeState
 
@@ -481,7 +482,7 @@ class Rental:
                             Status.OK if reached else Status.FAIL)
         shown: list[str] = []
         for node in self.nodes:
-            row = raw_call(self.client, GET_INSTANCE, ids={"id": node.instance_id}, params={"owner": "me"})
+            row = self.client.call(GET_INSTANCE, ids={"id": node.instance_id}, params={"owner": "me"})
             where = _fields_holding(row.get("instances") if isinstance(row, dict) else None, addresses[node.node_id])
             shown += [f"{node.kind}: {', '.join(where)}"] if where else []
         self.report.add("overlay: address in the API", "not documented (read on the node, on eth0)",

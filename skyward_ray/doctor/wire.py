@@ -1,10 +1,5 @@
-"""What the Vast API answered, seen from inside our own client: a transport that watches every exchange, and raw
-reads of rows that our models may not fit.
-
-:class:`WireLog` wraps the transport the client would use anyway (same deadlines, TLS and pool) and keeps, per
-request: method, endpoint path, status and time; for a 429 also its body and the headers that matter (is there a
-``Retry-After``?); for a create the body we sent (so the report can show exactly what ``ray up`` sends, values of
-``env`` left out). The client keeps doing its own retries and pacing; the doctor only reads the log.
+"""What the Vast API answered, seen from inside our own client: a transport that logs every exchange (a 429's body
+and rate headers, a create's body with env values left out), and the raw instance pages our models may not fit.
 """
 
 from __future__ import annotations
@@ -18,8 +13,9 @@ from typing import Any
 
 import httpx
 
-from skyward_ray.vast import client as vast_client
-from skyward_ray.vast.client import LIST_INSTANCES, Endpoint, VastClient
+from skyward_ray.vast.client import VastClient
+from skyward_ray.vast.endpoints import LIST_INSTANCES
+from skyward_ray.vast.transport import DeadlineTransport
 
 # Headers a 429 is judged by; anything else (cookies, tracing ids) stays out of the report.
 _RATE_HEADERS = ("retry-after", "x-ratelimit-reset", "x-ratelimit-limit", "x-ratelimit-remaining", "content-type")
@@ -40,18 +36,12 @@ class Exchange:
     sent: dict[str, Any] | None = None  # create bodies only
 
 
-def _inner_transport() -> httpx.BaseTransport:
-    """The transport the client uses by default (its per-attempt deadline), else httpx's own."""
-    factory = getattr(vast_client, "_DeadlineTransport", None)
-    return factory() if factory is not None else httpx.HTTPTransport()
-
-
 class WireLog(httpx.BaseTransport):
     """An httpx transport that records every exchange of the client it is given to."""
 
     def __init__(self, inner: httpx.BaseTransport | None = None,
                  on_secret: Callable[[str], None] | None = None) -> None:
-        self._inner = inner or _inner_transport()
+        self._inner = inner or DeadlineTransport()  # the client's own: same deadlines, TLS and pool
         self._on_secret = on_secret
         self._started = time.monotonic()
         self._lock = threading.Lock()
@@ -131,22 +121,12 @@ def _create_body(request: httpx.Request) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else {"not_an_object": True}
 
 
-def raw_call(client: VastClient, endpoint: Endpoint, *, params: dict[str, Any] | None = None,
-             ids: dict[str, int] | None = None, json_body: Any = None) -> Any:
-    """One request through the client's own pipeline (pacing, retries, errors), returning the decoded body as it
-    came, so rows our models do not fit can be named field by field."""
-    kwargs: dict[str, Any] = {"params": params, "ids": ids}
-    if json_body is not None:
-        kwargs["json_body"] = json_body
-    return client._call(endpoint, **kwargs)  # the doctor reads what our models would hide
-
-
 def raw_instance_pages(client: VastClient, max_pages: int) -> Iterator[Any]:
     """The decoded bodies of ``GET /api/v1/instances/``, 25 rows a page in id order, following ``next_token`` until
     there is none or ``max_pages`` were read; a body without a token (or not an object) is the last one."""
     params: dict[str, Any] = {"select_filters": {}, "order_by": [{"col": "id", "dir": "asc"}], "limit": 25}
     for _ in range(max_pages):
-        body = raw_call(client, LIST_INSTANCES, params=params)
+        body = client.call(LIST_INSTANCES, params=params)
         yield body
         token = body.get("next_token") if isinstance(body, dict) else None
         if not token:

@@ -1,12 +1,13 @@
-"""Typed REST client for Vast.ai (httpx + pydantic + tenacity). Never imports Ray.
+"""Typed REST client for Vast.ai (httpx + pydantic + tenacity); never imports Ray.
 
-``VastClient`` (client.py) sends the requests; ``models`` parses and normalises what comes back; ``errors`` types
-every failure; ``credentials`` finds the key and server the way the official client does; ``pacing`` keeps every
-client of the process within Vast's documented per-endpoint limits.
+:class:`VastClient` (``client``) is the public face; beside it ``endpoints`` (the catalogue), ``pacing`` (when),
+``transport`` (one bounded attempt), ``retry`` (again or not), ``error_map`` (answer -> typed error, ``errors``),
+``checks`` (arguments), ``models``/``parsing`` (bodies -> models) and ``credentials`` (key and server).
 """
 
 from skyward_ray.vast.client import VastClient
 from skyward_ray.vast.credentials import ApiKey, resolve_api_key, resolve_base_url
+from skyward_ray.vast.endpoints import CREATE_INSTANCE, ENDPOINTS, Endpoint, RetryPolicy
 from skyward_ray.vast.errors import (
     AuthError,
     BadRequestError,
@@ -36,6 +37,8 @@ from skyward_ray.vast.models import (
 from skyward_ray.vast.pacing import LaneStatus, PaceLimits, Pacer, resolve_rate_scale, shared_pacer
 
 __all__ = [
+    "CREATE_INSTANCE",
+    "ENDPOINTS",
     "ActionResult",
     "ApiKey",
     "AuthError",
@@ -43,6 +46,7 @@ __all__ = [
     "ConnectionFailedError",
     "CreatedInstance",
     "CredentialsError",
+    "Endpoint",
     "Instance",
     "LaneStatus",
     "NodeState",
@@ -56,6 +60,7 @@ __all__ = [
     "QuotaExceededError",
     "RateLimitedError",
     "RequestTimeoutError",
+    "RetryPolicy",
     "ServerError",
     "SshKey",
     "TransportError",

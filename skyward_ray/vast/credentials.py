@@ -1,12 +1,7 @@
-"""Where the Vast API key and base URL come from, exactly as the official client looks for them.
+"""Where the Vast API key and base URL come from, in the official client's order (explicit key, ``$VAST_API_KEY``,
+the vastai config file, the legacy ``~/.vast_api_key``); ``VAST_URL`` overrides the server.
 
-Order (vastai 1.9.1, ``vastai/_base.py``): an explicit key, ``$VAST_API_KEY``, ``$XDG_CONFIG_HOME/vastai/vast_api_key``
-(``~/.config/vastai/vast_api_key`` by default), then the legacy ``~/.vast_api_key``. Keeping the same order means a
-machine set up for ``vastai`` works here unchanged. ``VAST_URL`` overrides the server, so pointing everything at the
-emulator is one environment variable.
-
-The key never appears in an error, a repr or a log line: :class:`ApiKey` redacts itself and :func:`redact` scrubs
-it out of any text that came from the wire or from httpx.
+The key never appears in an error, a repr or a log line: :class:`ApiKey` redacts itself and :func:`redact` scrubs it.
 """
 
 from __future__ import annotations

@@ -1,24 +1,8 @@
-"""Errors of the Vast REST client, as types a caller can act on.
+"""Errors of the Vast REST client, as types a caller can act on (retry, try the next offer, fix the key...).
 
-Every one is a :class:`~skyward_ray.errors.SkywardError`, so the CLI prints it as one line. The client builds them
-from the wire (status, ``error`` code, ``msg``) after scrubbing the API key out of every text, so a message, a repr
-or a log line never carries it.
-
-What a caller does with each:
-
-* :class:`AuthError` (401/403): fix the key; never retried.
-* :class:`OfferGoneError` (404/410 or ``no_such_ask`` on ``PUT /asks``): try the next offer.
-* :class:`NotFoundError` (404): the object is gone.
-* :class:`RateLimitedError` (429): already retried until the deadline; slow down.
-* :class:`QuotaExceededError` (``search_quota_exceeded``): daily search quota; never retried (resets at 00:00 UTC).
-* :class:`BadRequestError` (400): our request was wrong.
-* :class:`ServerError` (5xx), :class:`RequestTimeoutError`, :class:`ConnectionFailedError`: transient or not,
-  already retried where that is safe. ``outcome_unknown`` says the write may have happened anyway.
-* :class:`ProtocolError`: the body could not be understood.
-* :class:`CredentialsError`: no usable API key was found.
-
-``new_contract`` is set when a failed create still names an instance: the caller must destroy it (a bid below the
-minimum creates a *stopped* instance and returns an error).
+Each is a :class:`~skyward_ray.errors.SkywardError`, so the CLI prints it as one line, built from the wire with the
+key scrubbed out. ``outcome_unknown`` says a failed write may have happened anyway; ``new_contract`` names an
+instance a failed create still made, which the caller must destroy.
 """
 
 from __future__ import annotations

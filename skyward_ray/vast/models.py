@@ -1,24 +1,7 @@
-"""Typed views of what the Vast REST API returns.
+"""Typed views of what the Vast REST API returns: offers, instances, overlays, keys, the account.
 
-The wire is loose (numbers as strings, ``HostPort`` as text, trailing whitespace, nulls anywhere, fields added
-without notice), so every model here accepts unknown fields and normalises the known quirks in one place. Callers
-read the properties (``ssh_endpoint``, ``state``, ``overlay_name``, ``overlay_ip()``) instead of re-deriving them from
-raw fields.
-
-Normalisations, each in exactly one place:
-
-* every declared field (:class:`WireModel`): text is stripped; a blank string in a nullable field is null, so ``""``
-  never fails a numeric parse; numbers sent as strings are coerced by pydantic's lax mode;
-* ``HostPort`` strings -> int (:class:`PortBinding`); empty port lists dropped; ``ports`` as a plain list of
-  exposed port numbers (one documented schema) carries no mapping -> null;
-* ``local_ipaddrs`` as space/newline separated text -> list;
-* ``extra_env`` as ``[key, value]`` pairs (v1 rows), strings (``"K=V"`` or a Docker flag), a dict, or a
-  Docker-flag string -> ``dict[str, str]``;
-* an instance row that still does not parse keeps what does (:func:`tolerant_instance`), so one odd row never hides
-  a rental that carries our label;
-* the instance SSH-key list that arrives as a JSON *string* (:class:`InstanceSshKeys`);
-* ``key`` vs ``public_key`` (:class:`SshKey`), ``subnet`` vs ``internal_subnet`` (:class:`Overlay`);
-* the user's ``api_key`` is dropped on parse (:class:`User`).
+The wire is loose (numbers as strings, ``HostPort`` as text, nulls anywhere, new fields without notice); each model
+normalises its quirks once, so callers read properties (``ssh_endpoint``, ``state``) instead of raw fields.
 """
 
 from __future__ import annotations
@@ -27,70 +10,13 @@ import enum
 import ipaddress
 import json
 import re
-import shlex
-import types
-import typing
-from typing import Any, ClassVar
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from skyward_ray.errors import ConfigError
-
-
-def _annotation_kinds(annotation: Any) -> tuple[bool, bool]:
-    """(is text, accepts null) for a field annotation such as ``str | None`` or ``int``."""
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        members = typing.get_args(annotation)
-    else:
-        members = (annotation,)
-    return str in members, type(None) in members
-
-
-class WireModel(BaseModel):
-    """Base for wire objects: tolerant of unknown fields, so a new Vast field never breaks a parse.
-
-    It also owns the one generic normalisation of the wire's loose text (see the module docstring), so subclasses
-    only add what is specific to them.
-    """
-
-    # NaN/inf would poison every price comparison downstream, so a non-finite number fails the parse.
-    model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=False, allow_inf_nan=False)
-
-    # wire key (field name and alias) -> (is text, accepts null); filled per subclass by __pydantic_init_subclass__.
-    _wire_kinds: ClassVar[dict[str, tuple[bool, bool]]] = {}
-
-    @classmethod
-    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
-        super().__pydantic_init_subclass__(**kwargs)
-        kinds: dict[str, tuple[bool, bool]] = {}
-        for name, field in cls.model_fields.items():
-            kind = _annotation_kinds(field.annotation)
-            kinds[name] = kind
-            if field.alias:
-                kinds[field.alias] = kind
-        cls._wire_kinds = kinds
-
-    @model_validator(mode="before")
-    @classmethod
-    def _normalise_text(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        changed: dict[str, Any] = {}
-        for key, value in data.items():
-            if not isinstance(value, str) or key not in cls._wire_kinds:
-                continue
-            is_text, nullable = cls._wire_kinds[key]
-            stripped = value.strip()
-            if nullable and not stripped:
-                changed[key] = None
-            elif is_text and stripped != value:
-                changed[key] = stripped
-        return {**data, **changed} if changed else data
-
-    def __repr_args__(self) -> Any:
-        # Only declared fields: unknown wire fields (onstart scripts, tokens) stay out of logs and reprs.
-        extras = self.__pydantic_extra__ or {}
-        return [(key, value) for key, value in super().__repr_args__() if key not in extras]
+from skyward_ray.vast.docker_env import env_to_dict
+from skyward_ray.vast.wire_model import WireModel
 
 
 class Offer(WireModel):
@@ -155,7 +81,6 @@ class Offer(WireModel):
 # --- Docker options carried in ``env`` (one place for the key shapes Vast uses) -------------------------------------
 
 OVERLAY_NAME_RE = re.compile(r"^[a-z0-9-]{1,64}$")
-_DOCKER_FLAGS_WITH_VALUE = frozenset({"-e", "-p", "-h", "-v", "-n"})
 
 
 def validate_overlay_name(name: str) -> str:
@@ -174,62 +99,6 @@ def port_env_key(container_port: int, host_port: int | None = None, proto: str =
     """The ``env`` key that asks Vast to map a port: ``-p 8265:8265`` (Vast picks the public port anyway)."""
     suffix = "" if proto == "tcp" else f"/{proto}"
     return f"-p {host_port or container_port}:{container_port}{suffix}"
-
-
-def parse_docker_env(text: str) -> dict[str, str]:
-    """The Docker-flag string form of ``env`` (``"-e K=V -p 8000:8000 -n ovl"``) as the dict form Vast stores."""
-    result: dict[str, str] = {}
-    tokens = iter(shlex.split(text))
-    for flag in tokens:
-        if flag not in _DOCKER_FLAGS_WITH_VALUE:
-            continue
-        value = next(tokens, None)
-        if value is None:
-            break
-        if flag == "-e":
-            key, sep, val = value.partition("=")
-            if sep:
-                result[key] = val
-        elif flag == "-h":
-            result[flag] = value
-        else:
-            result[f"{flag} {value}"] = "1"
-    return result
-
-
-def _env_string(text: str) -> dict[str, str]:
-    """One string entry of an env list: ``"-e K=V"``/``"-p 8000:8000"`` as Docker flags, else ``"K=V"`` or ``"K"``."""
-    text = text.strip()
-    if not text:
-        return {}
-    if text.startswith("-"):
-        try:
-            parsed = parse_docker_env(text)
-        except ValueError:  # unbalanced quotes
-            parsed = {}
-        return parsed or {text: "1"}
-    key, _, value = text.partition("=")
-    return {key: value}
-
-
-def env_to_dict(value: Any) -> dict[str, str]:
-    """Any wire form of an env (pairs, dict, Docker-flag string) as ``{key: value}`` text."""
-    if isinstance(value, str):
-        return parse_docker_env(value)
-    if isinstance(value, dict):
-        return {str(k): "" if v is None else str(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        result: dict[str, str] = {}
-        for pair in value:
-            if isinstance(pair, str):  # the documented "array of string" form: "K=V" or a Docker flag
-                result.update(_env_string(pair))
-                continue
-            if not isinstance(pair, list | tuple) or not pair:
-                raise ValueError(f"env entry of type {type(pair).__name__} is not a [key, value] pair or a string")
-            key = str(pair[0])
-            result[key] = "" if len(pair) < 2 or pair[1] is None else str(pair[1])
-        return result
-    raise ValueError(f"env of type {type(value).__name__} is not a dict, a list of pairs or a string")
 
 
 class PortBinding(WireModel):

@@ -1,28 +1,8 @@
-"""Client-side pacing to Vast's documented per-endpoint limits, shared by everything in the process.
+"""Client-side pacing to Vast's documented per-endpoint limits, one book per identity shared by the whole process.
 
-Vast limits each endpoint per identity (API key + client address) to a minimum interval between two calls, and
-refuses a call inside it with a 429 that carries no ``Retry-After``. Its published table (OpenAPI ``x-rate-limit``)
-is :data:`DOCUMENTED_INTERVALS_S`, plus two special rules:
-
-* create (``PUT /api/v0/asks/{id}/``) every 4.5 s, with a **penalty of 12 s**: we read it as "a create refused for
-  coming too early blocks that identity's next create until 12 s after the refused call", so after a 429 on a create
-  no create of this identity starts for 12 s (:data:`DOCUMENTED_PENALTIES_S`);
-* search (``POST /api/v0/bundles/``) at most 10 calls in any 60 s (a sliding window, :data:`DOCUMENTED_WINDOWS`).
-
-Every other endpoint has no documented limit and is not paced (a caller may add a floor with ``min_interval_s``),
-except the legacy unpaged list, paced like the list that replaced it (:data:`INFERRED_INTERVALS_S`).
-
-One :class:`Pacer` exists per process and identity (:func:`shared_pacer`; the identity is the base URL and a hash of
-the key, never the key), so every client instance and thread of the process queues on the same book: a caller
-reserves the next free slot of its endpoint under a short lock and sleeps outside it until that slot, so N threads
-that want to create at once start 4.5 s apart in the order they asked, with no burst. A 429 moves the endpoint's
-waiting slots behind the penalty (:meth:`Pacer.penalise`), so threads already queued do not walk into it.
-
-Slots are spaced from the *start* of the previous call plus a small margin (:attr:`PaceLimits.margin_s`), because
-Vast measures arrival to arrival and two requests' network latencies differ a little.
-
-:class:`PaceLimits` is the table a client paces by: the documented one, scaled by ``rate_scale`` (every interval,
-penalty and window; ``SKYWARD_VAST_RATE_SCALE`` by default) and with ``min_interval_s`` overrides per endpoint key.
+Vast refuses a call inside an endpoint's minimum interval with a 429 and no ``Retry-After``; here every caller books
+the next free slot under a short lock and sleeps outside it, so N threads start one interval apart with no burst,
+and a 429 moves the waiting slots behind the endpoint's penalty (12 s for a create).
 """
 
 from __future__ import annotations
@@ -62,7 +42,8 @@ DOCUMENTED_INTERVALS_S: Mapping[str, float] = MappingProxyType(
 # Not in Vast's table, paced anyway [inferred]: the legacy unpaged instance list (the provider's refresh) as the v1
 # list it predates, one call per second (the emulator infers the same).
 INFERRED_INTERVALS_S: Mapping[str, float] = MappingProxyType({"GET /api/v0/instances/": 1.0})
-# How long an endpoint stays closed after Vast refused a call of it for coming too early (see the module docstring).
+# How long an endpoint stays closed after Vast refused a call of it for coming too early: a create refused blocks
+# that identity's next create until 12 s after the refused call.
 DOCUMENTED_PENALTIES_S: Mapping[str, float] = MappingProxyType({CREATE_KEY: 12.0})
 
 
@@ -74,6 +55,7 @@ class Window:
     seconds: float
 
 
+# Search: at most 10 calls in any 60 s (a sliding window).
 DOCUMENTED_WINDOWS: Mapping[str, Window] = MappingProxyType({SEARCH_KEY: Window(10, 60.0)})
 # Limited per client address, not per key: every key of the process shares one book for these (:func:`per_address`).
 PER_ADDRESS_KEYS = frozenset({SEARCH_KEY})

@@ -16,7 +16,8 @@ import pytest
 
 from skyward_ray.emulator.server import EmulatorServer
 from skyward_ray.emulator.testing import running_emulator
-from skyward_ray.vast.client import CREATE_INSTANCE, VastClient
+from skyward_ray.vast.client import VastClient
+from skyward_ray.vast.endpoints import CREATE_INSTANCE
 from skyward_ray.vast.models import Offer
 from skyward_ray.vast.pacing import CREATE_KEY
 

@@ -31,7 +31,8 @@ from vast_fixtures import (
 
 import skyward_ray.vast as vast_pkg
 from skyward_ray.errors import ConfigError
-from skyward_ray.vast.client import CREATE_INSTANCE, ENDPOINTS, GET_INSTANCE, RetryPolicy, VastClient
+from skyward_ray.vast.client import VastClient
+from skyward_ray.vast.endpoints import CREATE_INSTANCE, ENDPOINTS, GET_INSTANCE, RetryPolicy
 from skyward_ray.vast.errors import NotFoundError, ProtocolError
 from skyward_ray.vast.models import NodeState
 

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 from vast_fixtures import API_KEY, INSTANCE, OFFER, OVERLAYS, PUBLIC_KEY, SSH_KEYS, USER, instance, offer
 
 from skyward_ray.errors import ConfigError
+from skyward_ray.vast.docker_env import env_to_dict, parse_docker_env
 from skyward_ray.vast.models import (
     CreatedInstance,
     Instance,
@@ -19,10 +20,8 @@ from skyward_ray.vast.models import (
     Overlay,
     SshKey,
     User,
-    env_to_dict,
     node_state,
     overlay_env_key,
-    parse_docker_env,
     port_env_key,
 )
 

@@ -24,7 +24,8 @@ from vast_fixtures import (
 )
 
 from skyward_ray.errors import ConfigError
-from skyward_ray.vast.client import CREATE_INSTANCE, GET_INSTANCE, LIST_INSTANCES, SEARCH_OFFERS, VastClient
+from skyward_ray.vast.client import VastClient
+from skyward_ray.vast.endpoints import CREATE_INSTANCE, GET_INSTANCE, LIST_INSTANCES, SEARCH_OFFERS
 from skyward_ray.vast.errors import QuotaExceededError, RateLimitedError
 from skyward_ray.vast.pacing import (
     CREATE_KEY,

@@ -15,9 +15,10 @@ import httpx
 import pytest
 from vast_fixtures import API_KEY, FakeClock, FakeVast, json_response, raises
 
-from skyward_ray.vast.client import FIRST_CONTACT_RETRY_S, VastClient
+from skyward_ray.vast.client import VastClient
 from skyward_ray.vast.credentials import BASE_URL_ENV, DEFAULT_BASE_URL
 from skyward_ray.vast.errors import ConnectionFailedError
+from skyward_ray.vast.transport import FIRST_CONTACT_RETRY_S
 
 PAGE = {"success": True, "instances": [], "next_token": None}
 

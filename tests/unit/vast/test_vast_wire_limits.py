@@ -21,8 +21,9 @@ import pytest
 from vast_fixtures import API_KEY, INSTANCE, OFFER, FakeClock, v1_page
 
 from skyward_ray.errors import ConfigError
-from skyward_ray.vast import client as client_module
+from skyward_ray.vast import transport
 from skyward_ray.vast.client import VastClient
+from skyward_ray.vast.error_map import Redactor
 from skyward_ray.vast.errors import ProtocolError, RequestTimeoutError, VastError
 
 BASE_URL = "http://127.0.0.1:18080"  # MockTransport target only
@@ -180,7 +181,7 @@ def test_the_attempt_deadline_does_not_outlive_the_call(serve: Any) -> None:
     server = serve(trickled_headers)
     with VastClient(API_KEY, server.url, timeout_s=0.2, retry_deadline_s=0) as client:
         assert isinstance(timed(client.list_instances)[0], RequestTimeoutError)
-    assert client_module._ATTEMPT_DEADLINE.get() is None  # later I/O in this thread is not capped by a stale deadline
+    assert transport.ATTEMPT_DEADLINE.get() is None  # later I/O in this thread is not capped by a stale deadline
 
 
 # --- the body cap (MockTransport: no sockets needed) ----------------------------------------------------------------
@@ -289,7 +290,7 @@ def test_a_recursion_error_anywhere_in_judging_the_reply_is_a_protocol_error(mon
         raise RecursionError("maximum recursion depth exceeded")
 
     client, _ = mock(lambda r: httpx.Response(200, content=PAGE))
-    monkeypatch.setattr(client, "_check", too_deep)
+    monkeypatch.setattr(Redactor, "checked", too_deep)
     with client, pytest.raises(ProtocolError, match="nested too deeply"):
         client.list_instances()
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import httpx
 
-from skyward_ray.vast.client import ENDPOINTS, VastClient
+from skyward_ray.vast.client import VastClient
+from skyward_ray.vast.endpoints import ENDPOINTS
 from skyward_ray.vast.pacing import DOCUMENTED_INTERVALS_S, DOCUMENTED_WINDOWS
 
 # A fake key, long and distinctive so a leak anywhere is found by a plain substring search.
