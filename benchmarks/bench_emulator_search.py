@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import selectors
-import signal
 import statistics
-import subprocess
 import sys
 import time
 from typing import Any
 
 import httpx
+
+from skyward_ray.emulator.process import EmulatorProcess, serve_command
 
 QUERIES: dict[str, dict[str, Any]] = {
     "sdk_defaults": {"verified": {"eq": True}, "external": {"eq": False}, "rentable": {"eq": True},
@@ -36,53 +35,26 @@ QUERIES: dict[str, dict[str, Any]] = {
 GOAL_MEDIAN_MS = 100.0
 
 
-def _start_emulator() -> tuple[subprocess.Popen[str], dict[str, str]]:
-    proc = subprocess.Popen([sys.executable, "-m", "skyward_ray.cli", "emulator", "serve", "--scenario", "bench",
-                             "--port", "0", "--seed", "0"], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            text=True)
-    assert proc.stdout is not None
-    selector = selectors.DefaultSelector()
-    selector.register(proc.stdout, selectors.EVENT_READ)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if selector.select(timeout=1.0):
-            line = proc.stdout.readline()
-            if not line:
-                break
-            return proc, json.loads(line)
-    proc.kill()
-    proc.wait(timeout=30)
-    raise SystemExit("the bench emulator did not start within 120 s")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=40, help="timed searches per query (default 40)")
     args = parser.parse_args()
-    proc, ready = _start_emulator()
-    try:
-        with httpx.Client(base_url=ready["url"], headers={"Authorization": f"Bearer {ready['api_key']}"},
-                          timeout=60) as client:
-            offers = client.get("/_emulator/state/").json()["market"]["offers"]
-            for query in QUERIES.values():  # warm-up: connection, caches
-                client.post("/api/v0/bundles/", json=query).raise_for_status()
-            timings: dict[str, list[float]] = {name: [] for name in QUERIES}
-            returned: dict[str, int] = {}
-            for _ in range(args.rounds):
-                for name, query in QUERIES.items():
-                    started = time.perf_counter()
-                    response = client.post("/api/v0/bundles/", json=query)
-                    elapsed = (time.perf_counter() - started) * 1000
-                    response.raise_for_status()
-                    returned[name] = len(response.json()["offers"])
-                    timings[name].append(elapsed)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
+    emulator = EmulatorProcess(serve_command(scenario="bench", seed=0), start_timeout_s=120, stop_timeout_s=30)
+    with emulator as ready, httpx.Client(base_url=ready.url, headers={"Authorization": f"Bearer {ready.api_key}"},
+                                         timeout=60) as client:
+        offers = client.get("/_emulator/state/").json()["market"]["offers"]
+        for query in QUERIES.values():  # warm-up: connection, caches
+            client.post("/api/v0/bundles/", json=query).raise_for_status()
+        timings: dict[str, list[float]] = {name: [] for name in QUERIES}
+        returned: dict[str, int] = {}
+        for _ in range(args.rounds):
+            for name, query in QUERIES.items():
+                started = time.perf_counter()
+                response = client.post("/api/v0/bundles/", json=query)
+                elapsed = (time.perf_counter() - started) * 1000
+                response.raise_for_status()
+                returned[name] = len(response.json()["offers"])
+                timings[name].append(elapsed)
     every = [t for series in timings.values() for t in series]
     figures = {
         "bench": "emulator_search",

@@ -36,13 +36,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from emulator_process import Emulator, emulator_process
 
+from skyward_ray.emulator.process import EmulatorProcess, ReadyLine, serve_command
 from skyward_ray.emulator.testing import wait_until
 from skyward_ray.provider.node_provider import VastNodeProvider
 from skyward_ray.provider.tags import encode_label
 from skyward_ray.vast.client import VastClient
 
+# the bench market, Vast's documented rate limits, no hosts
+BENCH_EMULATOR = serve_command(scenario="bench", seed=1, boot_delay_s=0, rate_limits="documented")
 NODE_COUNTS = (25, 100, 500)
 SOURCES = ("unpaged", "paged")
 TICK_S = 1.0  # Ray ticks every 5 s; a faster tick only makes a wait more likely to show
@@ -56,22 +58,22 @@ WORKER_TAGS = {"ray-node-type": "worker", "ray-user-node-type": "gpu", "ray-node
 SETUP_RATE_SCALE = 0.001  # the setup client's own pacing while the emulator's limits are off
 
 
-def _admin(emu: Emulator, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+def _admin(emu: ReadyLine, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
     response = httpx.request(method, f"{emu.admin_url}/{path}", json=body, timeout=60)
     response.raise_for_status()
     return response.json()
 
 
-def _rate_limits(emu: Emulator, mode: str) -> None:
+def _rate_limits(emu: ReadyLine, mode: str) -> None:
     _admin(emu, "PUT", "rate_limits/", {"mode": mode, "reset": True})
 
 
-def _provider_config(emu: Emulator, key_file: Path, source: str) -> dict[str, Any]:
+def _provider_config(emu: ReadyLine, key_file: Path, source: str) -> dict[str, Any]:
     return {"type": "external", "module": "skyward_ray.provider.VastNodeProvider", "api_url": emu.url,
             "api_key_file": str(key_file), "ssh_proxy": False, "cache_ttl_s": CACHE_TTL_S, "instance_list": source}
 
 
-def _rent_directly(emu: Emulator, count: int) -> None:
+def _rent_directly(emu: ReadyLine, count: int) -> None:
     """``count`` more running instances labelled as this cluster's workers (the setup, not the measurement)."""
     if count <= 0:
         return
@@ -93,7 +95,7 @@ def _rent_directly(emu: Emulator, count: int) -> None:
         _rate_limits(emu, "documented")
 
 
-def _requests(emu: Emulator) -> tuple[dict[str, int], int]:
+def _requests(emu: ReadyLine) -> tuple[dict[str, int], int]:
     """API requests per endpoint since the last reset, and how many of them were refused with a 429."""
     counters = _admin(emu, "GET", "counters/")
     statuses = counters.get("statuses", {})
@@ -110,7 +112,7 @@ def _tick(provider: VastNodeProvider) -> int:
     return len(nodes)
 
 
-def measure(emu: Emulator, key_file: Path, count: int, source: str) -> dict[str, Any]:
+def measure(emu: ReadyLine, key_file: Path, count: int, source: str) -> dict[str, Any]:
     provider = VastNodeProvider(_provider_config(emu, key_file, source), CLUSTER)
     try:
         started = time.perf_counter()
@@ -163,7 +165,7 @@ def measure(emu: Emulator, key_file: Path, count: int, source: str) -> dict[str,
 
 def main() -> int:
     results: dict[str, dict[str, Any]] = {}
-    with emulator_process() as emu, tempfile.TemporaryDirectory() as tmp:
+    with EmulatorProcess(BENCH_EMULATOR) as emu, tempfile.TemporaryDirectory() as tmp:
         key_file = Path(tmp) / "vast_api_key"
         key_file.write_text(emu.api_key)
         key_file.chmod(0o600)

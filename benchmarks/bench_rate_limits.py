@@ -38,14 +38,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from emulator_process import Emulator, emulator_process
 from ray.autoscaler.v2.instance_manager.node_provider import NodeProviderAdapter
 
+from skyward_ray.emulator.process import EmulatorProcess, ReadyLine, serve_command
 from skyward_ray.emulator.testing import AdapterConfigReader, wait_until
 from skyward_ray.provider.node_provider import VastNodeProvider
 from skyward_ray.provider.tags import encode_label, is_cluster_label
 from skyward_ray.vast.client import CREATE_INSTANCE, VastClient
 
+# the bench market, Vast's documented rate limits, no hosts
+BENCH_EMULATOR = serve_command(scenario="bench", seed=1, boot_delay_s=0, rate_limits="documented")
 WORKERS = 16
 CREATE_INTERVAL_S = 4.5
 FLOOR_S = (WORKERS - 1) * CREATE_INTERVAL_S
@@ -57,20 +59,20 @@ SEARCH = "POST /api/v0/bundles/"
 CREATE = str(CREATE_INSTANCE)
 
 
-def admin(emu: Emulator, method: str, path: str, **kwargs: Any) -> Any:
+def admin(emu: ReadyLine, method: str, path: str, **kwargs: Any) -> Any:
     response = httpx.request(method, f"{emu.admin_url}/{path}", timeout=60, **kwargs)
     response.raise_for_status()
     return response.json()
 
 
-def statuses(emu: Emulator) -> tuple[dict[str, int], int]:
+def statuses(emu: ReadyLine) -> tuple[dict[str, int], int]:
     """(requests per endpoint, 429s over every endpoint) since the last reset."""
     counters = admin(emu, "GET", "counters/")
     refused = sum(int(by_status.get("429", 0)) for by_status in counters["statuses"].values())
     return counters["requests"], refused
 
 
-def accepted_span(emu: Emulator, cluster: str) -> tuple[int, float | None]:
+def accepted_span(emu: ReadyLine, cluster: str) -> tuple[int, float | None]:
     """(rentals of ``cluster`` in the ledger, seconds from the first to the last one's creation)."""
     times = sorted(entry["created_at"] for entry in admin(emu, "GET", "state/")["ledger"]
                    if is_cluster_label(entry["label"], cluster))
@@ -83,7 +85,7 @@ def destroy_cluster(client: VastClient, cluster: str) -> None:
         client.destroy_instances(ids)
 
 
-def provider_run(emu: Emulator, client: VastClient, key_file: Path) -> dict[str, Any]:
+def provider_run(emu: ReadyLine, client: VastClient, key_file: Path) -> dict[str, Any]:
     cluster = "rate-provider"
     config = {"type": "external", "module": "skyward_ray.provider.VastNodeProvider", "api_url": emu.url,
               "api_key_file": str(key_file), "ssh_proxy": False, "use_overlay": False, "min_reliability": 0.0,
@@ -131,7 +133,7 @@ def provider_run(emu: Emulator, client: VastClient, key_file: Path) -> dict[str,
     }
 
 
-def naive_run(emu: Emulator, client: VastClient) -> dict[str, Any]:
+def naive_run(emu: ReadyLine, client: VastClient) -> dict[str, Any]:
     """16 creates at once, each retried after a sub-second jitter on a 429 (plain httpx: no pacing at all)."""
     cluster = "rate-naive"
     label = encode_label(cluster, {"ray-node-type": "worker", "ray-user-node-type": WORKER_TYPE})
@@ -185,7 +187,7 @@ def naive_run(emu: Emulator, client: VastClient) -> dict[str, Any]:
 
 def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    with emulator_process() as emu, \
+    with EmulatorProcess(BENCH_EMULATOR) as emu, \
             tempfile.TemporaryDirectory() as tmp, VastClient(api_key=emu.api_key, base_url=emu.url) as client:
         key_file = Path(tmp) / "vast_api_key"
         key_file.write_text(emu.api_key)

@@ -1,11 +1,8 @@
-"""The demo's workload: a step that needs N GPUs at the same time, one per node, like multi-node training.
+"""The demo's workload: a step that needs N GPUs at once, one per node, like multi-node training.
 
-Submitted with ``ray submit cluster_configs/emulator.yaml examples/demo_job.py 4``. It reserves N one-GPU bundles in a
-``STRICT_SPREAD`` placement group: the head has one GPU, so Ray's autoscaler must rent N - 1 workers (on Vast: in the
-head's physical cluster, joined to its overlay). While it waits it says how many nodes the cluster has. Then one task
-per bundle reports where it ran (the Vast instance, its Ray node IP, which is the overlay address, and the interface
-NCCL/Gloo would use) and sums a slice of a large range, so the total can be checked. The last line is ONE JSON object
-(``{"tasks": ...}``) that ``skyward-ray demo`` reads.
+``skyward-ray demo`` submits it with ``ray submit emulator.yaml demo_job.py N``: N one-GPU bundles in a STRICT_SPREAD
+placement group make the autoscaler rent N - 1 workers beside the one-GPU head; each task reports where it ran
+(instance, Ray node IP = overlay address) and sums a slice of a range. Its last line: ONE JSON object.
 """
 
 from __future__ import annotations

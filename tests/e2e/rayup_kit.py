@@ -6,7 +6,7 @@ Two pieces, both owned by PID and torn down whatever happens:
   script: ``python rayup_kit.py serve ...``), with its own name prefix, public subnet and port, so it never meets a
   user's emulator (``skyr``, 10.213.0.0/16, 8911) or another test's. ``stop()`` is SIGTERM (the server destroys every
   instance and closes the runtime), then ``clean_leftovers`` for the prefix.
-* :class:`RayCluster`: a copy of ``cluster_configs/emulator.yaml`` pointed at that emulator, with its own cluster name,
+* :class:`RayCluster`: a copy of the demo's ``emulator.yaml`` pointed at that emulator, with its own cluster name,
   SSH key and temp/cache dirs, and the laptop-side ``ray`` CLI run from this venv with bounded time. Nothing it does
   touches ``~/.ssh``, ``~/.cache`` or ``/tmp`` of the host except Ray's SSH control sockets
   (``/tmp/ray_ssh_<user>/<cluster>``, a fixed path in Ray), which :meth:`RayCluster.close` ends and removes.
@@ -34,15 +34,19 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import yaml
 
+from skyward_ray.demo import CLUSTER_CONFIG
+from skyward_ray.emulator.netns import clean_leftovers
+from skyward_ray.emulator.process import EmulatorProcess as ChildEmulator
+from skyward_ray.emulator.process import kill_session
+from skyward_ray.emulator.process import pid_alive as pid_alive  # the e2e tests' liveness check
 from skyward_ray.emulator.testing import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-EMULATOR_CONFIG = REPO_ROOT / "cluster_configs" / "emulator.yaml"
 JOB = Path(__file__).resolve().parent / "e2e_job.py"
 VENV_BIN = Path(sys.executable).parent
 JSON_MARK = "E2E-JSON "
@@ -62,14 +66,6 @@ def json_lines(output: str) -> list[dict[str, Any]]:
         if line.startswith(JSON_MARK):
             found.append(json.loads(line[len(JSON_MARK):]))
     return found
-
-
-def _kill_group(proc: subprocess.Popen[Any]) -> None:
-    """End a child started in its own session and everything it started there (ssh, rsync), by its PID."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=10)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -92,46 +88,28 @@ class EmulatorProcess:
     admin_url: str = ""
     swept: list[str] = field(default_factory=list)  # what the sweep after stop() still had to remove
     enforced_limits: str | None = None  # what the running emulator says it enforces
-    _proc: subprocess.Popen[str] | None = field(default=None, repr=False)
+    _child: ChildEmulator | None = field(default=None, repr=False)
 
     def start(self) -> EmulatorProcess:
         cmd = [sys.executable, str(Path(__file__).resolve()), "serve", "--prefix", self.prefix,
                "--public-subnet", self.public_subnet, "--boot-delay", str(self.boot_delay_s), "--seed", str(self.seed),
                "--rate-limits", self.rate_limits, "--parent-pid", str(os.getpid())]
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
-                                          text=True, cwd=REPO_ROOT, start_new_session=True)
-        lines: queue.Queue[str] = queue.Queue()
-        assert self._proc.stdout is not None
-        threading.Thread(target=_pump, args=(self._proc.stdout, lines), daemon=True).start()
-        try:
-            line = lines.get(timeout=self.start_timeout_s)
-            ready = json.loads(line)
-        except (queue.Empty, ValueError):
-            self.stop()
-            raise AssertionError(f"the emulator did not print its ready line within {self.start_timeout_s:.0f} s; "
-                                 f"log {self.log_path}: {_tail(self.log_path)}") from None
-        self.url, self.api_key, self.admin_url = ready["url"], ready["api_key"], ready["admin_url"]
-        self.enforced_limits = ready.get("rate_limits")
+        self._child = ChildEmulator(cmd, log_path=self.log_path, cwd=REPO_ROOT, start_timeout_s=self.start_timeout_s)
+        ready = self._child.start()
+        self.url, self.api_key, self.admin_url = ready.url, ready.api_key, ready.admin_url
+        self.enforced_limits = ready.rate_limits
         return self
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
+        return self._child.pid if self._child else None
 
     def stop(self) -> list[str]:
         """SIGTERM (the emulator destroys its instances and closes the runtime), bounded; then sweep the prefix.
         Returns what the sweep still found (empty when the emulator cleaned up after itself)."""
-        from skyward_ray.emulator.netns import clean_leftovers
-
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                _kill_group(proc)
+        child, self._child = self._child, None
+        if child is not None:
+            child.stop()
         self.swept = clean_leftovers(self.prefix)
         return self.swept
 
@@ -161,19 +139,6 @@ class EmulatorProcess:
 
     def live_instances(self) -> list[dict[str, Any]]:
         return [row for row in self.state()["instances"] if row.get("actual_status") != "destroyed"]
-
-
-def _pump(stream: IO[str], lines: queue.Queue[str]) -> None:
-    for line in stream:
-        if line.strip().startswith("{"):
-            lines.put(line)
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -214,7 +179,7 @@ class RayCluster:
         if not self.key.exists():
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{name}-e2e", "-f", str(self.key)],
                            check=True)
-        config = yaml.safe_load(EMULATOR_CONFIG.read_text())
+        config = yaml.safe_load(CLUSTER_CONFIG.read_text())
         config["cluster_name"] = name
         config["provider"]["api_url"] = emulator.url
         config.setdefault("auth", {})["ssh_private_key"] = str(self.key)
@@ -254,7 +219,7 @@ class RayCluster:
         try:
             output, _ = proc.communicate(stdin, timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            _kill_group(proc)
+            kill_session(proc)
             output = f"(killed after {timeout_s:.0f} s)"
             proc.returncode = -9
         log_path.write_text(f"$ ray {' '.join(argv)}\n{output}")
@@ -356,14 +321,14 @@ class BackgroundRun:
         try:
             self._proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            _kill_group(self._proc)
+            kill_session(self._proc)
         self._reader.join(timeout=10)
         self._log.close()
         return RayRun(self.argv, self._proc.returncode, "\n".join(self.output), 0.0)
 
     def kill(self) -> None:
         if self._proc.poll() is None:
-            _kill_group(self._proc)
+            kill_session(self._proc)
         with contextlib.suppress(ValueError):
             self._log.close()
 
@@ -385,15 +350,6 @@ def netns_pids(prefix: str) -> dict[str, list[int]]:
             out = subprocess.run(["ip", "netns", "pids", entry.name], capture_output=True, text=True).stdout
             found[entry.name] = [int(pid) for pid in out.split()]
     return found
-
-
-def pid_alive(pid: int) -> bool:
-    """True for a live, non-zombie process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 @contextlib.contextmanager

@@ -1,7 +1,7 @@
 """``ray dashboard cluster.yaml`` through our SSH runner: Ray's CLI forwards a local port over SSH (to the instance's
 mapped SSH port) to the head's dashboard, and the dashboard's HTTP API answers through it.
 
-One cluster (``ray up`` of a copy of ``cluster_configs/emulator.yaml`` on the netns emulator, :mod:`rayup_kit`),
+One cluster (``ray up`` of a copy of ``skyward_ray/demo/emulator.yaml`` on the netns emulator, :mod:`rayup_kit`),
 torn down by ``ray down`` and the emulator's sweep whatever happens.
 """
 

@@ -1,4 +1,4 @@
-"""``ray up cluster_configs/emulator.yaml`` for real: Ray's own CLI, our provider, the netns emulator, one cluster.
+"""``ray up skyward_ray/demo/emulator.yaml`` for real: Ray's own CLI, our provider, the netns emulator, one cluster.
 
 The module shares ONE cluster (a module-scoped fixture): ``ray up`` once, then the tests in file order, each building
 on the last, as a user's session does: the head and the CLI commands; ``ray up`` again; GPU demand renting workers on
@@ -6,7 +6,7 @@ the overlay; a worker outbid mid-job and replaced; idle workers removed; ``ray d
 runs as a child process with its own prefix, subnet and port (:mod:`rayup_kit`), and is stopped and swept whatever
 happens.
 
-The config is a copy of ``cluster_configs/emulator.yaml`` changed only where a test must: the API URL of this
+The config is a copy of ``skyward_ray/demo/emulator.yaml`` changed only where a test must: the API URL of this
 emulator, a cluster name and SSH key of its own, and a short ``idle_timeout_minutes``.
 """
 

@@ -1,7 +1,7 @@
 """``skyward-ray demo``, the README's first command, end to end: exit 0, a readable run, a one-screen summary, nothing
 left behind.
 
-It uses what a user's run uses (the ``skyr`` prefix, port 8911 from ``cluster_configs/emulator.yaml``), so it fails
+It uses what a user's run uses (the ``skyr`` prefix, port 8911 from ``skyward_ray/demo/emulator.yaml``), so it fails
 (never skips) if a user's emulator holds them. HOME, TMPDIR and XDG_CACHE_HOME point at a temp dir, so the SSH key
 ``ray up`` generates and the staged files never touch the real ``~/.ssh`` or ``~/.cache``.
 """

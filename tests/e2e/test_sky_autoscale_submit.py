@@ -1,7 +1,7 @@
 """A ``sky`` pool under ``ray submit`` on a ``ray up`` cluster with fewer nodes than it needs: it asks the autoscaler
 for them, prints progress while it waits, and fails in one line when ``max_workers`` forbids the size.
 
-One cluster for the module: a copy of ``cluster_configs/emulator.yaml`` on its own netns emulator (child process, own
+One cluster for the module: a copy of ``skyward_ray/demo/emulator.yaml`` on its own netns emulator (child process, own
 prefix and subnet), with ``max_workers: 2``, so 1 head + 2 workers is the most it can be. The head has one GPU, the
 pools ask for ``RTX 4090`` (one GPU per node).
 """

@@ -43,7 +43,8 @@ VENV_BIN = Path(sys.executable).parent
 MARKER = "<!-- emulator-commands"
 EXPECTED = {  # what each command must print, beyond exiting 0
     "python examples/basic_usage.py": "hello from ",
-    "ray submit cluster_configs/emulator.yaml examples/ray_remote_on_ray_up.py": "sum of squares: 1240 (expected 1240)",
+    "ray submit skyward_ray/demo/emulator.yaml examples/ray_remote_on_ray_up.py":
+        "sum of squares: 1240 (expected 1240)",
 }
 
 

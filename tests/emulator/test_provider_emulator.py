@@ -28,6 +28,7 @@ from ray.autoscaler.tags import (
     TAG_RAY_USER_NODE_TYPE,
 )
 
+from skyward_ray.demo import CLUSTER_CONFIG
 from skyward_ray.emulator.server import EmulatorServer
 from skyward_ray.emulator.testing import running_emulator, wait_until
 from skyward_ray.provider.node_provider import VastNodeProvider
@@ -296,7 +297,7 @@ def test_rays_own_v2_adapter_launches_lists_and_terminates_workers(emulator: Emu
     from ray.autoscaler.v2.instance_manager.node_provider import NodeProviderAdapter
 
     head = ray_up_head(providers.new())
-    config = yaml.safe_load((Path(__file__).resolve().parents[2] / "cluster_configs" / "emulator.yaml").read_text())
+    config = yaml.safe_load(CLUSTER_CONFIG.read_text())
     config["cluster_name"] = CLUSTER
     config["provider"].update({k: providers.config[k] for k in ("api_url", "api_key_file", "cache_ttl_s",
                                                                 "tag_flush_delay_s", "min_reliability")})
@@ -339,7 +340,7 @@ def test_bootstrap_registers_a_generated_key_once_and_workers_get_it(emulator: E
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("VAST_URL", emulator.url)
     monkeypatch.setenv("VAST_API_KEY", emulator.api_key)
-    raw = yaml.safe_load((Path(__file__).resolve().parents[2] / "cluster_configs" / "emulator.yaml").read_text())
+    raw = yaml.safe_load(CLUSTER_CONFIG.read_text())
     raw["provider"].pop("api_url", None)  # taken from VAST_URL, as on a laptop pointed at the emulator
     first = bootstrap_config(prepare_config(raw))
     second = bootstrap_config(prepare_config(raw))

@@ -10,9 +10,10 @@ import pytest
 import yaml
 
 from skyward_ray.cli import main
+from skyward_ray.demo import CLUSTER_CONFIG
 
 REPO = Path(__file__).resolve().parents[3]
-CONFIG = REPO / "cluster_configs" / "emulator.yaml"
+CONFIG = CLUSTER_CONFIG
 
 
 def variant(tmp_path: Path, change: Any) -> Path:
@@ -64,6 +65,6 @@ def test_mixed_gpu_models_are_valid_and_the_market_checks_are_named(
 
 
 def test_the_shipped_configs_pass(capsys: pytest.CaptureFixture[str]) -> None:
-    files = sorted(str(p) for p in (REPO / "cluster_configs").glob("*.yaml"))
+    files = sorted(str(p) for p in [*(REPO / "cluster_configs").glob("*.yaml"), CLUSTER_CONFIG])
     assert main(["validate", *files]) == 0
     assert capsys.readouterr().out.count("\nOK ") + 1 == len(files)

@@ -10,6 +10,7 @@ import yaml
 
 from skyward_ray.cli import main as cli_main
 from skyward_ray.cli.validate import validate_cluster_file
+from skyward_ray.demo import CLUSTER_CONFIG
 from skyward_ray.errors import ConfigError
 from skyward_ray.placement import Allocation
 from skyward_ray.provider.config import (
@@ -22,7 +23,7 @@ from skyward_ray.provider.config import (
 from skyward_ray.provider.reference import render
 
 REPO = Path(__file__).resolve().parents[3]
-CONFIGS = sorted((REPO / "cluster_configs").glob("*.yaml"))
+CONFIGS = sorted([*(REPO / "cluster_configs").glob("*.yaml"), CLUSTER_CONFIG])
 BASE = {"type": "external", "module": "skyward_ray.provider.VastNodeProvider"}
 
 
