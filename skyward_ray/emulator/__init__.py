@@ -1,14 +1,6 @@
-"""A local, wire-compatible Vast.ai marketplace.
+"""A local, wire-compatible Vast.ai marketplace, sharing no code with our client (``skyward_ray.vast``).
 
-Independent of our client: it imports nothing from ``skyward_ray.vast``, ``provider`` or ``compute``, so our client
-is tested against a server that shares no code with it.
-
-* :mod:`.market` - state and rules, no HTTP (one lock, one :mod:`.clock`); :mod:`.search` - offers and the bundles
-  query language; :mod:`.rows` - instance rows and the v1 list; :mod:`.scenarios` - the seeded market generator;
-  :mod:`.faults` - the fault switches; :mod:`.documented` - Vast's documented limits and bounds, and the inferred
-  choices next to them, in one place.
-* :mod:`.app` - the aiohttp routes and the ``/_emulator/`` admin API; :mod:`.ratelimit` - the documented rate limits
-  as a rule; :mod:`.server` - ``EmulatorServer``.
-* :mod:`.runtime` - what stands behind an instance (``none``); ``netns`` - Linux namespaces with sshd.
-* :mod:`.testing` - ``running_emulator()``, ``wait_until()``, ``RecordingRuntime``, hand-made machines.
+Layers, moto style: :mod:`.state` keeps the market and returns :mod:`.records`; :mod:`.market` parses wire bodies
+(:mod:`.parse`), asks the state and renders the answer (:mod:`.rows`, :mod:`.render`, :mod:`.search`); :mod:`.wire`
+is the HTTP layer (route table, auth, rate limits, fault injection, admin API); :mod:`.server` runs it in a thread.
 """

@@ -1,12 +1,15 @@
-"""The market's records: plain mutable dataclasses, owned and locked by :class:`~skyward_ray.emulator.market.Market`.
+"""The market's records: plain mutable dataclasses the state keeps and returns; the HTTP layer renders them.
 
-Nothing here knows HTTP; :mod:`skyward_ray.emulator.rows` turns records into the wire rows Vast sends.
+Also the typed requests the state accepts (:class:`RentalOrder`, :class:`EnvRequest`) and who is calling
+(:class:`Caller`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+from skyward_ray.emulator.errors import instance_key_refused
 
 
 @dataclass(eq=False)  # an entity: compared and hashed by identity
@@ -192,3 +195,44 @@ class LedgerEntry:
     destroyed_at: float | None = None
     cost: float = 0.0
     end_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: a user's account key, or an instance's CONTAINER_API_KEY (``instance_scope`` set)."""
+
+    user: User
+    instance_scope: int | None = None
+
+    def require_account_key(self) -> None:
+        if self.instance_scope is not None:
+            raise instance_key_refused(self.instance_scope)
+
+    def require_instance(self, instance_id: int) -> None:
+        if self.instance_scope is not None and self.instance_scope != instance_id:
+            raise instance_key_refused(self.instance_scope)
+
+
+@dataclass
+class EnvRequest:
+    """A create request's ``env``, split into what Vast does with each part."""
+
+    pairs: list[list[str]]  # as extra_env shows it
+    variables: dict[str, str]
+    ports: list[str]  # "8080/tcp"
+    overlays: list[str]
+    hostname: str | None
+
+
+@dataclass
+class RentalOrder:
+    """A create body once checked against create_instance.yaml's ``x-input-validation``."""
+
+    image: str  # the image, else the template id it names
+    disk: float
+    label: str | None
+    onstart: str | None
+    args: list[str] | None
+    bid: float | None  # $/h for the whole offer; None rents on demand
+    runtype: str
+    env: EnvRequest

@@ -1,11 +1,7 @@
 """Instance rows as Vast sends them, and the v1 list's filters, order and cursor.
 
-[inferred] additions, marked because no source confirms them: ``cluster_id`` on instance rows (null outside
-physical clusters). ``local_ipaddrs`` holds host-side addresses only (the machine's LAN address and the docker
-bridge, as in show_instance.yaml's example); ``overlay_addresses`` go first only when the market's inferred switch
-asks for it.
-The SSH proxy gateway is not emulated: ``ssh_host``/``ssh_port`` name the same direct endpoint as
-``public_ipaddr`` + ``ports["22/tcp"]`` (so a client falling back to the "proxy" still reaches the instance).
+[inferred]: ``cluster_id`` on instance rows (null outside physical clusters); ``local_ipaddrs`` holds host-side
+addresses only; ``ssh_host``/``ssh_port`` name the direct endpoint (the SSH proxy is not emulated).
 """
 
 from __future__ import annotations
@@ -13,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Callable
 from typing import Any
 
 from skyward_ray.emulator.documented import DOCKER_BRIDGE_ADDRESS, host_lan_address
@@ -33,17 +30,18 @@ _TEXT_COLUMNS = frozenset({
 V1_MAX_LIMIT = 25
 
 
-def instance_row(inst: Instance, *, now: float, epoch_of: Any, overlay_addresses: list[str],
+def instance_row(inst: Instance, *, now: float, epoch_of: Callable[[float], float], overlay_addresses: list[str],
                  min_bid: float) -> dict[str, Any]:
     """The full row of ``GET /instances/{id}/`` and of a v1 list page."""
-    m = inst.machine
     running = inst.actual_status == "running"
-    ports = None
-    if running:
-        ports = {key: [{"HostIp": "0.0.0.0", "HostPort": str(port)}] for key, port in inst.port_map.items()}
+    return {**_status_fields(inst, now, epoch_of, running), **_network_fields(inst, overlay_addresses, running),
+            **_hardware_fields(inst, running), **_price_fields(inst, min_bid)}
+
+
+def _status_fields(inst: Instance, now: float, epoch_of: Callable[[float], float], running: bool) -> dict[str, Any]:
+    """Identity, status, timing and what the instance runs."""
+    m = inst.machine
     uptime = (now - inst.running_since) / 60 if running and inst.running_since is not None else 0.0
-    local = " ".join([*overlay_addresses, host_lan_address(m.machine_id), DOCKER_BRIDGE_ADDRESS]) + " \n"
-    frac = inst.num_gpus / m.num_gpus
     return {
         "id": inst.instance_id,
         "machine_id": m.machine_id,
@@ -71,6 +69,17 @@ def instance_row(inst: Instance, *, now: float, epoch_of: Any, overlay_addresses
         "template_id": None,
         "template_hash_id": None,
         "template_name": None,
+    }
+
+
+def _network_fields(inst: Instance, overlay_addresses: list[str], running: bool) -> dict[str, Any]:
+    """How to reach it: SSH, addresses and ports (ports only while it runs)."""
+    m = inst.machine
+    ports = None
+    if running:
+        ports = {key: [{"HostIp": "0.0.0.0", "HostPort": str(port)}] for key, port in inst.port_map.items()}
+    local = " ".join([*overlay_addresses, host_lan_address(m.machine_id), DOCKER_BRIDGE_ADDRESS]) + " \n"
+    return {
         "ssh_host": inst.ssh_host,
         "ssh_port": inst.ssh_port,
         "ssh_idx": str(m.machine_id % 10),
@@ -82,6 +91,14 @@ def instance_row(inst: Instance, *, now: float, epoch_of: Any, overlay_addresses
         "direct_port_count": m.direct_port_count,
         "machine_dir_ssh_port": inst.port_map.get("22/tcp"),
         "static_ip": m.static_ip,
+    }
+
+
+def _hardware_fields(inst: Instance, running: bool) -> dict[str, Any]:
+    """The machine's share this instance holds."""
+    m = inst.machine
+    frac = inst.num_gpus / m.num_gpus
+    return {
         "gpu_name": m.gpu_name,
         "num_gpus": inst.num_gpus,
         "gpu_ram": m.gpu_ram,
@@ -118,6 +135,13 @@ def instance_row(inst: Instance, *, now: float, epoch_of: Any, overlay_addresses
         "pcie_bw": m.pcie_bw,
         "os_version": m.os_version,
         "volume_info": [],
+    }
+
+
+def _price_fields(inst: Instance, min_bid: float) -> dict[str, Any]:
+    """Prices, the listing and its reliability."""
+    m = inst.machine
+    return {
         "dph_base": inst.dph_base,
         "dph_total": round(inst.hourly_price, 6),
         "is_bid": inst.is_bid,

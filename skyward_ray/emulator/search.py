@@ -1,14 +1,8 @@
 """Offers and the bundles search: the offer rule, offer rows, and the query language of ``POST /api/v0/bundles/``.
 
-Query semantics (vast-api.md section 4): top-level keys are fields mapped to ``{op: value}`` with ops
-eq/neq/gt/gte/lt/lte/in/notin, ANDed; JSON null is a value (``cluster_id != null``); numeric strings are coerced
-(the CLI sends ``"1"``); ``_`` in a gpu_name value means a space; ``geolocation`` values are country codes matched
-against the code that ends the location text; ``verified``/``datacenter``/``duration``/``reliability2``/
-``allocated_storage`` are virtual columns; ``order``, ``limit``, ``type`` are control keys.
-
-[inferred] choices, documented because no source settles them: the default ``limit`` is :data:`DEFAULT_LIMIT`
-(64); the default order is ``score`` descending; without ``allocated_storage`` prices use 5 GB and no disk filter
-applies; an unknown field is a 400 rather than a silently empty result; offers are not bundled.
+Queries map fields to ``{op: value}`` (eq/neq/gt/gte/lt/lte/in/notin, ANDed; null is a value; numeric strings are
+coerced). [inferred]: default ``limit`` 64, default order ``score`` descending, 5 GB priced without
+``allocated_storage``, an unknown field is a 400, offers are not bundled.
 """
 
 from __future__ import annotations
@@ -72,91 +66,106 @@ def build_offer_rows(machine: Machine, market_epoch: float) -> list[dict[str, An
     """The static part of every current offer of ``machine`` (what does not depend on the caller or the query)."""
     if not machine.listed:
         return []
-    m = machine
-    rows = []
-    for n in offer_counts(m.free_gpus):
-        ask = offer_id(m.machine_id, n)
-        dph_base = round(m.gpu_price * n, 4)
-        frac = n / m.num_gpus
-        dlperf = round(m.dlperf * n, 3)
-        score = round(dlperf / max(dph_base, 0.01) * m.reliability2 ** 4 / 10, 4)
-        rows.append({
-            "id": ask,
-            "ask_contract_id": ask,
-            "bundle_id": ask,
-            "bundled_results": None,
-            "machine_id": m.machine_id,
-            "host_id": m.host_id,
-            "cluster_id": m.cluster_id,
-            "gpu_name": m.gpu_name,
-            "num_gpus": n,
-            "gpu_ram": m.gpu_ram,
-            "gpu_total_ram": m.gpu_ram * n,
-            "gpu_frac": round(frac, 4),
-            "gpu_arch": m.gpu_arch,
-            "gpu_ids": list(range(n)),
-            "gpu_lanes": 16,
-            "gpu_mem_bw": m.gpu_mem_bw,
-            "gpu_max_power": m.gpu_max_power,
-            "gpu_max_temp": 83.0,
-            "gpu_display_active": False,
-            "compute_cap": m.compute_cap,
-            "cuda_max_good": m.cuda_max_good,
-            "bw_nvlink": m.bw_nvlink if n > 1 else 0.0,
-            "driver_version": m.driver_version,
-            "driver_vers": driver_vers(m.driver_version),
-            "total_flops": round(m.total_flops * n, 2),
-            "dlperf": dlperf,
-            "cpu_name": m.cpu_name,
-            "cpu_cores": m.cpu_cores,
-            "cpu_cores_effective": round(m.cpu_cores * frac, 2),
-            "cpu_ghz": m.cpu_ghz,
-            "cpu_ram": m.cpu_ram,
-            "cpu_arch": "amd64",
-            "has_avx": 1,
-            "mobo_name": m.mobo_name,
-            "os_version": m.os_version,
-            "ubuntu_version": m.os_version,
-            "pci_gen": m.pci_gen,
-            "pcie_bw": m.pcie_bw,
-            "disk_space": round(m.disk_space * frac, 1),
-            "disk_bw": m.disk_bw,
-            "disk_name": m.disk_name,
-            "vms_enabled": False,
-            "is_vm_deverified": False,
-            "resource_type": "gpu",
-            "inet_up": m.inet_up,
-            "inet_down": m.inet_down,
-            "inet_up_cost": m.inet_up_cost,
-            "inet_down_cost": m.inet_down_cost,
-            "internet_up_cost_per_tb": round(m.inet_up_cost * 1000, 2),
-            "internet_down_cost_per_tb": round(m.inet_down_cost * 1000, 2),
-            "direct_port_count": m.direct_port_count,
-            "public_ipaddr": m.public_ipaddr,
-            "static_ip": m.static_ip,
-            "geolocation": m.geolocation,
-            "geolocode": zlib.crc32(m.country_code.encode()) & 0xFFFFFF,
-            "dph_base": dph_base,
-            "min_bid": round(m.bid_price * n, 4),
-            "storage_cost": m.storage_cost,
-            "rentable": True,
-            "reliability": m.reliability2,
-            "reliability2": m.reliability2,
-            "reliability_mult": round(m.reliability2 ** 4, 4),
-            "expected_reliability": m.reliability2,
-            "score": score,
-            "verification": m.verification,
-            "vericode": m.vericode,
-            "external": m.external,
-            "hosting_type": m.hosting_type,
-            "start_date": market_epoch - 86_400,
-            "end_date": market_epoch + m.duration_s,
-            "credit_discount_max": 0.4,
-            "logo": LOGO,
-            "webpage": None,
-            "_cc": m.country_code,  # private: stripped before the row leaves the emulator
-        })
-    return rows
+    return [{**_offer_gpus(machine, n), **_offer_host(machine, n), **_offer_listing(machine, n, market_epoch)}
+            for n in offer_counts(machine.free_gpus)]
+
+
+def _offer_gpus(m: Machine, n: int) -> dict[str, Any]:
+    """The offer's ids and its ``n`` GPUs."""
+    ask = offer_id(m.machine_id, n)
+    frac = n / m.num_gpus
+    dlperf = round(m.dlperf * n, 3)
+    return {
+        "id": ask,
+        "ask_contract_id": ask,
+        "bundle_id": ask,
+        "bundled_results": None,
+        "machine_id": m.machine_id,
+        "host_id": m.host_id,
+        "cluster_id": m.cluster_id,
+        "gpu_name": m.gpu_name,
+        "num_gpus": n,
+        "gpu_ram": m.gpu_ram,
+        "gpu_total_ram": m.gpu_ram * n,
+        "gpu_frac": round(frac, 4),
+        "gpu_arch": m.gpu_arch,
+        "gpu_ids": list(range(n)),
+        "gpu_lanes": 16,
+        "gpu_mem_bw": m.gpu_mem_bw,
+        "gpu_max_power": m.gpu_max_power,
+        "gpu_max_temp": 83.0,
+        "gpu_display_active": False,
+        "compute_cap": m.compute_cap,
+        "cuda_max_good": m.cuda_max_good,
+        "bw_nvlink": m.bw_nvlink if n > 1 else 0.0,
+        "driver_version": m.driver_version,
+        "driver_vers": driver_vers(m.driver_version),
+        "total_flops": round(m.total_flops * n, 2),
+        "dlperf": dlperf,
+    }
+
+
+def _offer_host(m: Machine, n: int) -> dict[str, Any]:
+    """The host's share that comes with ``n`` of its GPUs: CPU, RAM, disk, network."""
+    frac = n / m.num_gpus
+    return {
+        "cpu_name": m.cpu_name,
+        "cpu_cores": m.cpu_cores,
+        "cpu_cores_effective": round(m.cpu_cores * frac, 2),
+        "cpu_ghz": m.cpu_ghz,
+        "cpu_ram": m.cpu_ram,
+        "cpu_arch": "amd64",
+        "has_avx": 1,
+        "mobo_name": m.mobo_name,
+        "os_version": m.os_version,
+        "ubuntu_version": m.os_version,
+        "pci_gen": m.pci_gen,
+        "pcie_bw": m.pcie_bw,
+        "disk_space": round(m.disk_space * frac, 1),
+        "disk_bw": m.disk_bw,
+        "disk_name": m.disk_name,
+        "vms_enabled": False,
+        "is_vm_deverified": False,
+        "resource_type": "gpu",
+        "inet_up": m.inet_up,
+        "inet_down": m.inet_down,
+        "inet_up_cost": m.inet_up_cost,
+        "inet_down_cost": m.inet_down_cost,
+        "internet_up_cost_per_tb": round(m.inet_up_cost * 1000, 2),
+        "internet_down_cost_per_tb": round(m.inet_down_cost * 1000, 2),
+        "direct_port_count": m.direct_port_count,
+        "public_ipaddr": m.public_ipaddr,
+        "static_ip": m.static_ip,
+        "geolocation": m.geolocation,
+        "geolocode": zlib.crc32(m.country_code.encode()) & 0xFFFFFF,
+    }
+
+
+def _offer_listing(m: Machine, n: int, market_epoch: float) -> dict[str, Any]:
+    """Price, reliability, verification and how long the listing lasts."""
+    dph_base = round(m.gpu_price * n, 4)
+    score = round(round(m.dlperf * n, 3) / max(dph_base, 0.01) * m.reliability2 ** 4 / 10, 4)
+    return {
+        "dph_base": dph_base,
+        "min_bid": round(m.bid_price * n, 4),
+        "storage_cost": m.storage_cost,
+        "rentable": True,
+        "reliability": m.reliability2,
+        "reliability2": m.reliability2,
+        "reliability_mult": round(m.reliability2 ** 4, 4),
+        "expected_reliability": m.reliability2,
+        "score": score,
+        "verification": m.verification,
+        "vericode": m.vericode,
+        "external": m.external,
+        "hosting_type": m.hosting_type,
+        "start_date": market_epoch - 86_400,
+        "end_date": market_epoch + m.duration_s,
+        "credit_discount_max": 0.4,
+        "logo": LOGO,
+        "webpage": None,
+        "_cc": m.country_code,  # private: stripped before the row leaves the emulator
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------

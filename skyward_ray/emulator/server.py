@@ -1,15 +1,6 @@
 """The emulator as an in-process server: a background thread with its own event loop, plus a ticker that moves the
-market along its clock even when nobody calls.
-
-    with EmulatorServer(scenario="default", seed=0, boot_delay_s=0.5) as emu:
-        client = VastClient(api_key=emu.api_key, base_url=emu.url)
-        ...
-        emu.market.clock.advance(60)
-
-The server owns the runtime it is given: ``stop()`` destroys every instance the runtime still holds and closes it.
-``rate_limits`` switches Vast's documented rate limits: ``"documented"``, ``"off"`` or ``"x<scale>"`` (every interval,
-the create penalty and the search window times the scale); None keeps the scenario's (or ``faults``') setting.
-``overlays_available=False`` answers every ``/api/v0/overlay/`` call as an account without overlay networks.
+market along its clock even when nobody calls. ``with EmulatorServer(...) as emu:`` then point a client at
+``emu.url`` with ``emu.api_key``; ``emu.market`` is the state behind it.
 """
 
 from __future__ import annotations
@@ -24,12 +15,12 @@ from typing import Any
 
 from aiohttp import web
 
-from skyward_ray.emulator.app import build_app
 from skyward_ray.emulator.clock import Clock
 from skyward_ray.emulator.faults import FaultConfig, parse_rate_limits
 from skyward_ray.emulator.market import Market
 from skyward_ray.emulator.ratelimit import RateLimiter
 from skyward_ray.emulator.runtime import HostRuntime
+from skyward_ray.emulator.wire.app import build_app
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +29,11 @@ _WILDCARDS = ("", "0.0.0.0", "::")  # listening on every address already covers 
 
 class EmulatorServer:
     """A running Vast emulator. ``url`` (the API base, like ``https://console.vast.ai``) and ``api_key`` point any
-    client at it; ``market`` is the state behind it for tests; ``admin_url`` is the ``/_emulator/`` API."""
+    client at it; ``market`` is the state behind it for tests; ``admin_url`` is the ``/_emulator/`` API.
+
+    ``rate_limits``: ``"documented"``, ``"off"`` or ``"x<scale>"`` (None keeps the scenario's);
+    ``overlays_available=False`` answers every overlay call as an account without overlay networks. ``stop()``
+    destroys what the runtime still holds and closes it."""
 
     def __init__(self, scenario: str = "default", seed: int = 0, api_key: str | None = None,
                  boot_delay_s: float = 3.0, runtime: HostRuntime | None = None, host: str = "127.0.0.1",

@@ -148,8 +148,8 @@ def test_a_row_with_an_unknown_field_type_is_named_on_its_row(emu: EmulatorServe
     with VastClient(api_key=emu.api_key, base_url=emu.url) as client:
         offer = client.search_offers({"rentable": {"eq": True}, "limit": 1})[0]
         odd = client.create_instance(offer.id, image="vastai/base", disk_gb=10, label="someone-else").new_contract
-    original = emu.market._row_locked
-    monkeypatch.setattr(emu.market, "_row_locked",
+    original = emu.market.row
+    monkeypatch.setattr(emu.market, "row",
                         lambda inst: {**original(inst), "dph_total": {"usd": 0.3}})  # a new shape of a known field
     try:
         code, report = run_doctor(emu, tmp_path, monkeypatch)

@@ -22,7 +22,8 @@ from skyward_ray.cli import main
 from skyward_ray.cli import status as status_cli
 from skyward_ray.emulator.clock import Clock
 from skyward_ray.emulator.faults import FailureKind
-from skyward_ray.emulator.market import Caller, Market
+from skyward_ray.emulator.market import Market
+from skyward_ray.emulator.records import Caller
 from skyward_ray.emulator.server import EmulatorServer
 from skyward_ray.emulator.testing import running_emulator
 from skyward_ray.provider.tags import TAG_OVERLAY_SUBNET, TAG_PHYSICAL_CLUSTER, encode_label

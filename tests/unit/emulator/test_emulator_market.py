@@ -8,8 +8,11 @@ from typing import Any
 import pytest
 
 from skyward_ray.emulator.clock import Clock
+from skyward_ray.emulator.errors import MarketError
 from skyward_ray.emulator.faults import FaultConfig
-from skyward_ray.emulator.market import Caller, Market, MarketError, parse_env
+from skyward_ray.emulator.market import Market
+from skyward_ray.emulator.parse import parse_env
+from skyward_ray.emulator.records import Caller
 from skyward_ray.emulator.search import offer_id
 from skyward_ray.emulator.testing import RecordingRuntime, make_machine, make_scenario
 

@@ -8,7 +8,9 @@ from typing import Any
 import pytest
 
 from skyward_ray.emulator.clock import Clock
-from skyward_ray.emulator.market import Caller, Market, MarketError
+from skyward_ray.emulator.errors import MarketError
+from skyward_ray.emulator.market import Market
+from skyward_ray.emulator.records import Caller
 from skyward_ray.emulator.search import DEFAULT_LIMIT, offer_counts, offer_id, split_offer_id
 from skyward_ray.emulator.testing import make_machine, make_scenario
 
