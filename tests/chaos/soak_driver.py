@@ -275,7 +275,7 @@ class MiniAutoscaler:
         assert old.flush_pending(timeout_s=30), f"old tags never reached Vast: {old.unflushed_node_ids()}"
         old.client.close()
         with old._lock:  # private, read once: what the dead process had on the wire
-            inflight = sum(old._inflight.values())
+            inflight = sum(old.state.inflight.values())
         old.close()
         self._paused.clear()
         return old, new, inflight

@@ -253,7 +253,7 @@ def test_soak_under_every_fault(emulator: EmulatorServer, tmp_path: Path, capsys
                 report["restart_at_s"] = round(time.monotonic() - started, 2)
                 old, new, died_inflight = autoscaler.restart()
                 with old._lock:  # what the old process knew when it exited
-                    known = {n: dict(node.tags) for n, node in old._nodes.items() if not node.terminated}
+                    known = {n: dict(node.tags) for n, node in old.state.nodes.items() if not node.terminated}
                 listed = set(new.non_terminated_nodes({}))
                 rebuilt = {n: new.node_tags(n) for n in known if n in listed}
                 report["restart"] = {"nodes_known": len(known), "nodes_rebuilt": len(rebuilt),
