@@ -1,10 +1,5 @@
-"""When ``max_hourly_cost`` is what keeps a cluster's head from being placed: how many workers the cap does cover.
-
-The head is placed together with every worker type at its ``max_workers`` on one physical cluster, so the cluster can
-grow to its configured size without leaving that cluster. When the cap cannot pay for that, there are two ways out:
-raise the cap, or lower ``max_workers`` to what the cap covers. :func:`workers_within_cap` finds the latter (the
-largest k such that the head plus every worker type at ``min(max_workers, k)`` still fits under the cap on one
-physical cluster), so the error can name both. Pure: offers in, counts out.
+"""How many workers ``max_hourly_cost`` does cover when it keeps a cluster's head from being placed, so the error
+can name both ways out: raise the cap, or lower ``max_workers`` to that. Pure: offers in, counts out.
 """
 
 from __future__ import annotations
@@ -26,9 +21,10 @@ def workers_within_cap(
     *,
     already_committed_per_hour: float = 0.0,
 ) -> dict[str, int] | None:
-    """``{worker group: count}`` at the largest k that fits under ``max_hourly_cost`` (group 0 is the head and is
-    kept as it is). None when there is no cap or no worker group, when the full request already fits, or when the
-    head alone does not (then lowering ``max_workers`` does not help)."""
+    """``{worker group: count}`` at the largest k such that the head plus every worker group at ``min(count, k)``
+    still fits under ``max_hourly_cost``. Group 0 is the head, kept as it is: it is placed with its workers on one
+    physical cluster so the cluster can grow to its size there. None when there is no cap or no worker group, when
+    the full request already fits, or when the head alone does not (then lowering ``max_workers`` does not help)."""
     head, workers = request.groups[0], request.groups[1:]
     if not workers or options.max_hourly_cost is None:
         return None

@@ -1,13 +1,7 @@
-"""Filters: one node group's options as the exact Vast search query, and the same filters re-checked locally.
-
-Vast's server does not always honour a filter (the ``cuda_vers`` filter famously did not work; ``geolocation`` is
-matched on free text), so, as gpuhunt does, every returned offer is checked again here against every filter before
-placement may use it. The query and the local checks are built from the same :class:`Check` list so they cannot
-drift apart, and :mod:`skyward_ray.placement.explain` walks that list to say which filter emptied a result.
-
-Searches ask for ``num_gpus >= gpus_per_node`` rather than ``==``: a machine with F free GPUs shows offers of 1, 2,
-4, 8... and F GPUs, so the largest offer reveals F, which decides how many nodes may share that machine
-(:mod:`skyward_ray.placement.planner`).
+"""One node group's options as the exact Vast search query, and the same filters re-checked on each returned offer
+(Vast does not always honour a filter; ``geolocation`` is matched on free text). Both come from one :class:`Check`
+list, so they cannot drift apart, and :mod:`skyward_ray.placement.diagnosis` walks it to say which filter emptied a
+result.
 """
 
 from __future__ import annotations
@@ -214,6 +208,7 @@ class OfferFilter:
         names = list(self.gpu.vast_names)
         query: dict[str, Any] = {
             "gpu_name": {"eq": names[0]} if len(names) == 1 else {"in": names},
+            # ">=", not "==": a machine's largest offer is all its free GPUs, which bounds how many nodes it takes
             "num_gpus": {"gte": self.gpus},
             "reliability2": {"gte": options.min_reliability},
         }

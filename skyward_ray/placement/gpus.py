@@ -1,13 +1,6 @@
-"""The one table of GPU names: what a user types -> the exact Vast ``gpu_name`` values to search for.
-
-Why a table and not fuzzy matching: peers rented the wrong GPU by substring matching (an "RTX 5090" request became an
-"RTX PRO 6000"), so every Vast name we search for is listed here explicitly. A family name that is not itself a Vast
-name ("H100", "A100") covers its variants; a name that is a Vast name ("RTX 4090", "H100 SXM") stays exact unless the
-caller asks for variants. Input is case-, space-, ``_``- and ``-``-insensitive ("rtx_4090", "RTX4090", "RTX 4090").
-
-Each model also carries its compute capability, from which the CUDA range used by the image rule is derived
-(:mod:`skyward_ray.placement.image`): the oldest CUDA that supports the architecture, and for pre-Turing parts the last
-CUDA that still does (CUDA 13 dropped compute capability < 7.5).
+"""The one table of GPU names: what a user types -> the exact Vast ``gpu_name`` values to search for, and each
+model's compute capability, from which the image rule's CUDA range comes. A table, not substring matching, so an
+"RTX 5090" request never rents an "RTX PRO 6000"; a family name ("H100") covers its variants.
 """
 
 from __future__ import annotations
@@ -98,7 +91,7 @@ GPU_MODELS: tuple[GpuModel, ...] = (
 def gpu_key(name: str) -> str:
     """The comparison key of a GPU name: upper case without separators ("rtx_4090" -> "RTX4090").
 
-    Vast's server maps ``_`` to a space; users also type "RTX4090" (gpuhunt style) or "H100-SXM".
+    Vast's server maps ``_`` to a space; users also type "RTX4090" or "H100-SXM".
     """
     return "".join(ch for ch in name.upper() if ch not in " _-\t")
 

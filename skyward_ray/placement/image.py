@@ -1,11 +1,5 @@
-"""Which Docker image the nodes run, by the seed's three rules.
-
-1. ``docker_image`` if given. A CUDA version in its reference ("cuda:12.4.1", "-cuda12.1-") becomes a floor on the
-   hosts' ``cuda_max_good``, because a host whose driver is older cannot run that image.
-2. Else a CUDA runtime image derived from the accelerator's CUDA range and what the chosen offers support: the newest
-   version in :data:`CUDA_IMAGE_TAGS` that is at least the floor and at most every chosen host's ``cuda_max_good``
-   (and the GPU's last supported CUDA).
-3. Else :data:`FALLBACK_IMAGE` (no GPU metadata, or no listed version fits).
+"""Which Docker image the nodes run: the user's ``docker_image``, else a CUDA runtime image every chosen host can
+run, else :data:`FALLBACK_IMAGE` (see :func:`choose_image`).
 """
 
 from __future__ import annotations
@@ -73,7 +67,16 @@ def choose_image(
     *,
     floor: float | None = None,
 ) -> ImageChoice:
-    """Apply the rules above. ``host_cuda`` is each chosen offer's ``cuda_max_good``; ``floor`` the search's floor."""
+    """The image for the chosen offers, by three rules:
+
+    1. ``docker_image`` if given (a CUDA version in its reference is a floor on the hosts' ``cuda_max_good``, which
+       the search applies: a host with an older driver cannot run that image);
+    2. else the newest :data:`CUDA_IMAGE_TAGS` version that is at least ``floor`` and each GPU's oldest CUDA, and at
+       most every chosen host's ``cuda_max_good`` and each GPU's last supported CUDA;
+    3. else :data:`FALLBACK_IMAGE` (no GPU metadata, or no listed version fits).
+
+    ``host_cuda`` is each chosen offer's ``cuda_max_good``; ``floor`` the search's floor.
+    """
     if docker_image:
         return ImageChoice(docker_image, ImageSource.DOCKER_IMAGE, image_cuda_version(docker_image))
     known = [model for model in models if model is not None]

@@ -1,10 +1,6 @@
-"""What a user may ask of placement: the allocation kind and the provider options (the seed's table plus peers' asks).
-
-``PlacementOptions`` is the single list of placement fields. The cluster YAML's ``provider:`` section and
-``sky.VastAI(...)`` subclass it (adding ``api_key``, ``instance_timeout``, ...) instead of copying the fields, so a
-default or a limit changes in one place. It is strict: unknown keys and wrongly typed values are errors, and
-:meth:`PlacementOptions.from_config` turns pydantic's report into one :class:`ConfigError` naming the field, the
-value and what is allowed.
+"""What a user may ask of placement: the allocation kind and :class:`PlacementOptions`, the one list of placement
+fields that the cluster YAML's ``provider:`` section and ``sky.VastAI(...)`` extend, so a default or a limit changes
+in one place; bad input becomes one :class:`ConfigError` naming field, value and what is allowed.
 """
 
 from __future__ import annotations
@@ -41,6 +37,14 @@ class Allocation(enum.StrEnum):
                     return member
         allowed = ", ".join(member.value for member in cls)
         raise ConfigError(f"{field}: {value!r} is not allowed; allowed: {allowed} (underscores accepted)")
+
+    @classmethod
+    def validate_field(cls, value: Any) -> Allocation:
+        """:meth:`parse` inside a pydantic validator: a ValueError without the field's name, which pydantic adds."""
+        try:
+            return cls.parse(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc).removeprefix("allocation: ")) from None
 
     @property
     def bids(self) -> bool:
@@ -112,7 +116,8 @@ def _finite_or_none(value: Any) -> Any:
 
 
 class PlacementOptions(BaseModel):
-    """Filters and prices that decide where nodes go. Defaults follow the seed (Skyward's ``VastAI``)."""
+    """Filters and prices that decide where nodes go (defaults as Skyward's ``VastAI``). Strict: unknown keys and
+    wrongly typed values are errors."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, validate_default=True)
 

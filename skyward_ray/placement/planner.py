@@ -1,10 +1,6 @@
-"""``plan(request, options, offers) -> Plan``: the one decision shared by the provider, the ``sky`` API and
-``skyward-ray offers``. Pure: no I/O, no clock; the same offers always give the same plan.
-
-The provider searches with :func:`~skyward_ray.placement.filters.build_queries`, passes the merged results here, then
-rents ``plan.nodes`` (``is_bid`` nodes with ``price=price_per_hour``), creating an overlay on ``plan.cluster_id`` when
-the scope is a physical cluster. When nothing fits, :class:`~skyward_ray.placement.explain.NoPlacementError` says
-which filter emptied the result and what would help.
+"""``plan(request, options, offers) -> Plan``: the one placement decision shared by the provider, the ``sky`` API and
+``skyward-ray offers``. Pure: the same offers always give the same plan; when nothing fits,
+:class:`~skyward_ray.placement.explanation.NoPlacementError` says which filter emptied the result and what would help.
 """
 
 from __future__ import annotations

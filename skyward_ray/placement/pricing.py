@@ -1,12 +1,4 @@
-"""What one node costs on one offer, per allocation kind (the one place that knows the bid rule).
-
-- on-demand: the offer's ``dph_total`` (searched with ``allocated_storage = disk_gb``, so it includes our disk). An
-  offer from a ``type: bid`` search has no on-demand price: Vast (and the emulator) put ``min_bid`` plus storage in
-  its ``dph_total`` and mark it ``is_bid``.
-- spot: a bid of ``min_bid * bid_multiplier``, capped at ``max_bid``. An offer whose ``min_bid`` is missing, or above
-  ``max_bid``, cannot take our bid at all.
-- spot-if-available: the spot bid where the offer can take it, else on-demand.
-"""
+"""What one node costs on one offer, per allocation kind: the one place that knows the bid rule."""
 
 from __future__ import annotations
 
@@ -23,7 +15,8 @@ class NodePrice:
 
 
 def bid_price(offer: Offer, options: PlacementOptions) -> float | None:
-    """The bid for this offer, or None when it takes no bid we may make."""
+    """``min_bid * bid_multiplier`` capped at ``max_bid``; None when the offer takes no bid we may make (its
+    ``min_bid`` is missing or above ``max_bid``)."""
     min_bid = offer.min_bid
     if min_bid is None or min_bid < 0:
         return None
@@ -35,12 +28,15 @@ def bid_price(offer: Offer, options: PlacementOptions) -> float | None:
 
 
 def on_demand_price(offer: Offer) -> float | None:
-    """``dph_total`` when it is an on-demand price (the offer came from an on-demand search), else None."""
+    """``dph_total`` when it is an on-demand price, else None. An on-demand search asks ``allocated_storage =
+    disk_gb``, so the price includes our disk; a ``type: bid`` search's offer has ``min_bid`` plus storage there and
+    is marked ``is_bid``."""
     return None if offer.is_bid else offer.dph_total
 
 
 def node_price(offer: Offer, allocation: Allocation, options: PlacementOptions) -> NodePrice | None:
-    """The price of renting this offer for one node under ``allocation``, or None if that allocation cannot."""
+    """The price of renting this offer for one node under ``allocation``, or None if that allocation cannot:
+    on-demand pays :func:`on_demand_price`, spot bids :func:`bid_price`, spot-if-available bids where it can."""
     if allocation is not Allocation.ON_DEMAND:
         bid = bid_price(offer, options)
         if bid is not None:

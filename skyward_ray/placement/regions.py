@@ -1,9 +1,5 @@
 """The one region table: what a user writes for ``geolocation`` -> the two-letter country codes Vast filters on.
-
-Vast's ``geolocation`` filter takes country codes; the offer's field is free text ending in one ("California, US").
-Peers sent "EU" verbatim and matched nothing, so regions are expanded here, once. A two-letter country code stands for
-itself; several values may be joined with commas ("US,CA"). "NA" means North America (not Namibia) and "EU" means
-Europe (as the seed uses it, not only the European Union: use "EU27" for that).
+Regions ("EU", "NA") are expanded here, once, because Vast matches country codes only.
 """
 
 from __future__ import annotations
@@ -52,7 +48,8 @@ _AFRICA = _codes(
     "NE NG RW ST SN SC SL SO ZA SS SD TZ TG TN UG ZM ZW"
 )
 
-# Region name -> country codes. Keys are normalised (upper case, single spaces).
+# Region name -> country codes. Keys are normalised (upper case, single spaces). "NA" is North America (not
+# Namibia); "EU" is Europe, not only the European Union ("EU27").
 REGIONS: dict[str, frozenset[str]] = {
     "EU": _EUROPE,
     "EUROPE": _EUROPE,

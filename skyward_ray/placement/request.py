@@ -1,7 +1,6 @@
 """What to place: node groups (a head and its workers, or a pool's nodes), optionally pinned to a physical cluster.
-
-A Ray cluster is placed as one request so that the head's choice of physical cluster accounts for its workers; the
-workers added later by the autoscaler are a request pinned to the ``cluster_id`` the head chose.
+A Ray cluster is one request, so the head's cluster has room for its workers; the autoscaler's later workers are a
+request pinned to the head's ``cluster_id``.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from skyward_ray.placement.gpus import GpuSelection, resolve_gpu
 from skyward_ray.placement.options import Allocation, PlacementOptions, config_error_from
 
-MAX_NODES = 1000  # per request; keeps the exact search small and the tie-break keys exact (see planner)
+MAX_NODES = 1000  # per request; keeps the exact search small and the tie-break keys exact (see solver.REL_SCALE)
 MAX_GROUPS = 8
 
 
@@ -33,10 +32,7 @@ class NodeGroup(BaseModel):
     @field_validator("allocation", mode="before")
     @classmethod
     def _allocation(cls, value: Any) -> Allocation:
-        try:
-            return Allocation.parse(value)
-        except ValueError as exc:
-            raise ValueError(str(exc).removeprefix("allocation: ")) from None
+        return Allocation.validate_field(value)
 
     @field_validator("accelerator")
     @classmethod

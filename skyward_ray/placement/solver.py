@@ -1,26 +1,6 @@
-"""The exact search behind :func:`~skyward_ray.placement.planner.plan`: cheapest nodes, on one physical cluster when
-asked, within each machine's free GPUs.
-
-Machine capacity. Inferred from Vast and built into the emulator the same way (documented there as inferred): a
-machine with F free GPUs shows one offer per count in {1, 2, 4, 8, ...} up to F, plus F itself; offer ids are stable
-per (machine_id, num_gpus); renting lowers F. Hence:
-
-- F = the largest ``num_gpus`` among the machine's offers in the search result (searches ask ``num_gpus >= g``);
-- k nodes of g GPUs on one machine rent the same g-GPU offer k times. With g a power of two this works in any rental
-  order as long as the GPUs of all nodes on the machine add up to at most F (the remaining count never drops below
-  the next g, and a power of two not above it is always offered). A node whose g is not a power of two is offered
-  only while F == g, so it must be the machine's only node.
-
-Optimality. Costs are integers so that ties are exact: ``price in micro-$/h * REL_SCALE - reliability in millionths``,
-summed over nodes, which orders plans by total price, then by summed reliability. Remaining ties go to the lower
-cluster id, machine id and offer id, so the same offers always give the same plan whatever their order.
-
-- One group: each machine is ``slots`` identical slots at one cost; the cheapest ``count`` slots are optimal.
-- Several groups (a head and workers): a dynamic program over machines with the state "nodes still needed per
-  group". Only each group's N cheapest machines can matter (N = all nodes in the request): if a plan used a worse
-  one, one of those N has no node at all and takes that node for no more cost.
-- Clusters are visited in order of a lower bound (each group priced alone), and the search stops once the bound
-  exceeds the last plan worth keeping (the best plus the runners-up).
+"""The exact search behind :func:`~skyward_ray.placement.planner.plan`: the cheapest nodes, on one physical cluster
+when asked, within each machine's free GPUs. Costs are integers so ties are exact, and the same offers always give
+the same plan whatever their order.
 """
 
 from __future__ import annotations
@@ -38,6 +18,8 @@ from skyward_ray.placement.request import PlacementRequest, Scope
 from skyward_ray.vast.models import Offer
 
 MICRO = 1_000_000
+# A node's cost key is ``price in micro-$/h * REL_SCALE - reliability in millionths``: summed over nodes, it orders
+# plans by total price, then by summed reliability; remaining ties go to the lower cluster, machine and offer id.
 REL_SCALE = 10**10  # > MAX_NODES * MICRO, so summed reliability never outweighs one micro-dollar
 
 
@@ -46,7 +28,13 @@ def is_power_of_two(value: int) -> bool:
 
 
 def machine_slots(free_gpus: int, gpus_per_node: int) -> int:
-    """How many nodes of ``gpus_per_node`` GPUs one machine with ``free_gpus`` free GPUs can take, alone."""
+    """How many nodes of ``gpus_per_node`` GPUs one machine with ``free_gpus`` free GPUs can take, alone.
+
+    A machine with F free GPUs shows one offer per count in {1, 2, 4, 8, ...} up to F, plus F itself (inferred from
+    Vast; the emulator does the same), so F is the largest ``num_gpus`` among its offers, and k nodes of g GPUs rent
+    the same g-GPU offer k times. With g a power of two that works in any order while the nodes' GPUs add up to at
+    most F; any other g is offered only while F == g, so such a node must be alone on its machine.
+    """
     if is_power_of_two(gpus_per_node):
         return free_gpus // gpus_per_node
     return 1 if free_gpus >= gpus_per_node else 0
@@ -211,8 +199,8 @@ def _order(candidate: Candidate) -> tuple[int, int]:
 def greedy(
     candidates: Sequence[Candidate], need: int, gpus: int, free_gpus: dict[int, int]
 ) -> list[tuple[Candidate, int]] | None:
-    """The cheapest ``need`` slots of one group (each candidate machine has at least one slot, so ``need`` machines
-    always suffice)."""
+    """The cheapest ``need`` slots of one group, optimal for a group alone: each machine is identical slots at one
+    cost (each candidate machine has at least one slot, so ``need`` machines always suffice)."""
     picks: list[tuple[Candidate, int]] = []
     left = need
     for candidate in heapq.nsmallest(need, candidates, key=_order):
@@ -254,7 +242,9 @@ def _allocations(
 
 
 def exact(bucket: Bucket, market: Market) -> list[Pick] | None:
-    """The cheapest joint placement of several groups on this bucket's machines (see the module docstring)."""
+    """The cheapest joint placement of several groups on this bucket's machines: a dynamic program over machines
+    whose state is the nodes still needed per group. Only each group's N cheapest machines can matter (N = all nodes
+    in the request): a plan using a worse one leaves one of those N empty, which takes that node for no more cost."""
     counts, gpus, total = market.counts, market.gpus, market.total_nodes
     per_machine: dict[int, list[Candidate | None]] = {}
     for index, candidates in enumerate(bucket.candidates):
@@ -297,7 +287,9 @@ def _solution(cluster_id: int | None, picks: list[Pick]) -> Solution:
 
 
 def solve(market: Market, *, keep: int = 1, budget_micro: int | None = None) -> list[Solution]:
-    """The ``keep`` best plans, one per cluster (or one plan when nodes may go anywhere), cheapest first."""
+    """The ``keep`` best plans, one per cluster (or one plan when nodes may go anywhere), cheapest first. Clusters
+    are visited by a lower bound (each group priced alone); the search stops once the bound exceeds the last plan
+    worth keeping."""
     if market.scope is Scope.FREE:
         keep = 1
     bounded = []
