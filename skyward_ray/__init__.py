@@ -1,9 +1,8 @@
 """skyward-ray: Ray clusters on Vast.ai, and the ``sky`` API as thin shims over Ray.
 
-``import skyward_ray as sky`` gives the public names, imported on first use so that the CLI, the Vast client and the
-emulator never load Ray. The module itself is the operators' target: ``fn(x) >> sky`` runs on the innermost active
-pool. ``sky.compute`` is the decorator: the API's modules live in the ``skyward_ray.sky`` subpackage, whose name is
-not one of the public names, so importing them never replaces one.
+``import skyward_ray as sky`` gives the public names, imported on first use so the CLI, the Vast client and the emulator
+never load Ray; ``fn(x) >> sky`` runs on the innermost active pool. ``sky.compute`` is the decorator: the API's modules
+live in the ``skyward_ray.sky`` subpackage, a name that is not public, so importing them never replaces a public name.
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
-"""The seed's ``sky`` API as thin shims over Ray: pools, pending calls and their operators, images, accelerators.
+"""The ``sky`` API as thin shims over Ray: pools, pending calls and their operators, images, accelerators.
 
-Layering: imports Ray, the placement options and GPU table, the package's errors, and for launching on Vast
-(:mod:`~skyward_ray.sky.vast_launcher`, imported only when a pool launches) the Vast client and the provider's
-config rendering (schema, SSH key, overlay name) and its SSH reachability check; never the provider's
-``NodeProvider`` class itself, which Ray loads from the cluster config.
+Imports Ray. The Vast launch path (:mod:`~skyward_ray.sky.vast_launcher`: the Vast client, the provider's config
+rendering and SSH check) loads only when a pool launches; the provider's ``NodeProvider`` is Ray's to load.
 """
 
 from skyward_ray.sky import integrations

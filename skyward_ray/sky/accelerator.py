@@ -1,8 +1,7 @@
 """``sky.Accelerator(name, count=1)``: a GPU model and how many of it each node gets.
 
-Names and CUDA metadata come from the placement's one GPU table (:mod:`skyward_ray.placement.gpus`); this module only
-gives the seed's user-facing shape. A name the table does not know is kept as typed (Vast may list GPUs newer than
-the table), with no CUDA metadata.
+Names and CUDA metadata come from the placement's one GPU table (:mod:`skyward_ray.placement.gpus`). A name the table
+does not know is kept as typed (Vast may list GPUs newer than the table), with no CUDA metadata.
 """
 
 from __future__ import annotations

@@ -1,24 +1,8 @@
-"""A pool attached to a cluster that has fewer nodes than ``nodes=N`` asks the cluster's autoscaler for the rest.
+"""A pool attached to a cluster with fewer nodes than ``nodes=N`` asks the cluster's autoscaler for the rest.
 
-Without this, a pool run with ``ray submit`` on a one-node ``ray up`` cluster would wait silently: nothing in a
-driver that only waits creates resource demand. So the pool:
-
-1. asks with Ray's own SDK (``ray.autoscaler.sdk.request_resources``) for bundles that need the missing nodes: one
-   bundle per alive node of that node's full CPU/GPU (so the existing nodes count as full), plus one bundle per
-   missing node of one node's shape (``{"GPU": g}`` for a pool with an accelerator of g GPUs per node, else the
-   CPU count of the smallest alive node);
-2. prints a progress line (stderr, ``sky: ...``) when what it sees changes, and at least every
-   :data:`REPORT_EVERY_S`: nodes up, nodes asked for, and what the autoscaler says it is doing (launches pending,
-   nodes setting up, launches that failed and why), read from the autoscaler's state in the GCS;
-3. fails at once, in one line, when the autoscaler reports the request infeasible (the cluster config cannot grow to
-   it: ``max_workers``, or no node type with that shape), naming the setting to change and the largest ``nodes=``
-   the config allows when it can read the config (``~/ray_bootstrap_config.yaml`` on the head, which ``ray up``
-   writes);
-4. withdraws its request when the pool ends (an empty request replaces it), so the autoscaler may scale the cluster
-   back down as it would have without the pool.
-
-Under Ray Client the SDK calls must run on the cluster (they talk to the GCS directly), so they run as a zero-CPU
-task pinned to the head node; on a driver inside the cluster (``ray submit``) they run in-process.
+Nothing in a driver that only waits creates resource demand, so without this a pool run with ``ray submit`` on a
+one-node ``ray up`` cluster would wait silently. :class:`NodeRequest` asks, reports progress, fails fast on an
+infeasible request and withdraws it when the pool ends.
 """
 
 from __future__ import annotations
@@ -150,7 +134,11 @@ def _state_here() -> dict[str, Any]:
 
 
 class RayAutoscaler:
-    """The connected cluster's autoscaler, through Ray's SDK and the GCS."""
+    """The connected cluster's autoscaler, through Ray's SDK and the GCS.
+
+    Under Ray Client the SDK calls must run on the cluster (they talk to the GCS directly), so they run as a zero-CPU
+    task pinned to the head node; on a driver inside the cluster (``ray submit``) they run in-process.
+    """
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         import ray
@@ -234,9 +222,17 @@ def cannot_grow_message(count: int, have: int, shape: Bundle, limits: ConfigLimi
 
 @dataclass
 class NodeRequest:
-    """Waits for a pool's nodes on an attached cluster, asking its autoscaler for the missing ones (module docstring).
+    """Waits for a pool's nodes on an attached cluster, asking its autoscaler for the missing ones.
 
-    ``requested`` is True once a request was made, so the pool withdraws it (:meth:`withdraw`) when it ends.
+    1. asks with Ray's own SDK (``ray.autoscaler.sdk.request_resources``) for :func:`node_bundles`: every alive node
+       at its full size, plus :func:`node_shape` once per missing node;
+    2. prints a progress line (stderr, ``sky: ...``) when what it sees changes, and at least every
+       ``report_every_s``: nodes up, nodes asked for, and what the autoscaler says it is doing (launches pending,
+       nodes setting up, launches that failed and why), read from the autoscaler's state in the GCS;
+    3. fails at once, in one line, when the autoscaler reports the request infeasible (:func:`cannot_grow_message`
+       names the setting to change and, when it can read ``~/ray_bootstrap_config.yaml``, the largest ``nodes=``);
+    4. :meth:`withdraw` replaces the request with an empty one when the pool ends, so the autoscaler may scale the
+       cluster back down as it would have without the pool (``requested`` says whether there is one).
     """
 
     count: int

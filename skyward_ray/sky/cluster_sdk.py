@@ -2,7 +2,6 @@
 
     up   --config C --events E --deadline T   create_or_update_cluster, then wait for every worker; report the head
     down --config C --events E --deadline T   teardown_cluster, then check that nothing of the cluster is left
-
 A child of its own session keeps Ray's launcher output, module state and blocking threads out of the user's process.
 """
 

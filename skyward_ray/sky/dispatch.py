@@ -1,22 +1,8 @@
-"""Pending calls as Ray tasks pinned to a pool's ranked nodes.
+"""Pending calls as Ray tasks pinned to a pool's ranked nodes, and remote failures re-raised as the user's own.
 
-Per pool, per ``@sky.compute`` function and per node, one Ray remote function (built on first use, then reused): a
-small trampoline that sets the node context (:func:`skyward_ray.sky.node_context.instance_info`) around the user's
-function and is pinned to its node with ``NodeAffinitySchedulingStrategy(soft=False)``. Broadcasts go to every node,
-everything else round-robin. A call then costs one ``.remote()`` with the user's own arguments, as raw Ray does.
-
-A call asks for all of its node's GPUs, as the legacy did: the function sees every GPU of the node
-(``CUDA_VISIBLE_DEVICES``), and a GPU node runs one call at a time, like the legacy ``concurrency=1``. Calls are not
-retried (``max_retries=0``): an operator runs a call once, and a retry elsewhere would break a broadcast's ranks.
-
-Remote failures re-raise with the user's original exception type; the remote traceback rides along as its
-``__cause__`` (the way ``concurrent.futures.ProcessPoolExecutor`` reports one).
-
-Nothing here calls ``ray.cancel``: in Ray 2.60 a cancel that races a finishing task can abort the driver process
-(``Check failed: it != submissible_tasks_.end()``, ray-project/ray#54846; seen here when a failed broadcast cancelled
-its siblings), which would skip the pool's teardown. So when one call of a group or broadcast fails, the others run
-to completion and their results are dropped (as ``asyncio.gather`` does), and a future cannot be cancelled once
-submitted.
+One Ray remote function per pool, ``@sky.compute`` function and node, built on first use: a trampoline that sets the
+node context (:func:`skyward_ray.sky.node_context.call_on_node`) and is pinned to its node. A call then costs one
+``.remote()`` with the user's own arguments, as raw Ray does.
 """
 
 from __future__ import annotations
@@ -53,7 +39,8 @@ class RemoteTraceback(Exception):
 
 
 def unwrap_remote_error(error: BaseException) -> BaseException:
-    """The user's exception behind a ``RayTaskError`` (original type), with the remote traceback as its cause.
+    """The user's exception behind a ``RayTaskError`` (original type), with the remote traceback as its cause (the
+    way ``concurrent.futures.ProcessPoolExecutor`` reports one).
 
     Anything else (a Ray system error such as a dead node, or a cause Ray could not carry back) is returned as is.
     """
@@ -95,7 +82,19 @@ def _make_remote(fn: Callable[..., Any], context: NodeContext) -> Any:
 
 
 class Dispatcher:
-    """Submits pending calls to a fixed list of ranked nodes. Thread-safe: several threads may submit at once."""
+    """Submits pending calls to a fixed list of ranked nodes. Thread-safe: several threads may submit at once.
+
+    Broadcasts go to every node, everything else round-robin; each task is pinned to its node with
+    ``NodeAffinitySchedulingStrategy(soft=False)``.
+    A call asks for all of its node's GPUs, as the legacy did: the function sees every GPU of the node
+    (``CUDA_VISIBLE_DEVICES``), and a GPU node runs one call at a time, like the legacy ``concurrency=1``. Calls are not
+    retried (``max_retries=0``): an operator runs a call once, and a retry elsewhere would break a broadcast's ranks.
+
+    Nothing here calls ``ray.cancel``: in Ray 2.60 a cancel that races a finishing task can abort the driver process
+    (``Check failed: it != submissible_tasks_.end()``, ray-project/ray#54846; seen when a failed broadcast cancelled
+    its siblings), which would skip the pool's teardown. So when one call of a group or broadcast fails, the others
+    run to completion and their results are dropped (as ``asyncio.gather`` does).
+    """
 
     def __init__(self, nodes: Sequence[NodeInfo], runtime_env: dict[str, Any] | None = None) -> None:
         if not nodes:

@@ -1,15 +1,7 @@
 """``sky.Image(pip=[...], apt=[...], env={...})``: what the nodes need besides Ray.
 
-An image becomes two things:
-
-- **setup commands** (apt, then pip) that run on every node when a pool *launches* its cluster; the provider puts
-  them in the cluster config. pip skips requirements that are already satisfied without touching the network, so
-  re-running them, or running them on an image that already has the packages, is a no-op.
-- a **Ray runtime_env** with ``env_vars``, applied to every call of the pool.
-
-pip is deliberately *not* put in the runtime_env: Ray would build a fresh virtualenv per node and download into it,
-which needs the internet and minutes per node. When a pool *attaches* to an existing cluster it changes nothing
-there: it checks every node for the image's packages and logs which are present (skipped) and which are missing.
+An image becomes setup commands (apt, then pip; idempotent) for a cluster a pool launches, and a Ray ``runtime_env``
+with ``env_vars`` for every call. A pool that attaches changes nothing: it reports which packages each node lacks.
 """
 
 from __future__ import annotations
@@ -85,7 +77,10 @@ class Image(BaseModel):
         return value
 
     def setup_commands(self, python: str = "python") -> list[str]:
-        """Shell commands that install the image on a node (apt first: pip packages may build against it)."""
+        """Shell commands that install the image on a node (apt first: pip packages may build against it).
+
+        pip skips requirements already satisfied without touching the network, so re-running them is a no-op.
+        """
         commands = []
         if self.apt:
             packages = " ".join(shlex.quote(p) for p in self.apt)
@@ -100,7 +95,11 @@ class Image(BaseModel):
         return commands
 
     def runtime_env(self) -> dict[str, Any] | None:
-        """The Ray runtime_env for the pool's calls, or None when the image sets no environment."""
+        """The Ray runtime_env for the pool's calls, or None when the image sets no environment.
+
+        pip is deliberately not in it: Ray would build a fresh virtualenv per node and download into it, which needs
+        the internet and minutes per node. The setup commands install the packages once, when the cluster launches.
+        """
         return {"env_vars": dict(self.env)} if self.env else None
 
 

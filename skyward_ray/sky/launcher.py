@@ -1,15 +1,8 @@
 """Where a pool's Ray cluster comes from: attach to one that exists, or launch one and own it.
 
-A :class:`Launcher` turns a :class:`~skyward_ray.sky.spec.PoolSpec` into a running Ray cluster
-(:meth:`Launcher.up` returns a :class:`ClusterHandle`) and removes what it made (:meth:`Launcher.down`). The pool
-never tears down a cluster it did not create (``ClusterHandle.created``).
-
-- :class:`AttachLauncher`: an address was given (``address=``, ``RAY_ADDRESS``), this process is already connected,
-  or the script runs on a node of a Ray cluster (``ray submit``). Creates nothing, removes nothing.
-- :class:`LocalLauncher`: N raylets on this machine (``ray.cluster_utils.Cluster``), on 127.0.0.2, 127.0.0.3, ...
-  (never 127.0.0.1, which Ray rewrites to the host's routable IP). A stand-in for N nodes in tests and demos.
-- :class:`~skyward_ray.sky.vast_launcher.VastLauncher`: a pool with ``provider=sky.VastAI(...)`` and nothing to
-  attach to: ``ray up`` of the pool's own cluster on Vast, Ray Client through an SSH tunnel, ``ray down`` on exit.
+A :class:`Launcher` turns a :class:`~skyward_ray.sky.spec.PoolSpec` into a :class:`ClusterHandle` and removes what it
+made; the pool never tears down a cluster it did not create. :class:`AttachLauncher` and :class:`LocalLauncher` live
+here; :class:`~skyward_ray.sky.vast_launcher.VastLauncher` launches the pool's own cluster on Vast.
 """
 
 from __future__ import annotations
@@ -80,7 +73,11 @@ def discover_address(explicit: str | None) -> str | None:
 
 
 class AttachLauncher:
-    """Use an existing cluster as it is: connect, and leave it exactly as found."""
+    """Use an existing cluster as it is: connect, and leave it exactly as found.
+
+    Chosen when an address was given (``address=``, ``RAY_ADDRESS``), this process is already connected, or the
+    script runs on a node of a Ray cluster (``ray submit``).
+    """
 
     def __init__(self, address: str) -> None:
         self.address = address

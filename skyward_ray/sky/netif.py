@@ -1,9 +1,8 @@
 """Find the network interface that carries a given IPv4 address on this machine (stdlib only, Linux).
 
-NCCL and Gloo must be told the interface (``NCCL_SOCKET_IFNAME``/``GLOO_SOCKET_IFNAME``) or they may pick the docker
-bridge or the public NIC instead of the overlay. Ray already knows the node's address (the overlay IP on Vast), so the
-interface is whichever one holds that address. CUDA base images often lack ``ip``, so this reads the kernel directly:
-each interface's primary address by ioctl, then the connected routes in ``/proc/net/route`` for secondary addresses.
+NCCL and Gloo must be told the interface or they may pick the docker bridge or the public NIC instead of the overlay.
+CUDA base images often lack ``ip``, so this reads the kernel directly: each interface's primary address by ioctl,
+then the connected routes in ``/proc/net/route`` for secondary addresses.
 """
 
 from __future__ import annotations

@@ -1,13 +1,8 @@
 """A pool's nodes and their ranks, read from Ray.
 
-Rank order (stable for the life of a pool, and the same on every driver that looks at the same cluster):
-
-1. rank 0 is the Ray head node (the node with the ``node:__internal_head__`` resource);
-2. the other alive nodes follow in ascending order of their Ray node IP, compared as addresses (10.0.0.9 before
-   10.0.0.10), then by node id when two raylets share an IP.
-
-On Vast, Ray runs on the overlay IP, so this is overlay-address order; in the local test cluster it is 127.0.0.2,
-127.0.0.3, ... A pool of ``nodes=N`` uses the first N nodes in this order.
+Rank 0 is the Ray head; the other alive nodes follow by Ray node IP compared as addresses (10.0.0.9 before 10.0.0.10),
+then by node id. The order is stable for the pool's life and the same on every driver; on Vast it is overlay-address
+order. A pool of ``nodes=N`` uses the first N nodes in this order.
 """
 
 from __future__ import annotations

@@ -1,18 +1,7 @@
 """``@sky.compute`` and the operators: a call is a value until an operator sends it to a pool.
 
-``fn(x)`` on a ``@sky.compute`` function returns a :class:`PendingCompute` (a frozen dataclass; nothing runs). Then:
-
-==================  ====================================================================
-``p >> target``     run on one node of the pool (round-robin), block, return the value
-``p @ target``      run once on every node, return the values as a list in node-rank order
-``p > target``      start it, return a ``concurrent.futures.Future``
-``p & q``           a :class:`PendingComputeGroup`; ``group >> target`` runs all concurrently, list in order
-``sky.gather(...)`` the same group; ``stream=True`` makes ``>>`` yield values as they finish
-==================  ====================================================================
-
-``target`` is the ``skyward_ray`` module itself (``>> sky``, resolved to the innermost active pool) or a pool object.
-Groups return a **list**, as the issue asks and as ``sky.gather`` always did. The legacy returned a tuple for ``&``
-groups; unpacking (``a, b = (p & q) >> sky``), indexing and iteration behave the same, only ``== (x, y)`` differs.
+``fn(x)`` on a ``@sky.compute`` function returns a :class:`PendingCompute`; ``>>``, ``@``, ``>`` and ``&`` (or
+``sky.gather``) send it to ``sky`` (the innermost active pool) or to a pool object, any :class:`Target`.
 """
 
 from __future__ import annotations
@@ -96,7 +85,19 @@ function = compute
 
 @dataclass(frozen=True, eq=False, slots=True)
 class PendingCompute(Generic[T]):
-    """One deferred call. Immutable; applying an operator to it more than once runs it more than once."""
+    """One deferred call. Immutable; applying an operator to it more than once runs it more than once.
+
+    ==================  ====================================================================
+    ``p >> target``     run on one node of the pool (round-robin), block, return the value
+    ``p @ target``      run once on every node, return the values as a list in node-rank order
+    ``p > target``      start it, return a ``concurrent.futures.Future``
+    ``p & q``           a :class:`PendingComputeGroup`; ``group >> target`` runs all concurrently, list in order
+    ``sky.gather(...)`` the same group; ``stream=True`` makes ``>>`` yield values as they finish
+    ==================  ====================================================================
+
+    Groups return a **list**, as ``sky.gather`` always did. The legacy returned a tuple for ``&`` groups; unpacking
+    (``a, b = (p & q) >> sky``), indexing and iteration behave the same, only ``== (x, y)`` differs.
+    """
 
     fn: ComputeFunction[..., T]
     args: tuple[Any, ...] = ()
@@ -155,7 +156,7 @@ class PendingComputeGroup:
 def gather(*pendings: PendingCompute[Any] | Iterable[PendingCompute[Any]], stream: bool = False) -> PendingComputeGroup:
     """Group pending calls to run concurrently: ``sky.gather(a, b) >> sky`` or ``sky.gather(f(i) for i in xs) >> sky``.
 
-    Arguments may be pending calls or iterables of them (the seed passes a generator). With ``stream=True``, ``>>``
+    Arguments may be pending calls or iterables of them (a generator works). With ``stream=True``, ``>>``
     returns an iterator that yields each value as its call finishes (completion order).
     """
     items: list[PendingCompute[Any]] = []

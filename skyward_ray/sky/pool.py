@@ -1,10 +1,8 @@
 """``sky.ComputePool`` / ``sky.pool``: a Ray cluster for the length of a ``with`` block or a decorated call.
 
-Entering a pool gets a cluster from a launcher (attach, local, or a launch on Vast), connects this process to Ray unless
-it already is, waits for the pool's nodes, ranks them, and makes the pool the target of ``>> sky``. Leaving it
-(normally, on an exception, on Ctrl-C or SIGTERM) undoes exactly what entering did: it disconnects only a connection
-it opened and removes only a cluster its launcher created. Teardown runs with Ctrl-C held back, so a second Ctrl-C
-cannot leave half a cluster behind.
+Entering gets a cluster from a launcher, connects to Ray unless already connected, waits for and ranks the nodes, and
+makes the pool the target of ``>> sky``. Leaving (normally, on an exception, Ctrl-C or SIGTERM) undoes exactly that,
+with Ctrl-C held back, so a second Ctrl-C cannot leave half a cluster behind.
 """
 
 from __future__ import annotations
@@ -63,7 +61,7 @@ _check_image = ComputeFunction(_image_report)
 class ComputePool:
     """A pool of Ray nodes: ``with sky.ComputePool(...) as pool:`` or ``@sky.ComputePool(...)`` on a function.
 
-    Arguments are the seed's (``provider``, ``accelerator``, ``nodes``, ``allocation``, ``image``, ...). ``address``
+    Arguments: ``provider``, ``accelerator``, ``nodes``, ``allocation``, ``image``, ... ``address``
     attaches to a running Ray cluster; ``launcher`` supplies the cluster another way (e.g. ``LocalLauncher``).
     A pool object is reusable, one ``with`` at a time.
     """

@@ -1,12 +1,7 @@
-"""``sky.VastAI(...)``: the seed's provider parameters on top of the placement options.
+"""``sky.VastAI(...)``: the pool's Vast parameters, on top of the placement options.
 
-The placement fields (``min_reliability``, ``geolocation``, ``bid_multiplier``, ``docker_image``, ``disk_gb``,
-``use_overlay`` and the extras such as ``verified_only``, ``max_bid``, ``max_hourly_cost``) are inherited from
-:class:`~skyward_ray.placement.options.PlacementOptions`, so their defaults and limits live in one place. This class
-adds only what is not a placement decision: the API key and the timeouts.
-
-The API key is a ``SecretStr`` kept out of ``repr``, ``str`` and error messages. When it is None the credential chain
-of the Vast client applies (``VAST_API_KEY``, then the vastai CLI's key files).
+The placement fields are inherited from :class:`~skyward_ray.placement.options.PlacementOptions`, so their defaults
+and limits live in one place; this class adds only the API key (a ``SecretStr``, never shown) and the timeouts.
 """
 
 from __future__ import annotations
@@ -19,7 +14,7 @@ from skyward_ray.placement.options import PlacementOptions, config_error_from
 
 
 class VastAI(PlacementOptions):
-    """Rent the pool's nodes on Vast.ai. Every parameter of the seed's table, with its default."""
+    """Rent the pool's nodes on Vast.ai. Every placement parameter, with its default."""
 
     api_key: SecretStr | None = Field(None, repr=False, description="API key; None uses VAST_API_KEY or the CLI's")
     instance_timeout: int = Field(300, ge=0, le=7 * 24 * 3600, description="seconds a worker outlives its head")

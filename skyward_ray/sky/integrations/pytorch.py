@@ -1,16 +1,7 @@
 """``sky.integrations.torch(backend=None)``: one torch.distributed process group per broadcast.
 
-On each node of a ``fn(...) @ sky`` broadcast, before ``fn`` runs, it sets the variables ``init_method="env://"``
-and launchers expect, pointing at rank 0's Ray node IP (the overlay IP on Vast)::
-
-    MASTER_ADDR, MASTER_PORT (29500), RANK, NODE_RANK, WORLD_SIZE, LOCAL_RANK (0), LOCAL_WORLD_SIZE (1),
-    NCCL_SOCKET_IFNAME and GLOO_SOCKET_IFNAME (the interface holding this node's IP)
-
-then calls ``init_process_group`` (``nccl`` when CUDA is available, else ``gloo``, unless ``backend`` says), runs
-``fn``, destroys the group and restores the environment. One process per node, as the legacy integration.
-
-It does nothing outside a broadcast: a single ``>>`` call has no peers to rendezvous with (it would wait for them
-until the timeout), and calls made locally or with a process group already initialised run unchanged.
+On each node of a ``fn(...) @ sky`` broadcast, the ``env://`` variables point at rank 0's Ray node IP (the overlay IP on
+Vast), then ``init_process_group`` runs around ``fn``. One process per node, as the legacy integration.
 """
 
 from __future__ import annotations
@@ -103,7 +94,15 @@ def torch(
     timeout_s: float = 600.0,
 ) -> Any:
     """``@sky.integrations.torch()``, ``@sky.integrations.torch(backend="gloo")`` (the legacy spelling),
-    ``@sky.integrations.torch("gloo")`` or bare ``@sky.integrations.torch``: a process group around each broadcast."""
+    ``@sky.integrations.torch("gloo")`` or bare ``@sky.integrations.torch``: a process group around each broadcast.
+
+    Before ``fn`` runs it sets ``MASTER_ADDR``, ``MASTER_PORT`` (29500), ``RANK``, ``NODE_RANK``, ``WORLD_SIZE``,
+    ``LOCAL_RANK`` (0), ``LOCAL_WORLD_SIZE`` (1), ``NCCL_SOCKET_IFNAME`` and ``GLOO_SOCKET_IFNAME`` (the interface
+    holding this node's IP), calls ``init_process_group`` (``nccl`` when CUDA is available, else ``gloo``, unless
+    ``backend`` says), runs ``fn``, destroys the group and restores the environment. Outside a broadcast it does
+    nothing: a single ``>>`` call has no peers to rendezvous with, and calls made locally or with a process group
+    already initialised run unchanged.
+    """
     if callable(fn_or_backend):
         return _decorate(fn_or_backend, None, master_port, timeout_s)
     if fn_or_backend is not None:

@@ -1,29 +1,8 @@
 """Ray Train on interruptible (bid) nodes: refuse a multi-node run whose checkpoints could not survive an outbid.
 
-Ray Train restores a failed run from its latest checkpoint, but only from storage every node reaches. Its default
-(``~/ray_results`` on the node that wrote it) is a local disk, and on Vast an outbid instance is destroyed with its
-disk; no two instances share a filesystem. So a multi-node ``TorchTrainer`` on bids without ``storage_path`` (or
-``storage_filesystem``) loses its checkpoints exactly when it needs them, after running for hours. This module says
-so before ``fit()`` starts, in one line naming what to set::
-
-    from skyward_ray.sky.integrations.train import require_shared_storage
-
-    require_shared_storage(run_config, scaling_config)   # raises ConfigError, or returns
-    trainer = TorchTrainer(..., scaling_config=scaling_config, run_config=run_config)
-
-Whether the cluster rents bids is read from the cluster config the head runs with (``~/ray_bootstrap_config.yaml``,
-written by ``ray up``): any node type whose ``allocation`` bids (``spot``, ``spot-if-available``; workers default to
-``spot-if-available``). Where there is no such file (a local Ray, a pool without it), pass ``on_bids=`` explicitly;
-unknown counts as no bids, so the check never refuses a run it cannot judge.
-
-A checkpoint counts only once Ray Train's controller has taken the report that carries it: the controller collects
-reports when it polls its workers (every ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``, 2 s by default), and a worker
-outbid between its report and that poll takes the checkpoint's registration with it (the files are in storage, but
-the restart resumes from the one before: two intervals recomputed, not one). :func:`wait_for_checkpoint_taken`,
-called right after ``ray.train.report(..., checkpoint=...)``, closes that window at the price of at most one poll
-interval per checkpoint.
-
-It reads Ray Train's configs by attribute only, so importing it needs neither ``ray.train`` nor pyarrow.
+On Vast an outbid instance is destroyed with its disk and no two instances share a filesystem, so Ray Train's default
+storage (``~/ray_results`` on one node) loses the checkpoints exactly when a restore needs them. Ray Train's configs
+are read by attribute only, so importing this needs neither ``ray.train`` nor pyarrow.
 """
 
 from __future__ import annotations
@@ -118,7 +97,15 @@ def storage_problem(storage_path: str | os.PathLike[str] | None, storage_filesys
 def require_shared_storage(run_config: Any, scaling_config: Any, *, on_bids: bool | None = None,
                            cluster_config: str | os.PathLike[str] = HEAD_CLUSTER_CONFIG) -> None:
     """Raise :class:`ConfigError` (one line: the field, its value, what to set) when a multi-node Train run on bids
-    has no storage every node reaches. ``on_bids`` None: read it from ``cluster_config`` (the head's copy)."""
+    has no storage every node reaches; call it before ``fit()``::
+
+        require_shared_storage(run_config, scaling_config)   # raises ConfigError, or returns
+        trainer = TorchTrainer(..., scaling_config=scaling_config, run_config=run_config)
+
+    ``on_bids`` None: read it from ``cluster_config`` (the head's copy, written by ``ray up``): any node type whose
+    ``allocation`` bids (workers default to ``spot-if-available``). Without that file (a local Ray), pass ``on_bids=``;
+    unknown counts as no bids, so the check never refuses a run it cannot judge.
+    """
     if on_bids is None:
         on_bids = bool(cluster_on_bids(cluster_config))
     problem = storage_problem(getattr(run_config, "storage_path", None),
@@ -130,6 +117,11 @@ def require_shared_storage(run_config: Any, scaling_config: Any, *, on_bids: boo
 
 def wait_for_checkpoint_taken(timeout_s: float = 60.0, poll_s: float = 0.05) -> bool:
     """In a Ray Train worker, after ``ray.train.report``: wait until the controller has taken this worker's report.
+
+    A checkpoint counts only once the controller has taken the report that carries it; it polls its workers every
+    ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`` (2 s by default), and a worker outbid between its report and that poll takes
+    the checkpoint's registration with it (the restart resumes from the one before). Waiting here closes that window
+    at the price of at most one poll interval per checkpoint.
 
     True once taken; False after ``timeout_s``, or when this Ray has no such queue to watch (then it returns at once:
     the run goes on as without the wait). Reads Ray Train's per-worker result queue (a ``queue.Queue`` that the
