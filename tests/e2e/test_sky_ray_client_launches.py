@@ -26,7 +26,8 @@ from rayup_kit import EmulatorProcess, RayCluster
 
 import skyward_ray as sky
 from skyward_ray.sky.nodes import NodesUnavailableError
-from skyward_ray.sky.vast_launcher import RAY_CLIENT_PORT, SshTunnel
+from skyward_ray.sky.ssh_tunnel import SshTunnel
+from skyward_ray.sky.vast_launcher import RAY_CLIENT_PORT
 from skyward_ray.vast.client import VastClient
 
 if TYPE_CHECKING:
