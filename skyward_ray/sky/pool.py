@@ -106,6 +106,7 @@ class ComputePool:
         if address is not None:
             return AttachLauncher(address)
         if self.spec.provider is not None:
+            # Loaded only for a launch: it brings in the Vast client and the provider's config, which attach needs not.
             from skyward_ray.sky.vast_launcher import VastLauncher
 
             return VastLauncher()

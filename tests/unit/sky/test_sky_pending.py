@@ -59,11 +59,11 @@ class FakePool:
 @pytest.fixture
 def fake() -> Any:
     pool = FakePool()
-    token = push_pool(pool)  # type: ignore[arg-type]
+    token = push_pool(pool)
     try:
         yield pool
     finally:
-        pop_pool(pool, token)  # type: ignore[arg-type]
+        pop_pool(pool, token)
 
 
 def test_calling_builds_a_frozen_pending_call_and_runs_nothing() -> None:
@@ -159,12 +159,12 @@ def test_a_pool_object_is_a_target_without_being_active() -> None:
 
 def test_nested_pools_resolve_innermost_and_unwind() -> None:
     outer, inner = FakePool(), FakePool()
-    outer_token = push_pool(outer)  # type: ignore[arg-type]
-    inner_token = push_pool(inner)  # type: ignore[arg-type]
+    outer_token = push_pool(outer)
+    inner_token = push_pool(inner)
     assert current_pool() is inner
-    pop_pool(inner, inner_token)  # type: ignore[arg-type]
+    pop_pool(inner, inner_token)
     assert current_pool() is outer
-    pop_pool(outer, outer_token)  # type: ignore[arg-type]
+    pop_pool(outer, outer_token)
     with pytest.raises(RuntimeError):
         current_pool()
 
@@ -179,22 +179,22 @@ def test_threads_use_the_only_active_pool_but_refuse_to_guess_between_two() -> N
         except RuntimeError as error:
             results.append(error)
 
-    token = push_pool(first)  # type: ignore[arg-type]
+    token = push_pool(first)
     try:
         thread = threading.Thread(target=from_thread)
         thread.start()
         thread.join(10)
         assert results[-1] is first
-        token2 = push_pool(second)  # type: ignore[arg-type]
+        token2 = push_pool(second)
         try:
             thread = threading.Thread(target=from_thread)
             thread.start()
             thread.join(10)
             assert isinstance(results[-1], RuntimeError)
         finally:
-            pop_pool(second, token2)  # type: ignore[arg-type]
+            pop_pool(second, token2)
     finally:
-        pop_pool(first, token)  # type: ignore[arg-type]
+        pop_pool(first, token)
 
 
 def test_public_names_stay_themselves_after_every_subpackage_import() -> None:
