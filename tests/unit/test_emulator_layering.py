@@ -24,7 +24,7 @@ def imported_modules(path: Path) -> set[str]:
 
 
 def test_emulator_imports_none_of_our_client_side() -> None:
-    files = [*sorted(PACKAGE.glob("*.py")), CLI]
+    files = [*sorted(PACKAGE.rglob("*.py")), CLI]
     assert len(files) > 10
     offenders = {str(path.name): sorted(name for name in imported_modules(path) if name.startswith(FORBIDDEN))
                  for path in files}
