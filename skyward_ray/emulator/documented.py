@@ -1,10 +1,6 @@
-"""What Vast documents about its limits and input bounds, and (in one marked block) what the emulator infers where the
-documents are silent.
-
-Sources, all in the vast-ai/docs repository: ``api-reference/openapi/yaml/*.yaml`` (keys ``x-rate-limit`` and
-``x-input-validation``), ``api-reference/rate-limits-and-errors.mdx``, ``guides/instances/connect/networking.mdx`` and
-``api-reference/openapi/yaml/show_ssh_keys.yaml``. Keys of the limit tables are ``"METHOD /template/"`` exactly as the
-emulator's router names its endpoints (and as a client's pacer keys them).
+"""What Vast documents about its limits and input bounds (vast-ai/docs: the OpenAPI files' ``x-rate-limit`` and
+``x-input-validation``, rate-limits-and-errors.mdx, networking.mdx), and in one marked block what the emulator infers
+where the documents are silent. Limit tables are keyed ``"METHOD /template/"`` as the router names endpoints.
 """
 
 from __future__ import annotations
@@ -28,7 +24,7 @@ DOCUMENTED_INTERVALS: dict[str, float] = {
     "DELETE /api/v0/instances/{id}/ssh/{key}/": 2.0,  # detach_ssh.yaml
 }
 CREATE_ENDPOINT = "PUT /api/v0/asks/{id}/"
-CREATE_PENALTY_S = 12.0  # create_instance.yaml "penalty: 12"; how it is read: see app.RateLimiter.check
+CREATE_PENALTY_S = 12.0  # create_instance.yaml "penalty: 12"; how it is read: see ratelimit.RateLimiter.check
 SEARCH_ENDPOINT = "POST /api/v0/bundles/"
 SEARCH_REQUESTS = 10  # search_offers.yaml: "requests: 10, per: minute", "Rate limit per IP address"
 SEARCH_WINDOW_S = 60.0

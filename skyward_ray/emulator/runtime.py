@@ -1,9 +1,6 @@
-"""Host runtimes: what stands behind an emulated instance.
-
-The market (state and rules) decides *when* an instance boots, stops, joins an overlay or dies; a runtime makes it
-real. ``none`` keeps instances as records only (any OS, no root). ``netns`` (``skyward_ray.emulator.netns``) makes each
-instance a set of Linux namespaces with an sshd. The market calls these methods outside its own lock, because they
-can take a second.
+"""Host runtimes: what stands behind an emulated instance. The market decides *when* an instance boots, stops, joins
+an overlay or dies; a runtime makes it real (``none``: records only; ``netns``: Linux namespaces with an sshd). The
+market calls these methods outside its lock, because they can take a second.
 """
 
 from __future__ import annotations

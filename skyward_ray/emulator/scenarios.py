@@ -1,9 +1,8 @@
 """Seeded market generator and the named scenarios.
 
 The same (scenario, seed) always gives the same machines, ids and prices, so a failing test can be replayed.
-``default`` also carries fixed "anchor" supply so that every example of the seed document can be placed whatever the
-seed: a US physical cluster of RTX 4090 machines with reliability >= 0.98, and standalone high-reliability offers of
-every GPU model in the catalog (RTX 3080/4090, A100 x8, ...).
+``default`` also carries fixed "anchor" supply (a US physical cluster of RTX 4090 machines with reliability >= 0.98,
+and high-reliability offers of every GPU model) so every documented example can be placed whatever the seed.
 """
 
 from __future__ import annotations
@@ -11,6 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from skyward_ray.emulator.catalog import CPU_MODELS, DRIVERS, GPU_BY_NAME, GPU_MODELS, LOCATIONS, MOBOS, GpuModel
 from skyward_ray.emulator.faults import FaultConfig, RateLimitConfig
@@ -37,6 +37,13 @@ def _documentation_ips() -> Iterator[str]:
         for prefix in ("198.51.100", "203.0.113"):
             for host in range(1, 255):
                 yield f"{prefix}.{host}"
+
+
+def _model_fields(model: GpuModel) -> dict[str, Any]:
+    """What a machine takes from its GPU model as is."""
+    return {"gpu_name": model.name, "gpu_ram": model.gpu_ram_mb, "gpu_arch": model.arch,
+            "compute_cap": model.compute_cap, "total_flops": model.tflops, "gpu_mem_bw": model.mem_bw,
+            "gpu_max_power": model.max_power}
 
 
 class _Generator:
@@ -66,14 +73,8 @@ class _Generator:
         dc = datacenter if datacenter is not None else rng.random() < model.datacenter_bias
         if reliability is None:
             reliability = 0.6 + 0.399 * rng.betavariate(6, 1.3)
-        if verified is None:
-            roll = rng.random()
-            verification = "verified" if (dc and roll < 0.95) or roll < 0.7 else ("unverified" if roll < 0.95
-                                                                                 else "deverified")
-        else:
-            verification = "verified" if verified else "unverified"
-        low, high = model.price_per_gpu
-        gpu_price = round(rng.uniform(low, high), 4)
+        verification = self._verification(dc, verified)
+        gpu_price = round(rng.uniform(*model.price_per_gpu), 4)
         bid_price = round(gpu_price * rng.uniform(0.3, 0.7), 4)
         driver = rng.choice(DRIVERS)
         cpu_name, cpu_cores, cpu_ghz = rng.choice(CPU_MODELS)
@@ -84,11 +85,8 @@ class _Generator:
             host_id=host_id if host_id is not None else next(self._host_ids),
             cluster_id=cluster_id,
             geolocation=location,
-            gpu_name=model.name,
             num_gpus=n,
-            gpu_ram=model.gpu_ram_mb,
-            gpu_arch=model.arch,
-            compute_cap=model.compute_cap,
+            **_model_fields(model),
             cuda_max_good=_CUDA_BY_DRIVER[driver.split(".")[0]] if model.arch == "nvidia" else 0.0,
             driver_version=driver,
             reliability2=round(min(max(reliability, 0.6), 0.999), 4),
@@ -114,10 +112,7 @@ class _Generator:
             disk_name=rng.choice(("Samsung SSD 990 PRO", "SAMSUNG MZQL23T8HCLS", "KINGSTON SFYRD4000G", "Micron 7450")),
             os_version=rng.choice(("20.04", "22.04", "22.04", "24.04")),
             static_ip=dc or rng.random() < 0.4,
-            total_flops=model.tflops,
             dlperf=round(model.tflops * dlperf_factor * 1.2, 2),
-            gpu_mem_bw=model.mem_bw,
-            gpu_max_power=model.max_power,
             bw_nvlink=model.nvlink if n > 1 else 0.0,
             external=rng.random() < 0.04,
             duration_s=rng.uniform(3, 180) * 86_400,
@@ -126,6 +121,15 @@ class _Generator:
         )
         self.machines.append(machine)
         return machine
+
+    def _verification(self, datacenter: bool, verified: bool | None) -> str:
+        """Datacenters are nearly always verified, other hosts mostly; a few are deverified."""
+        if verified is not None:
+            return "verified" if verified else "unverified"
+        roll = self.rng.random()
+        if (datacenter and roll < 0.95) or roll < 0.7:
+            return "verified"
+        return "unverified" if roll < 0.95 else "deverified"
 
     def standalone(self, count: int) -> None:
         """Hosts with 1-3 machines each at one place, sharing one public address, as home and small hosts do."""
@@ -156,7 +160,7 @@ class _Generator:
             self.cluster(self.rng.choice(datacenter_models), self.rng.randint(2, 16))
 
     def anchors(self) -> None:
-        """Fixed supply every seed example needs (see the module docstring)."""
+        """Fixed supply every documented example needs (see the module docstring)."""
         self.cluster(GPU_BY_NAME["RTX 4090"], 6, location="Texas, US", gpus_per_machine=4, min_reliability=0.985)
         self.cluster(GPU_BY_NAME["H100 SXM"], 4, location="Virginia, US", gpus_per_machine=8, min_reliability=0.98)
         self.cluster(GPU_BY_NAME["A100 SXM4"], 4, location="Hesse, DE", gpus_per_machine=8, min_reliability=0.97)

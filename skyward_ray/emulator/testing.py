@@ -1,13 +1,6 @@
-"""Test helpers for anyone who needs a Vast marketplace: a context manager around :class:`EmulatorServer`, a
-bounded poll, a manual clock, hand-made machines and scenarios, a recording runtime, and the config reader Ray's
-autoscaler v2 hands a provider.
-
-    from skyward_ray.emulator.testing import running_emulator, wait_until
-
-    @pytest.fixture
-    def emulator():
-        with running_emulator(boot_delay_s=0.2) as emu:
-            yield emu
+"""Test helpers for anyone who needs a Vast marketplace: ``running_emulator()`` (an :class:`EmulatorServer` stopped on
+exit), a bounded poll, a manual clock, hand-made machines and scenarios, a recording runtime, and the config reader
+Ray's autoscaler v2 hands a provider.
 """
 
 from __future__ import annotations
