@@ -27,7 +27,7 @@ from skyward_ray.emulator.rows import instance_row, list_page
 from skyward_ray.emulator.runtime import HostRuntime
 from skyward_ray.emulator.scenarios import Scenario
 from skyward_ray.emulator.search import QueryError, compile_offer_query, finish_offer
-from skyward_ray.emulator.state import MarketBackend
+from skyward_ray.emulator.state.backend import MarketBackend
 
 
 class Market:

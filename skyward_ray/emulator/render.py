@@ -8,7 +8,7 @@ from dataclasses import asdict
 from typing import Any
 
 from skyward_ray.emulator.records import AccountSshKey, Instance, Overlay, User
-from skyward_ray.emulator.state import MarketBackend
+from skyward_ray.emulator.state.backend import MarketBackend
 
 
 def user_body(user: User) -> dict[str, Any]:

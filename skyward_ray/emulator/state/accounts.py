@@ -16,12 +16,12 @@ class AccountStore(MarketCore):
         with self.lock:
             user_id = 100_000 + len(self.users) * 7 + 1
             key = api_key or secrets.token_hex(32)
-            if key in self.keys:
+            if key in self.api_keys:
                 raise ValueError("api_key: already in use by another user")
             user = User(user_id=user_id, api_key=key, username=username or f"renter{len(self.users) + 1}",
                         email=f"renter{len(self.users) + 1}@emulator.invalid", credit=float(credit))
             self.users[user_id] = user
-            self.keys[key] = (user_id, None)
+            self.api_keys[key] = (user_id, None)
             return user
 
     def authenticate(self, key: str | None) -> Caller | None:
@@ -29,7 +29,7 @@ class AccountStore(MarketCore):
         if not key:
             return None
         with self.lock:
-            entry = self.keys.get(key)
+            entry = self.api_keys.get(key)
             if entry is None:
                 return None
             user_id, scope = entry

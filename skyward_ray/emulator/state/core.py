@@ -55,7 +55,7 @@ class MarketCore:
             if machine.cluster_id is not None:
                 self.clusters.setdefault(machine.cluster_id, []).append(machine)
         self.users: dict[int, User] = {}
-        self.keys: dict[str, tuple[int, int | None]] = {}  # api key -> (user id, instance scope)
+        self.api_keys: dict[str, tuple[int, int | None]] = {}  # api key -> (user id, instance scope)
         self.instances: dict[int, Instance] = {}
         self.overlays: dict[int, Overlay] = {}
         self.ledger: dict[int, LedgerEntry] = {}

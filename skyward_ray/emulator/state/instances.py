@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from typing import Any
 
 from skyward_ray.emulator.documented import IDENTITY_PORT_MIN, MAX_OPEN_PORTS
 from skyward_ray.emulator.errors import bad_request, error, invalid_args, no_such_ask
@@ -134,7 +135,7 @@ class InstanceStore(Lifecycle):
         machine.free_gpus -= n
         self.touch(machine)
         self.instances[instance_id] = inst
-        self.keys[inst.api_key] = (user.user_id, instance_id)
+        self.api_keys[inst.api_key] = (user.user_id, instance_id)
         return inst
 
     def _guard_account_keys(self, order: RentalOrder) -> None:
@@ -221,14 +222,14 @@ class InstanceStore(Lifecycle):
             self._destroy_locked(inst, "destroyed by the renter", actions)
         self.run(actions)
 
-    def destroy_instances(self, caller: Caller, ids: list[object]) -> list[int]:
+    def destroy_instances(self, caller: Caller, ids: list[Any]) -> list[int]:
         """Destroy every one of ``ids`` the caller owns; the ids destroyed (those already gone are skipped)."""
         self.tick()
         actions: Actions = []
         destroyed = []
         with self.lock:
             for raw in ids:
-                inst = self.instances.get(int(raw))  # type: ignore[call-overload]
+                inst = self.instances.get(int(raw))
                 if inst is not None and inst.user_id == caller.user.user_id:
                     self._destroy_locked(inst, "destroyed by the renter", actions)
                     destroyed.append(inst.instance_id)
@@ -245,7 +246,7 @@ class InstanceStore(Lifecycle):
             overlay = self.overlays.get(overlay_id)
             if overlay is not None:
                 overlay.members.pop(inst.instance_id, None)
-        self.keys.pop(inst.api_key, None)
+        self.api_keys.pop(inst.api_key, None)
         del self.instances[inst.instance_id]
         entry = self.ledger[inst.instance_id]
         entry.destroyed_at = self.clock.epoch()
