@@ -1,11 +1,7 @@
-"""``skyward-ray doctor``: check the assumptions ``ray up`` makes against a real Vast account, free first, then for
-cents.
-
-It sits at the console's level (it may import every layer): the free checks (:mod:`.free`) use the Vast client and
-the placement planner exactly as the provider does; the rental checks (:mod:`.rent`) rent through the provider itself,
-so the create body, the label and the SSH runner are those of ``ray up``. :mod:`.report` holds the rows, the verdict
-and the secret scrubbing; :mod:`.wire` watches what the API answered (429 bodies and headers, raw rows);
-:mod:`.node_probe` is the standard-library script run on a rented node.
+"""``skyward-ray doctor``: check the assumptions ``ray up`` makes against a real Vast account, free checks first
+(:mod:`.free`), then for cents (:mod:`.rent` with :mod:`.node_checks` and :mod:`.cleanup`). It may import every layer:
+it uses the client, the planner and the provider exactly as ``ray up`` does. :mod:`.report` holds the rows and the
+verdict, :mod:`.wire` logs what the API answered, :mod:`.node_probe` runs on a rented node.
 """
 
 from skyward_ray.doctor.report import Report, Row, Status

@@ -1,11 +1,7 @@
-"""What a rented node says about itself, printed as one ``DOCTOR-JSON {...}`` line. Standard library only: it is
-piped to the node's Python over SSH before anything else is known to work there.
-
-It reports the hostname, every IPv4 interface and address, whether ``CONTAINER_ID``/``CONTAINER_API_KEY`` are set
-(never the key), and on request: whether a peer's address answers on port 22 (``--peer-addr``), and what the API
-says when the instance key tries an account-wide call and a destroy of another instance (``--scope``, ``--peer-id``;
-both must be refused). ``--destroy-self`` makes the instance key destroy its own instance a moment after this script
-has answered, the way the dead-man switch would; the caller sees the result in the API.
+"""What a rented node says about itself (hostname, IPv4 interfaces, whether ``CONTAINER_API_KEY`` is set, never its
+value) as one ``DOCTOR-JSON {...}`` line; standard library only, since it is piped to the node's Python over SSH
+before anything else is known to work there. ``--peer-addr``: does a peer answer on 22; ``--scope``/``--peer-id``:
+the instance key must be refused account-wide and for other instances; ``--destroy-self``: it destroys its own.
 """
 
 from __future__ import annotations
