@@ -2,10 +2,8 @@
 first (no rental); ``--rent`` rents one cheap instance for a few minutes, ``--overlay`` two on one physical cluster
 joined by an overlay, and destroys everything it rented whatever happens.
 
-Each check is a row ``check | expected | observed | ok``; a verdict line ends the run. Exit 0: ready for ray up
-(warnings allowed); 1: something ray up needs is wrong; 2: bad input (unknown config, no key, a cap below every
-offer), with nothing rented; 130: interrupted (after destroying what was rented). ``--json`` prints the whole report
-as JSON (``--report FILE`` writes it to a file); it never holds a secret.
+Exit 0: ready (warnings allowed); 1: something ``ray up`` needs is wrong; 2: bad input, nothing rented; 130:
+interrupted.
 """
 
 from __future__ import annotations

@@ -1,22 +1,7 @@
 """``skyward-ray status``: every cluster of this account, what it runs, what it costs now and has cost so far.
 
-Everything comes from one paged instance list (``GET /api/v1/instances/``) and the labels our provider writes
-(:mod:`skyward_ray.provider.tags`), so it works from any machine with the account key and no local state, and costs
-the same few calls however many nodes there are.
-
-What each column means:
-
-* **$/h now**: a running or loading instance at its ``dph_total`` (GPU and storage); a stopped or failed one at its
-  ``storage_total_cost`` (Vast keeps charging storage until the instance is destroyed).
-* **spent**: an estimate from Vast's own fields: storage (``storage_total_cost``) since ``start_date``, plus the GPU
-  part of ``dph_total`` over ``uptime_mins`` (minutes running since the instance last started). A stopped instance
-  reports no run time, so its GPU time before the stop is unknown: its spend is a floor, marked ``>=``. Likewise an
-  instance that was stopped and started again (a rebid) counts only its GPU time since the restart.
-* **trouble**: outbid (an interruptible instance Vast stopped), failed (exited, offline, an OCI error, a stopped
-  on-demand instance), loading longer than ``--loading-timeout`` (the provider's ``loading_timeout_s``), or Ray's
-  own setup failed on it.
-* **orphans**: instances with a label of ours whose cluster has no head left (e.g. workers after their head was
-  destroyed), or whose label this version cannot read. Nothing claims them; they cost money until destroyed.
+Everything comes from one paged instance list and the labels our provider writes, so it works from any machine with
+the account key, no local state, and the same few calls however many nodes there are.
 """
 
 from __future__ import annotations
@@ -136,7 +121,13 @@ def _extra_float(instance: Instance, name: str) -> float | None:
 
 
 def _costs(instance: Instance, state: NodeState, age_s: float) -> tuple[float, float, bool]:
-    """($/h now, spent so far, whether the spend is only a floor) from the row's own fields."""
+    """($/h now, spent so far, whether the spend is only a floor) from the row's own fields.
+
+    $/h now: a running or loading instance at its ``dph_total`` (GPU and storage), a stopped or failed one at its
+    ``storage_total_cost`` (Vast charges storage until it is destroyed). Spent: storage since ``start_date`` plus the
+    GPU part of ``dph_total`` over ``uptime_mins`` (run time since the last start). A stopped instance reports no run
+    time, and a restarted one (a rebid) only the time since its restart, so a stopped one's spend is a floor.
+    """
     total = instance.dph_total or 0.0
     storage = min(_extra_float(instance, "storage_total_cost") or 0.0, total)
     gpu = total - storage
@@ -151,6 +142,8 @@ def _costs(instance: Instance, state: NodeState, age_s: float) -> tuple[float, f
 
 def _trouble(instance: Instance, state: NodeState, tags: dict[str, str], age_s: float,
              loading_timeout_s: float) -> str | None:
+    """Outbid, failed (exited, offline, an OCI error, a stopped on-demand instance), loading too long, or Ray's own
+    setup failed on it; None when the node is fine."""
     status = instance.actual_status or "no status"
     if state is NodeState.INTERRUPTED:
         return "outbid (Vast stopped the interruptible instance)"
@@ -194,7 +187,8 @@ def _node(instance: Instance, cluster: str | None, tags: dict[str, str], now: fl
 def build_report(instances: Iterable[Instance], *, now: float, cluster: str | None = None,
                  loading_timeout_s: float = DEFAULT_LOADING_TIMEOUT_S) -> Report:
     """Group the account's instances by the cluster their label names; no I/O. A cluster needs a head among its
-    instances; the rest of ours are orphans. Instances without a label of ours are not shown."""
+    instances; the rest of ours are orphans (workers whose head is gone, or a label this version cannot read: nothing
+    claims them and they cost money until destroyed). Instances without a label of ours are not shown."""
     by_name: dict[str, ClusterStatus] = {}
     orphans: list[NodeStatus] = []
     for instance in instances:

@@ -1,17 +1,7 @@
 """``skyward-ray validate FILE``: check a Vast cluster YAML the way ``ray up`` will, without renting anything.
 
-It runs Ray's own preparation and schema check (``prepare_config``, ``validate_config``) plus ours (the ``provider:``
-section, every ``node_config``, the keys Ray needs from an external provider's YAML), with the resources our
-provider fills in. No API call, no key needed. Bad input: one line naming the field, the value and what is allowed,
-exit code 2, placed in the file like a compiler's (``vast.yaml:14:3: provider.min_reliability: 1.5 ...``: the key of
-the field at fault, found in the YAML's node tree). Malformed YAML and duplicate keys (which PyYAML would resolve
-silently to the last one) are reported with their line and column too. Our ``head_node_type`` check runs before
-Ray's preparation, whose own message names neither the value nor the choices.
-
-Beyond what ``ray up`` checks, it refuses an accelerator name that skyward-ray's GPU table does not know, with the
-closest names (``ray up`` would search Vast for it as typed and find nothing on a typo; ``--allow-unknown-gpu`` lets
-a GPU newer than the table through). What needs the market is not checked here, and the output says so
-(:data:`MARKET_CHECKS`); ``skyward-ray offers`` asks the market.
+Ray's own preparation and schema check plus ours (the ``provider:`` section, every ``node_config``, known GPU names),
+with no API call and no key. Bad input is one line placed in the file like a compiler's (``vast.yaml:14:3: ...``).
 """
 
 from __future__ import annotations
@@ -24,9 +14,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import yaml
+from ray.autoscaler._private.util import prepare_config, validate_config
 
 from skyward_ray.errors import ConfigError
+from skyward_ray.placement.gpus import closest_gpu_names, known_gpu_names, resolve_gpu
+from skyward_ray.provider.bootstrap import check_required_keys, fill_node_resources, validate
+from skyward_ray.provider.config import HEAD_KIND, WORKER_KIND, check_head_node_type, overlay_name_for
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 # The field a message of ours starts with: "provider.min_reliability: 1.5 is not allowed (...)".
@@ -156,12 +151,6 @@ def _schema_error_field(exc: Any) -> list[str]:
 def validate_cluster_file(path: Path) -> dict[str, Any]:
     """Everything ``ray up`` would check before renting; returns the prepared config. Raises ConfigError whose one
     line starts with ``FILE:LINE:COLUMN:`` of the field at fault when the field is in the file."""
-    import jsonschema
-    from ray.autoscaler._private.util import prepare_config, validate_config
-
-    from skyward_ray.provider.bootstrap import check_required_keys, fill_node_resources, validate
-    from skyward_ray.provider.config import check_head_node_type
-
     raw, root = compose_yaml(path)
     try:
         check_required_keys(raw)  # before Ray's preparation, which fails on some of them with a bare KeyError
@@ -202,8 +191,6 @@ MARKET_CHECKS = (
 )
 def check_accelerators(path: Path, root: yaml.Node, config: dict[str, Any]) -> None:
     """Every node type's accelerator is a GPU name the table knows; else one error with the closest names."""
-    from skyward_ray.placement.gpus import closest_gpu_names, known_gpu_names, resolve_gpu
-
     for name, settings in (config.get("available_node_types") or {}).items():
         accelerator = ((settings or {}).get("node_config") or {}).get("accelerator")
         if not isinstance(accelerator, str) or resolve_gpu(accelerator).model is not None:
@@ -218,9 +205,6 @@ def check_accelerators(path: Path, root: yaml.Node, config: dict[str, Any]) -> N
 
 
 def describe(config: dict[str, Any]) -> str:
-    from skyward_ray.provider.bootstrap import validate
-    from skyward_ray.provider.config import HEAD_KIND, WORKER_KIND, overlay_name_for
-
     provider, shapes = validate(config)
     parts = []
     for name, shape in shapes.items():

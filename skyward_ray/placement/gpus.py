@@ -5,6 +5,7 @@ model's compute capability, from which the image rule's CUDA range comes. A tabl
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -169,8 +170,6 @@ def model_of(vast_name: str | None) -> GpuModel | None:
 def closest_gpu_names(name: str, limit: int = 3) -> list[str]:
     """Canonical names of the table that ``name`` most likely meant: those whose names contain it as a whole part
     ("4090" -> "RTX 4090", not "RTX 4090D"), else the closest spellings ("RTX 4900" -> "RTX 4090")."""
-    import difflib
-
     key = gpu_key(name)
     if not key:
         return []
