@@ -102,14 +102,16 @@ async def _guarded(handler: Handler, request: web.Request) -> web.StreamResponse
 
 
 def _handler(route: Route) -> Handler:
-    """Parse the request into a :class:`Call`, serve it in a worker thread (it may wait on the host runtime) and
-    send what it returns as JSON."""
+    """Parse the request into a :class:`Call`, serve it (in a worker thread unless inline: market calls may wait on
+    the host runtime) and send what it returns as JSON."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
         wire = request.app[WIRE]
         body = await read_body(request) if route.reads_body else {}
         call = Call(market=wire.market, wire=wire, caller=request.get(CALLER),  # type: ignore[arg-type]
                     ids=path_ints(request), body=body, query=dict(request.query))
+        if route.inline:
+            return json_response(route.serve(call))
         result = await asyncio.get_running_loop().run_in_executor(wire.pool, route.serve, call)
         return json_response(result)
 

@@ -1,6 +1,6 @@
-"""The route table: every Vast endpoint and every admin endpoint, each with the function that serves it (run in a
-worker thread with a parsed :class:`Call`) and whether it reads a JSON body. Paths match with or without the
-trailing slash."""
+"""The route table: every Vast endpoint and every admin endpoint, each with the function that serves it (a parsed
+:class:`Call` in, a JSON-able body out; in a worker thread unless marked inline) and whether it reads a JSON body.
+Paths match with or without the trailing slash."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ class Route:
     path: str
     serve: Callable[[Call], Any]
     reads_body: bool = False
+    inline: bool = False  # cheap and never waits on the host runtime: served on the event loop, not in a worker
 
 
 def _search_get(call: Call) -> Any:
@@ -49,7 +50,7 @@ VAST_ROUTES: tuple[Route, ...] = (
     Route("POST", f"{V0}/bundles/", lambda c: c.market.search(c.body, c.caller), True),
     Route("GET", f"{V0}/bundles/", _search_get),
     Route("PUT", f"{V0}/search/asks/", _search_asks, True),
-    Route("GET", f"{V0}/gpu_names/unique/", lambda c: {"gpu_names": c.market.gpu_names()}),
+    Route("GET", f"{V0}/gpu_names/unique/", lambda c: {"gpu_names": c.market.gpu_names()}, inline=True),
     Route("PUT", f"{V0}/asks/{ID}/", lambda c: c.market.create_instance(c.who(), c.id, c.body), True),
     Route("POST", f"{V0}/asks/bulk/", lambda c: c.market.create_instances_bulk(c.who(), c.body), True),
     Route("GET", f"{V0}/instances/filters/", lambda c: c.market.instance_filters(c.who())),
@@ -80,18 +81,18 @@ VAST_ROUTES: tuple[Route, ...] = (
 )
 
 ADMIN_ROUTES: tuple[Route, ...] = (
-    Route("GET", f"{ADMIN_PREFIX}/", admin.index),
-    Route("GET", f"{ADMIN_PREFIX}/counters/", admin.counters),
-    Route("DELETE", f"{ADMIN_PREFIX}/counters/", admin.reset_counters),
-    Route("GET", f"{ADMIN_PREFIX}/faults/", admin.faults),
-    Route("PUT", f"{ADMIN_PREFIX}/faults/", admin.patch_faults, True),
-    Route("GET", f"{ADMIN_PREFIX}/rate_limits/", admin.rate_limits),
-    Route("PUT", f"{ADMIN_PREFIX}/rate_limits/", admin.set_rate_limits, True),
+    Route("GET", f"{ADMIN_PREFIX}/", admin.index, inline=True),
+    Route("GET", f"{ADMIN_PREFIX}/counters/", admin.counters, inline=True),
+    Route("DELETE", f"{ADMIN_PREFIX}/counters/", admin.reset_counters, inline=True),
+    Route("GET", f"{ADMIN_PREFIX}/faults/", admin.faults, inline=True),
+    Route("PUT", f"{ADMIN_PREFIX}/faults/", admin.patch_faults, True, inline=True),
+    Route("GET", f"{ADMIN_PREFIX}/rate_limits/", admin.rate_limits, inline=True),
+    Route("PUT", f"{ADMIN_PREFIX}/rate_limits/", admin.set_rate_limits, True, inline=True),
     Route("POST", f"{ADMIN_PREFIX}/instances/{ID}/outbid/", admin.outbid, True),
     Route("POST", f"{ADMIN_PREFIX}/instances/{ID}/fail/", admin.fail, True),
-    Route("GET", f"{ADMIN_PREFIX}/clock/", admin.clock),
+    Route("GET", f"{ADMIN_PREFIX}/clock/", admin.clock, inline=True),
     Route("POST", f"{ADMIN_PREFIX}/clock/", admin.move_clock, True),
     Route("GET", f"{ADMIN_PREFIX}/state/", admin.state),
-    Route("PUT", f"{ADMIN_PREFIX}/credit/", admin.credit, True),
-    Route("POST", f"{ADMIN_PREFIX}/users/", admin.new_user, True),
+    Route("PUT", f"{ADMIN_PREFIX}/credit/", admin.credit, True, inline=True),
+    Route("POST", f"{ADMIN_PREFIX}/users/", admin.new_user, True, inline=True),
 )
