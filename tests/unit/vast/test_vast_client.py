@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from vast_fixtures import (
+from support.fake_vast_http import (
     API_KEY,
     BASE_URL,
     ENVELOPE_NO_SUCH_INSTANCE,
@@ -19,8 +19,8 @@ from vast_fixtures import (
     PUBLIC_KEY,
     SSH_KEYS,
     USER,
-    FakeClock,
-    FakeVast,
+    FakeVastHttp,
+    RecordingClock,
     instance,
     json_response,
     make_client,
@@ -40,12 +40,7 @@ OK = {"success": True}
 
 
 @pytest.fixture
-def fake() -> FakeVast:
-    return FakeVast()
-
-
-@pytest.fixture
-def client(fake: FakeVast) -> VastClient:
+def client(fake: FakeVastHttp) -> VastClient:
     with make_client(fake) as vast:
         yield vast
 
@@ -54,7 +49,7 @@ def client(fake: FakeVast) -> VastClient:
 
 
 def test_every_request_carries_bearer_user_agent_and_a_json_body_when_writing(
-    fake: FakeVast, client: VastClient
+    fake: FakeVastHttp, client: VastClient
 ) -> None:
     fake.on("GET", "/api/v0/instances/31337/", json_response(200, {"instances": INSTANCE}))
     fake.on("PUT", "/api/v0/instances/31337/", json_response(200, OK))
@@ -67,10 +62,10 @@ def test_every_request_carries_bearer_user_agent_and_a_json_body_when_writing(
         assert "api_key" not in str(request.url)
     assert get.content == b"" and get.url.params["owner"] == "me"
     assert put.headers["Content-Type"] == "application/json"
-    assert FakeVast.body(put) == {"state": "stopped"}
+    assert FakeVastHttp.body(put) == {"state": "stopped"}
 
 
-def test_search_sends_the_query_as_the_body_without_adding_filters(fake: FakeVast, client: VastClient) -> None:
+def test_search_sends_the_query_as_the_body_without_adding_filters(fake: FakeVastHttp, client: VastClient) -> None:
     query = {
         "num_gpus": {"gte": 2},
         "gpu_name": {"in": ["RTX 4090", "RTX 3090"]},
@@ -81,12 +76,12 @@ def test_search_sends_the_query_as_the_body_without_adding_filters(fake: FakeVas
     }
     fake.on("POST", "/api/v0/bundles/", json_response(200, {"offers": [OFFER, offer(id=4243, cluster_id=None)]}))
     offers = client.search_offers(query)
-    assert FakeVast.body(fake.requests[0]) == query
+    assert FakeVastHttp.body(fake.requests[0]) == query
     assert [(o.id, o.cluster_id, o.num_gpus) for o in offers] == [(4242, 5, 2), (4243, None, 2)]
 
 
 def test_search_drops_a_broken_offer_but_not_all(
-    fake: FakeVast, client: VastClient, caplog: pytest.LogCaptureFixture
+    fake: FakeVastHttp, client: VastClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     fake.on(
         "POST",
@@ -101,13 +96,13 @@ def test_search_drops_a_broken_offer_but_not_all(
         client.search_offers({})
 
 
-def test_search_of_nothing_is_an_empty_list(fake: FakeVast, client: VastClient) -> None:
+def test_search_of_nothing_is_an_empty_list(fake: FakeVastHttp, client: VastClient) -> None:
     fake.on("POST", "/api/v0/bundles/", json_response(200, {"offers": []}))
     assert client.search_offers({}) == []
-    assert FakeVast.body(fake.requests[0]) == {}
+    assert FakeVastHttp.body(fake.requests[0]) == {}
 
 
-def test_create_instance_sends_what_the_cli_sends(fake: FakeVast, client: VastClient) -> None:
+def test_create_instance_sends_what_the_cli_sends(fake: FakeVastHttp, client: VastClient) -> None:
     fake.on(
         "PUT",
         "/api/v0/asks/4242/",
@@ -123,7 +118,7 @@ def test_create_instance_sends_what_the_cli_sends(fake: FakeVast, client: VastCl
         price=0.45,
     )
     assert created.new_contract == 31337 and created.instance_api_key == "ik-123"
-    assert FakeVast.body(fake.requests[0]) == {
+    assert FakeVastHttp.body(fake.requests[0]) == {
         "client_id": "me",
         "image": "rayproject/ray:2.60.0-py311-gpu",
         "env": {"-n skyray-demo": "1", "-p 8265:8265": "1", "RAY_USAGE_STATS_ENABLED": "0"},
@@ -145,19 +140,19 @@ def test_create_instance_sends_what_the_cli_sends(fake: FakeVast, client: VastCl
     }
 
 
-def test_create_on_demand_sends_a_null_price_and_extra_overrides(fake: FakeVast, client: VastClient) -> None:
+def test_create_on_demand_sends_a_null_price_and_extra_overrides(fake: FakeVastHttp, client: VastClient) -> None:
     fake.on("PUT", "/api/v0/asks/4242/", json_response(200, {"success": True, "new_contract": "31337"}))
     client.create_instance(
         4242, image="img", disk_gb=10, label="l", runtype="args", args=["-c", "sleep 1"],
         extra={"user": "root", "target_state": "running"},
     )  # fmt: skip
-    body = FakeVast.body(fake.requests[0])
+    body = FakeVastHttp.body(fake.requests[0])
     assert body["price"] is None and body["env"] == {}
     assert body["runtype"] == "args" and body["args"] == ["-c", "sleep 1"]
     assert body["user"] == "root" and body["target_state"] == "running"
 
 
-def test_create_without_new_contract_is_a_protocol_error(fake: FakeVast, client: VastClient) -> None:
+def test_create_without_new_contract_is_a_protocol_error(fake: FakeVastHttp, client: VastClient) -> None:
     fake.on("PUT", "/api/v0/asks/4242/", json_response(200, {"success": True}))
     with pytest.raises(ProtocolError, match="new_contract"):
         client.create_instance(4242, image="img", disk_gb=10, label="l")
@@ -183,7 +178,7 @@ def test_create_without_new_contract_is_a_protocol_error(fake: FakeVast, client:
     ],
 )
 def test_create_refuses_bad_input_naming_the_field(
-    fake: FakeVast, client: VastClient, kwargs: dict[str, object], field: str
+    fake: FakeVastHttp, client: VastClient, kwargs: dict[str, object], field: str
 ) -> None:
     call: dict[str, object] = {"offer_id": 4242, "image": "img", "disk_gb": 10, "label": "l", **kwargs}
     offer_id = call.pop("offer_id")
@@ -204,7 +199,7 @@ def test_create_refuses_bad_input_naming_the_field(
     ],
 )
 def test_create_never_sends_the_account_key_to_an_instance(
-    fake: FakeVast, client: VastClient, kwargs: dict[str, object]
+    fake: FakeVastHttp, client: VastClient, kwargs: dict[str, object]
 ) -> None:
     call: dict[str, object] = {"image": "img", "disk_gb": 10, "label": "l", **kwargs}
     with pytest.raises(ConfigError, match="contains the account API key") as caught:
@@ -216,35 +211,35 @@ def test_create_never_sends_the_account_key_to_an_instance(
 # --- reading instances -----------------------------------------------------------------------------------------------
 
 
-def test_get_instance_parses_the_plural_key(fake: FakeVast, client: VastClient) -> None:
+def test_get_instance_parses_the_plural_key(fake: FakeVastHttp, client: VastClient) -> None:
     fake.on("GET", "/api/v0/instances/31337/", json_response(200, {"instances": INSTANCE}))
     got = client.get_instance(31337)
     assert got is not None and got.id == 31337 and got.state is NodeState.RUNNING
     assert got.ssh_endpoint == ("203.0.113.7", 41022)
 
 
-def test_get_instance_null_or_vast_404_means_gone(fake: FakeVast, client: VastClient) -> None:
+def test_get_instance_null_or_vast_404_means_gone(fake: FakeVastHttp, client: VastClient) -> None:
     fake.on("GET", "/api/v0/instances/1/", json_response(200, {"instances": None}))
     fake.on("GET", "/api/v0/instances/2/", json_response(404, ENVELOPE_NO_SUCH_INSTANCE))
     assert client.get_instance(1) is None
     assert client.get_instance(2) is None
 
 
-def test_get_instance_foreign_404_is_not_taken_for_gone(fake: FakeVast, client: VastClient) -> None:
+def test_get_instance_foreign_404_is_not_taken_for_gone(fake: FakeVastHttp, client: VastClient) -> None:
     """An HTML 404 means a wrong base URL, not a destroyed node: reporting it gone would orphan a rental."""
     fake.on("GET", "/api/v0/instances/3/", text_response(404, "<html>Not Found</html>"))
     with pytest.raises(NotFoundError):
         client.get_instance(3)
 
 
-def test_get_instance_without_the_key_is_a_protocol_error(fake: FakeVast, client: VastClient) -> None:
+def test_get_instance_without_the_key_is_a_protocol_error(fake: FakeVastHttp, client: VastClient) -> None:
     fake.on("GET", "/api/v0/instances/4/", json_response(200, {"instance": INSTANCE}))
     with pytest.raises(ProtocolError, match="'instances'"):
         client.get_instance(4)
 
 
 def test_list_instances_follows_next_token_and_encodes_the_query_like_the_cli(
-    fake: FakeVast, client: VastClient
+    fake: FakeVastHttp, client: VastClient
 ) -> None:
     from vastai.api.client import VastClient as OfficialClient
 
@@ -267,14 +262,14 @@ def test_list_instances_follows_next_token_and_encodes_the_query_like_the_cli(
     assert parse_qs(urlsplit(str(sent[2].url)).query)["after_token"] == ["dG9rZW4tMg=="]
 
 
-def test_list_instances_defaults(fake: FakeVast, client: VastClient) -> None:
+def test_list_instances_defaults(fake: FakeVastHttp, client: VastClient) -> None:
     fake.on("GET", "/api/v1/instances/", json_response(200, {"instances": None, "next_token": None}))
     assert client.list_instances() == []
     query = parse_qs(urlsplit(str(fake.requests[0].url)).query)
     assert query["select_filters"] == ["{}"] and query["limit"] == ["25"]
 
 
-def test_list_instances_stops_on_a_repeating_token(fake: FakeVast, client: VastClient) -> None:
+def test_list_instances_stops_on_a_repeating_token(fake: FakeVastHttp, client: VastClient) -> None:
     fake.on("GET", "/api/v1/instances/", json_response(200, v1_page([instance(id=1)], "same")))
     with pytest.raises(ProtocolError, match="next_token"):
         client.list_instances()
@@ -287,7 +282,7 @@ def test_list_instances_page_size_is_checked(client: VastClient, page_size: obje
         client.list_instances(page_size=page_size)  # type: ignore[arg-type]
 
 
-def test_list_instances_v0(fake: FakeVast, client: VastClient) -> None:
+def test_list_instances_v0(fake: FakeVastHttp, client: VastClient) -> None:
     fake.on("GET", "/api/v0/instances/", json_response(200, {"instances": [INSTANCE, instance(id=9, label=None)]}))
     assert [i.id for i in client.list_instances_v0()] == [31337, 9]
     assert fake.requests[0].url.params["owner"] == "me"
@@ -296,33 +291,33 @@ def test_list_instances_v0(fake: FakeVast, client: VastClient) -> None:
 # --- changing instances ----------------------------------------------------------------------------------------------
 
 
-def test_destroy_sends_an_empty_json_body_and_reports_already_gone(fake: FakeVast, client: VastClient) -> None:
+def test_destroy_sends_an_empty_json_body_and_reports_already_gone(fake: FakeVastHttp, client: VastClient) -> None:
     fake.on("DELETE", "/api/v0/instances/7/", json_response(200, {"success": True, "msg": "destroyed"}))
     fake.on("DELETE", "/api/v0/instances/8/", json_response(404, {"success": False, "error": "not_found"}))
     assert client.destroy_instance(7) is True
     assert client.destroy_instance(8) is False
-    assert FakeVast.body(fake.requests[0]) == {}
+    assert FakeVastHttp.body(fake.requests[0]) == {}
 
 
-def test_bulk_destroy_goes_in_chunks_of_64(fake: FakeVast, client: VastClient) -> None:
+def test_bulk_destroy_goes_in_chunks_of_64(fake: FakeVastHttp, client: VastClient) -> None:
     fake.on("DELETE", "/api/v0/instances/", json_response(200, OK))
     ids = list(range(1, 131))
     client.destroy_instances([*ids, 5, 6])  # duplicates are sent once
-    bodies = [FakeVast.body(r)["instance_ids"] for r in fake.requests]
+    bodies = [FakeVastHttp.body(r)["instance_ids"] for r in fake.requests]
     assert [len(b) for b in bodies] == [64, 64, 2]
     assert [i for body in bodies for i in body] == ids
     client.destroy_instances([])
     assert len(fake.requests) == 3
 
 
-def test_label_bid_stop_start_bodies(fake: FakeVast, client: VastClient) -> None:
+def test_label_bid_stop_start_bodies(fake: FakeVastHttp, client: VastClient) -> None:
     fake.on("PUT", "/api/v0/instances/5/", json_response(200, {"success": True, "msg": "label for 5 set to x"}))
     fake.on("PUT", "/api/v0/instances/bid_price/5/", json_response(200, OK))
     assert client.set_label(5, "skyray:v1:demo:worker").msg == "label for 5 set to x"
     client.change_bid(5, 0.52)
     client.stop_instance(5)
     client.start_instance(5)
-    assert [(r.method, r.url.path, FakeVast.body(r)) for r in fake.requests] == [
+    assert [(r.method, r.url.path, FakeVastHttp.body(r)) for r in fake.requests] == [
         ("PUT", "/api/v0/instances/5/", {"label": "skyray:v1:demo:worker"}),
         ("PUT", "/api/v0/instances/bid_price/5/", {"client_id": "me", "price": 0.52}),
         ("PUT", "/api/v0/instances/5/", {"state": "stopped"}),
@@ -342,7 +337,7 @@ def test_label_is_checked(client: VastClient) -> None:
 # --- overlays --------------------------------------------------------------------------------------------------------
 
 
-def test_overlay_calls(fake: FakeVast, client: VastClient) -> None:
+def test_overlay_calls(fake: FakeVastHttp, client: VastClient) -> None:
     fake.on("GET", "/api/v0/overlay/", json_response(200, OVERLAYS))
     fake.on("POST", "/api/v0/overlay/", json_response(200, {"success": True, "msg": "Overlay created"}))
     fake.on("PUT", "/api/v0/overlay/", json_response(200, {"msg": "Instance joined"}))
@@ -360,7 +355,7 @@ def test_overlay_calls(fake: FakeVast, client: VastClient) -> None:
     assert client.delete_overlay(overlay_id=11) is True
     assert client.delete_overlay(name="skyray-demo") is True
     assert client.delete_overlay(name="skyray-demo") is False
-    assert [FakeVast.body(r) for r in fake.requests[1:]] == [
+    assert [FakeVastHttp.body(r) for r in fake.requests[1:]] == [
         {"cluster_id": 5, "name": "skyray-demo"},
         {"name": "skyray-demo", "instance_id": 31337},
         {"overlay_id": 11},
@@ -369,7 +364,7 @@ def test_overlay_calls(fake: FakeVast, client: VastClient) -> None:
     ]
 
 
-def test_overlay_input_is_checked(fake: FakeVast, client: VastClient) -> None:
+def test_overlay_input_is_checked(fake: FakeVastHttp, client: VastClient) -> None:
     with pytest.raises(ConfigError, match="exactly one"):
         client.delete_overlay()
     with pytest.raises(ConfigError, match="exactly one"):
@@ -381,7 +376,7 @@ def test_overlay_input_is_checked(fake: FakeVast, client: VastClient) -> None:
     assert fake.requests == []
 
 
-def test_overlay_list_wrapped_in_an_object_is_accepted(fake: FakeVast, client: VastClient) -> None:
+def test_overlay_list_wrapped_in_an_object_is_accepted(fake: FakeVastHttp, client: VastClient) -> None:
     fake.on("GET", "/api/v0/overlay/", json_response(200, {"overlays": OVERLAYS[:1]}))
     assert [o.name for o in client.list_overlays()] == ["skyray-demo"]
 
@@ -389,7 +384,7 @@ def test_overlay_list_wrapped_in_an_object_is_accepted(fake: FakeVast, client: V
 # --- account ---------------------------------------------------------------------------------------------------------
 
 
-def test_user_and_ssh_keys(fake: FakeVast, client: VastClient) -> None:
+def test_user_and_ssh_keys(fake: FakeVastHttp, client: VastClient) -> None:
     fake.on("GET", "/api/v0/users/current/", json_response(200, USER))
     fake.on("GET", "/api/v0/ssh/", json_response(200, SSH_KEYS))
     fake.on(
@@ -409,8 +404,8 @@ def test_user_and_ssh_keys(fake: FakeVast, client: VastClient) -> None:
     assert client.create_ssh_key(PUBLIC_KEY + "\n").id == 8
     assert client.attach_ssh_key(31337, PUBLIC_KEY).success is True
     assert [k.id for k in client.list_instance_ssh_keys(31337)] == [8]
-    assert FakeVast.body(fake.sent("POST", "/api/v0/ssh/")[0]) == {"ssh_key": PUBLIC_KEY}
-    assert FakeVast.body(fake.sent("POST", "/api/v0/instances/31337/ssh/")[0]) == {"ssh_key": PUBLIC_KEY}
+    assert FakeVastHttp.body(fake.sent("POST", "/api/v0/ssh/")[0]) == {"ssh_key": PUBLIC_KEY}
+    assert FakeVastHttp.body(fake.sent("POST", "/api/v0/instances/31337/ssh/")[0]) == {"ssh_key": PUBLIC_KEY}
 
 
 @pytest.mark.parametrize(
@@ -421,7 +416,7 @@ def test_user_and_ssh_keys(fake: FakeVast, client: VastClient) -> None:
         "AAAA only",
     ],
 )
-def test_only_public_keys_are_sent(fake: FakeVast, client: VastClient, bad: str) -> None:
+def test_only_public_keys_are_sent(fake: FakeVastHttp, client: VastClient, bad: str) -> None:
     with pytest.raises(ConfigError, match="public_key") as caught:
         client.create_ssh_key(bad)
     assert "b3BlbnNzaC1rZXktdjEAAAAA" not in str(caught.value)
@@ -433,7 +428,7 @@ def test_only_public_keys_are_sent(fake: FakeVast, client: VastClient, bad: str)
 # --- configuration, stats, lifecycle, threads ------------------------------------------------------------------------
 
 
-def test_stats_count_requests_per_endpoint_template(fake: FakeVast, client: VastClient) -> None:
+def test_stats_count_requests_per_endpoint_template(fake: FakeVastHttp, client: VastClient) -> None:
     fake.on("GET", "/api/v0/instances/1/", json_response(200, {"instances": None}))
     fake.on("GET", "/api/v0/instances/2/", json_response(200, {"instances": None}))
     fake.on("POST", "/api/v0/bundles/", json_response(200, {"offers": []}))
@@ -446,7 +441,7 @@ def test_stats_count_requests_per_endpoint_template(fake: FakeVast, client: Vast
 
 
 def test_client_options_are_checked() -> None:
-    fake = FakeVast()
+    fake = FakeVastHttp()
     for bad in ({"timeout_s": 0}, {"retry_deadline_s": -1}, {"min_interval_s": -0.5}):
         with pytest.raises(ConfigError, match="is not allowed"):
             make_client(fake, **bad)
@@ -454,7 +449,7 @@ def test_client_options_are_checked() -> None:
         make_client(fake, min_interval_s={"GET /nope/": 1.0})
 
 
-def test_close_and_context_manager(fake: FakeVast) -> None:
+def test_close_and_context_manager(fake: FakeVastHttp) -> None:
     with make_client(fake) as client:
         pass
     with pytest.raises(RuntimeError):
@@ -462,14 +457,14 @@ def test_close_and_context_manager(fake: FakeVast) -> None:
     client.close()  # idempotent
 
 
-def test_one_client_is_shared_by_threads(fake: FakeVast) -> None:
+def test_one_client_is_shared_by_threads(fake: FakeVastHttp) -> None:
     def answer(request: httpx.Request) -> httpx.Response:
         iid = int(request.url.path.rstrip("/").rsplit("/", 1)[1])
         return json_response(200, {"instances": instance(id=iid)})
 
     for iid in range(1, 9):
         fake.on("GET", f"/api/v0/instances/{iid}/", answer)
-    client = make_client(fake, clock=FakeClock())
+    client = make_client(fake, clock=RecordingClock())
     errors: list[BaseException] = []
 
     def worker(iid: int) -> None:

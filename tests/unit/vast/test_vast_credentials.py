@@ -6,7 +6,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from vast_fixtures import API_KEY
+from support.fake_vast_http import API_KEY
 
 from skyward_ray.errors import ConfigError
 from skyward_ray.vast.client import VastClient

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from vast_fixtures import (
+from support.fake_vast_http import (
     API_KEY,
     ENVELOPE_401,
     ENVELOPE_BAD_ARGS,
@@ -23,8 +23,8 @@ from vast_fixtures import (
     NO_PACING,
     QUOTA_BODY,
     RATE_LIMIT_TEXT,
-    FakeClock,
-    FakeVast,
+    FakeVastHttp,
+    RecordingClock,
     json_response,
     make_client,
     raises,
@@ -59,17 +59,12 @@ def create(client: VastClient) -> object:
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+def clock() -> RecordingClock:
+    return RecordingClock()
 
 
 @pytest.fixture
-def fake() -> FakeVast:
-    return FakeVast()
-
-
-@pytest.fixture
-def client(fake: FakeVast, clock: FakeClock) -> VastClient:
+def client(fake: FakeVastHttp, clock: RecordingClock) -> VastClient:
     with make_client(fake, clock, retry_deadline_s=60.0) as vast:
         yield vast
 
@@ -98,7 +93,7 @@ def client(fake: FakeVast, clock: FakeClock) -> VastClient:
     ],
 )  # fmt: skip
 def test_each_status_becomes_its_error_type(
-    fake: FakeVast,
+    fake: FakeVastHttp,
     client: VastClient,
     method: str,
     path: str,
@@ -122,7 +117,7 @@ def test_each_status_becomes_its_error_type(
     assert str(error).startswith(f"{method} {path}: HTTP {response.status_code}")
 
 
-def test_offer_gone_carries_the_ask_id(fake: FakeVast, client: VastClient) -> None:
+def test_offer_gone_carries_the_ask_id(fake: FakeVastHttp, client: VastClient) -> None:
     fake.on("PUT", ASK, json_response(404, ENVELOPE_NO_SUCH_ASK))
     with pytest.raises(OfferGoneError) as caught:
         create(client)
@@ -138,7 +133,7 @@ def test_offer_gone_carries_the_ask_id(fake: FakeVast, client: VastClient) -> No
     ],
 )
 def test_a_failed_create_that_still_created_says_which_instance(
-    fake: FakeVast, client: VastClient, response: httpx.Response, caplog: pytest.LogCaptureFixture
+    fake: FakeVastHttp, client: VastClient, response: httpx.Response, caplog: pytest.LogCaptureFixture
 ) -> None:
     fake.on("PUT", ASK, response)
     with caplog.at_level(logging.WARNING), pytest.raises(BadRequestError) as caught:
@@ -148,7 +143,7 @@ def test_a_failed_create_that_still_created_says_which_instance(
     assert any("777" in r.getMessage() for r in caplog.records)
 
 
-def test_protocol_errors(fake: FakeVast, client: VastClient) -> None:
+def test_protocol_errors(fake: FakeVastHttp, client: VastClient) -> None:
     fake.on("GET", ONE, text_response(200, "<html>maintenance</html>"))
     with pytest.raises(ProtocolError, match=r"not JSON.*maintenance"):
         client.get_instance(31337)
@@ -160,7 +155,7 @@ def test_protocol_errors(fake: FakeVast, client: VastClient) -> None:
         client.list_ssh_keys()
 
 
-def test_transport_errors_become_timeout_and_connection_errors(fake: FakeVast, clock: FakeClock) -> None:
+def test_transport_errors_become_timeout_and_connection_errors(fake: FakeVastHttp, clock: RecordingClock) -> None:
     fake.on("GET", ONE, raises(httpx.ReadTimeout))
     fake.on("GET", "/api/v0/instances/2/", raises(httpx.ConnectError, "connection refused"))
     with make_client(fake, clock, retry_deadline_s=0) as client:
@@ -177,7 +172,7 @@ def test_transport_errors_become_timeout_and_connection_errors(fake: FakeVast, c
 
 @pytest.mark.parametrize("status", [502, 503, 504])
 def test_reads_retry_gateway_errors_with_jittered_exponential_backoff(
-    fake: FakeVast, client: VastClient, clock: FakeClock, status: int
+    fake: FakeVastHttp, client: VastClient, clock: RecordingClock, status: int
 ) -> None:
     fake.on("GET", ONE, *[json_response(status, {"msg": "bad gateway"})] * 4, json_response(200, OK_INSTANCE))
     assert client.get_instance(31337) is not None
@@ -187,22 +182,22 @@ def test_reads_retry_gateway_errors_with_jittered_exponential_backoff(
         assert 0.0 <= slept <= min(30.0, 0.5 * 2**n)
 
 
-def test_backoff_is_capped(fake: FakeVast) -> None:
-    clock = FakeClock()
+def test_backoff_is_capped(fake: FakeVastHttp) -> None:
+    clock = RecordingClock()
     fake.on("GET", ONE, *[json_response(503, {})] * 12, json_response(200, OK_INSTANCE))
     with make_client(fake, clock, retry_deadline_s=10_000, backoff_base_s=1.0, backoff_cap_s=4.0) as client:
         client.get_instance(31337)
     assert len(clock.sleeps) == 12 and max(clock.sleeps) <= 4.0
 
 
-def test_500_of_an_idempotent_call_is_retried(fake: FakeVast, client: VastClient, clock: FakeClock) -> None:
+def test_500_of_an_idempotent_call_is_retried(fake: FakeVastHttp, client: VastClient, clock: RecordingClock) -> None:
     """A teardown must survive one bad answer: reads and repeatable writes retry any 5xx (creates never do)."""
     fake.on("GET", ONE, json_response(500, {"msg": "oops"}), json_response(200, OK_INSTANCE))
     assert client.get_instance(31337) is not None
     assert len(fake.requests) == 2 and len(clock.sleeps) == 1
 
 
-def test_reads_retry_429_text_bodies_and_connection_errors(fake: FakeVast, client: VastClient) -> None:
+def test_reads_retry_429_text_bodies_and_connection_errors(fake: FakeVastHttp, client: VastClient) -> None:
     fake.on(
         "GET",
         ONE,
@@ -216,7 +211,7 @@ def test_reads_retry_429_text_bodies_and_connection_errors(fake: FakeVast, clien
     assert len(fake.requests) == 5
 
 
-def test_retry_after_is_honoured(fake: FakeVast, client: VastClient, clock: FakeClock) -> None:
+def test_retry_after_is_honoured(fake: FakeVastHttp, client: VastClient, clock: RecordingClock) -> None:
     fake.on(
         "GET",
         ONE,
@@ -228,7 +223,7 @@ def test_retry_after_is_honoured(fake: FakeVast, client: VastClient, clock: Fake
     assert clock.sleeps == [7.0, 2.5]
 
 
-def test_retry_after_beyond_the_deadline_fails_at_once_with_the_wait(fake: FakeVast, clock: FakeClock) -> None:
+def test_retry_after_beyond_the_deadline_fails_at_once_with_the_wait(fake: FakeVastHttp, clock: RecordingClock) -> None:
     fake.on("GET", ONE, text_response(429, RATE_LIMIT_TEXT, **{"Retry-After": "120"}))
     with make_client(fake, clock, retry_deadline_s=60) as client, pytest.raises(RateLimitedError) as caught:
         client.get_instance(31337)
@@ -237,7 +232,7 @@ def test_retry_after_beyond_the_deadline_fails_at_once_with_the_wait(fake: FakeV
     assert "threshold=2.0" in str(caught.value)
 
 
-def test_retries_are_bounded_by_the_deadline(fake: FakeVast, clock: FakeClock) -> None:
+def test_retries_are_bounded_by_the_deadline(fake: FakeVastHttp, clock: RecordingClock) -> None:
     fake.on("GET", ONE, text_response(429, RATE_LIMIT_TEXT))
     with (
         make_client(fake, clock, retry_deadline_s=20, backoff_base_s=1.0) as client,
@@ -249,7 +244,7 @@ def test_retries_are_bounded_by_the_deadline(fake: FakeVast, clock: FakeClock) -
     assert f"after {caught.value.attempts} attempts" in str(caught.value)
 
 
-def test_search_quota_is_never_retried(fake: FakeVast, client: VastClient, clock: FakeClock) -> None:
+def test_search_quota_is_never_retried(fake: FakeVastHttp, client: VastClient, clock: RecordingClock) -> None:
     fake.on("POST", BUNDLES, json_response(429, QUOTA_BODY, **{"X-RateLimit-Reset": "1764115200"}))
     with pytest.raises(QuotaExceededError) as caught:
         client.search_offers({"num_gpus": {"eq": 1}})
@@ -259,7 +254,7 @@ def test_search_quota_is_never_retried(fake: FakeVast, client: VastClient, clock
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504])
-def test_create_is_never_retried_after_a_5xx(fake: FakeVast, client: VastClient, status: int) -> None:
+def test_create_is_never_retried_after_a_5xx(fake: FakeVastHttp, client: VastClient, status: int) -> None:
     fake.on("PUT", ASK, json_response(status, {"msg": "upstream"}), json_response(200, CREATED))
     with pytest.raises(ServerError) as caught:
         create(client)
@@ -269,7 +264,7 @@ def test_create_is_never_retried_after_a_5xx(fake: FakeVast, client: VastClient,
 
 @pytest.mark.parametrize("failure", [httpx.ReadTimeout, httpx.WriteTimeout, httpx.ReadError, httpx.RemoteProtocolError])
 def test_create_is_never_retried_after_the_request_may_have_arrived(
-    fake: FakeVast, client: VastClient, failure: type[httpx.TransportError]
+    fake: FakeVastHttp, client: VastClient, failure: type[httpx.TransportError]
 ) -> None:
     fake.on("PUT", ASK, raises(failure), json_response(200, CREATED))
     with pytest.raises((RequestTimeoutError, ConnectionFailedError)) as caught:
@@ -278,7 +273,7 @@ def test_create_is_never_retried_after_the_request_may_have_arrived(
     assert caught.value.request_sent and caught.value.outcome_unknown
 
 
-def test_create_is_retried_when_nothing_can_have_happened(fake: FakeVast, client: VastClient) -> None:
+def test_create_is_retried_when_nothing_can_have_happened(fake: FakeVastHttp, client: VastClient) -> None:
     fake.on(
         "PUT",
         ASK,
@@ -300,14 +295,14 @@ def test_create_is_retried_when_nothing_can_have_happened(fake: FakeVast, client
         (lambda c: c.create_ssh_key("ssh-ed25519 AAAAC3Nz k"), "POST", "/api/v0/ssh/"),
     ],
 )
-def test_other_creating_writes_follow_the_same_rule(fake: FakeVast, client: VastClient, call, method, path) -> None:
+def test_other_creating_writes_follow_the_same_rule(fake: FakeVastHttp, client: VastClient, call, method, path) -> None:
     fake.on(method, path, json_response(503, {}), json_response(200, {"success": True, "key": {"id": 1}}))
     with pytest.raises(ServerError):
         call(client)
     assert len(fake.requests) == 1
 
 
-def test_idempotent_writes_are_retried(fake: FakeVast, client: VastClient) -> None:
+def test_idempotent_writes_are_retried(fake: FakeVastHttp, client: VastClient) -> None:
     fake.on(
         "DELETE",
         ONE,
@@ -320,7 +315,7 @@ def test_idempotent_writes_are_retried(fake: FakeVast, client: VastClient) -> No
     assert len(fake.requests) == 4
 
 
-def test_a_destroy_retried_after_it_worked_reports_already_gone(fake: FakeVast, client: VastClient) -> None:
+def test_a_destroy_retried_after_it_worked_reports_already_gone(fake: FakeVastHttp, client: VastClient) -> None:
     """The first DELETE went through but its answer was lost; the retry's 404 still means 'gone', not an error."""
     fake.on("DELETE", ONE, raises(httpx.ReadTimeout), json_response(404, ENVELOPE_NO_SUCH_INSTANCE))
     assert client.destroy_instance(31337) is False
@@ -329,7 +324,7 @@ def test_a_destroy_retried_after_it_worked_reports_already_gone(fake: FakeVast, 
 # --- minimum interval ------------------------------------------------------------------------------------------------
 
 
-def test_min_interval_spaces_requests_of_one_endpoint(fake: FakeVast, clock: FakeClock) -> None:
+def test_min_interval_spaces_requests_of_one_endpoint(fake: FakeVastHttp, clock: RecordingClock) -> None:
     fake.on("GET", ONE, json_response(200, OK_INSTANCE))
     fake.on("POST", BUNDLES, json_response(200, {"offers": []}))
     with make_client(fake, clock, min_interval_s={**NO_PACING, "GET /api/v0/instances/{id}/": 2.0}) as client:
@@ -340,7 +335,7 @@ def test_min_interval_spaces_requests_of_one_endpoint(fake: FakeVast, clock: Fak
     assert clock.sleeps == pytest.approx([2.0 + margin, 2.0 + margin])
 
 
-def test_min_interval_default_and_per_endpoint_override(fake: FakeVast, clock: FakeClock) -> None:
+def test_min_interval_default_and_per_endpoint_override(fake: FakeVastHttp, clock: RecordingClock) -> None:
     fake.on("GET", ONE, json_response(200, OK_INSTANCE))
     fake.on("POST", BUNDLES, json_response(200, {"offers": []}))
     with make_client(fake, clock, min_interval_s={**NO_PACING, "*": 1.0, "POST /api/v0/bundles/": 6.0}) as client:
@@ -352,7 +347,7 @@ def test_min_interval_default_and_per_endpoint_override(fake: FakeVast, clock: F
     assert clock.sleeps == pytest.approx([1.0 + margin, 5.0])  # the second search had already waited 1.1 s of its 6.1
 
 
-def test_min_interval_applies_to_retries_too(fake: FakeVast, clock: FakeClock) -> None:
+def test_min_interval_applies_to_retries_too(fake: FakeVastHttp, clock: RecordingClock) -> None:
     fake.on("GET", ONE, json_response(503, {}, **{"Retry-After": "1"}), json_response(200, OK_INSTANCE))
     with make_client(fake, clock, min_interval_s=3.0) as client:  # a floor above the documented 2 s
         client.get_instance(31337)
@@ -360,7 +355,7 @@ def test_min_interval_applies_to_retries_too(fake: FakeVast, clock: FakeClock) -
     assert clock.sleeps == pytest.approx([1.0, 2.0 + margin])  # Retry-After, then the rest of the 3 s interval
 
 
-def test_min_interval_queues_concurrent_threads(fake: FakeVast) -> None:
+def test_min_interval_queues_concurrent_threads(fake: FakeVastHttp) -> None:
     """Real clock, tiny interval: five threads cannot all start at once."""
     starts: list[float] = []
     lock = threading.Lock()
@@ -411,7 +406,7 @@ LEAKY_RESPONSES = {
 
 @pytest.mark.parametrize("name", sorted(LEAKY_RESPONSES))
 def test_no_error_message_repr_or_log_contains_the_key(
-    fake: FakeVast, clock: FakeClock, caplog: pytest.LogCaptureFixture, name: str
+    fake: FakeVastHttp, clock: RecordingClock, caplog: pytest.LogCaptureFixture, name: str
 ) -> None:
     caplog.set_level(logging.DEBUG)
     fake.on("GET", ONE, LEAKY_RESPONSES[name])
@@ -428,7 +423,7 @@ def test_no_error_message_repr_or_log_contains_the_key(
 
 
 def test_the_key_does_not_leak_through_the_failed_create_path(
-    fake: FakeVast, client: VastClient, caplog: pytest.LogCaptureFixture
+    fake: FakeVastHttp, client: VastClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     fake.on("PUT", ASK, json_response(400, {"error": "invalid_price", "msg": f"{API_KEY}", "new_contract": 9}))
@@ -479,7 +474,7 @@ def test_malformed_answers_end_in_a_result_or_a_vast_error(call: str, status: in
         # json.dumps, not httpx's encoder: Python's JSON (and so the wire we may get) allows Infinity and NaN.
         return httpx.Response(status, content=json.dumps(body), headers={"Content-Type": "application/json"})
 
-    clock = FakeClock()
+    clock = RecordingClock()
     client = VastClient(
         API_KEY, "http://127.0.0.1:18080", transport=httpx.MockTransport(answer), retry_deadline_s=1,
         sleep=clock.sleep, clock=clock,

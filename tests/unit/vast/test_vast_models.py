@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
-from vast_fixtures import API_KEY, INSTANCE, OFFER, OVERLAYS, PUBLIC_KEY, SSH_KEYS, USER, instance, offer
+from support.fake_vast_http import API_KEY, INSTANCE, OFFER, OVERLAYS, PUBLIC_KEY, SSH_KEYS, USER, instance, offer
 
 from skyward_ray.errors import ConfigError
 from skyward_ray.vast.docker_env import env_to_dict, parse_docker_env

@@ -12,12 +12,12 @@ import time
 
 import httpx
 import pytest
-from vast_fixtures import (
+from support.fake_vast_http import (
     API_KEY,
     BASE_URL,
     QUOTA_BODY,
-    FakeClock,
-    FakeVast,
+    FakeVastHttp,
+    RecordingClock,
     json_response,
     make_client,
     text_response,
@@ -75,7 +75,7 @@ def test_the_defaults_are_the_documented_table() -> None:
 
 @pytest.mark.parametrize("key", sorted(DOCUMENTED_INTERVALS_S))
 def test_each_endpoint_is_spaced_by_its_own_interval(key: str) -> None:
-    clock = FakeClock()
+    clock = RecordingClock()
     pacer = Pacer("t", clock)
     start = clock.now
     step = DOCUMENTED_INTERVALS_S[key] + M
@@ -84,7 +84,7 @@ def test_each_endpoint_is_spaced_by_its_own_interval(key: str) -> None:
 
 
 def test_endpoints_do_not_hold_each_other_back() -> None:
-    clock = FakeClock()
+    clock = RecordingClock()
     pacer = Pacer("t", clock)
     pacer.reserve(CREATE_KEY, LIMITS)
     assert pacer.reserve("GET /api/v1/instances/", LIMITS).slot == clock.now
@@ -92,7 +92,7 @@ def test_endpoints_do_not_hold_each_other_back() -> None:
 
 
 def test_search_gets_ten_calls_in_any_sixty_seconds() -> None:
-    clock = FakeClock()
+    clock = RecordingClock()
     pacer = Pacer("t", clock)
     start = clock.now
     first = slots(pacer, SEARCH_KEY, 10)
@@ -103,7 +103,7 @@ def test_search_gets_ten_calls_in_any_sixty_seconds() -> None:
 
 
 def test_a_sliding_window_counts_from_each_call() -> None:
-    clock = FakeClock()
+    clock = RecordingClock()
     pacer = Pacer("t", clock)
     limits = PaceLimits(intervals={}, windows={SEARCH_KEY: Window(2, 10.0)}, margin_s=0.0)
     got = []
@@ -118,7 +118,7 @@ def test_a_sliding_window_counts_from_each_call() -> None:
 
 
 def test_a_penalty_moves_the_waiting_slots_behind_it_in_order() -> None:
-    clock = FakeClock()
+    clock = RecordingClock()
     pacer = Pacer("t", clock)
     start = clock.now
     tickets = [pacer.reserve(CREATE_KEY, LIMITS) for _ in range(3)]  # start, +4.6, +9.2; the first one starts
@@ -132,7 +132,7 @@ def test_a_penalty_moves_the_waiting_slots_behind_it_in_order() -> None:
 
 
 def test_a_ticket_sleeping_when_the_penalty_comes_sleeps_again() -> None:
-    clock = FakeClock()
+    clock = RecordingClock()
     pacer = Pacer("t", clock)
     pacer.reserve(CREATE_KEY, LIMITS)
     late = pacer.reserve(CREATE_KEY, LIMITS)
@@ -151,8 +151,8 @@ def test_a_ticket_sleeping_when_the_penalty_comes_sleeps_again() -> None:
 
 def test_clients_of_one_identity_share_one_book(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(RATE_SCALE_ENV, raising=False)
-    clock = FakeClock()
-    fake = FakeVast().on("PUT", ASK, json_response(200, CREATED))
+    clock = RecordingClock()
+    fake = FakeVastHttp().on("PUT", ASK, json_response(200, CREATED))
     first = make_client(fake, clock, rate_scale=1.0)
     second = make_client(fake, clock, rate_scale=1.0)
     assert first.pacer is second.pacer
@@ -171,7 +171,7 @@ def test_the_identity_never_holds_the_key() -> None:
     assert API_KEY not in identity and identity.startswith(BASE_URL + "#")
     assert identity != identity_of(BASE_URL, API_KEY + "x")
     assert shared_pacer(identity) is shared_pacer(identity)
-    assert API_KEY not in repr(make_client(FakeVast()).pacer.identity)
+    assert API_KEY not in repr(make_client(FakeVastHttp()).pacer.identity)
 
 
 def test_threads_and_clients_queue_fairly_with_no_burst() -> None:
@@ -184,7 +184,7 @@ def test_threads_and_clients_queue_fairly_with_no_burst() -> None:
             starts.append(time.monotonic())
         return json_response(200, CREATED)
 
-    fake = FakeVast().on("PUT", ASK, answer)
+    fake = FakeVastHttp().on("PUT", ASK, answer)
     key = f"threads-{time.monotonic_ns()}"  # a book of its own, whatever else the process did
     clients = [VastClient(key, BASE_URL, transport=httpx.MockTransport(fake.handler), rate_scale=0.01)
                for _ in range(2)]  # fmt: skip
@@ -212,14 +212,14 @@ def test_rate_scale_scales_every_interval_penalty_and_window(monkeypatch: pytest
     assert limits.penalty(CREATE_KEY) == pytest.approx(1.2)
     assert limits.window(SEARCH_KEY) == Window(10, pytest.approx(6.0))
     assert limits.margin_s == M  # latency jitter does not shrink with the server's limits
-    client = make_client(FakeVast(), rate_scale=0.1)
+    client = make_client(FakeVastHttp(), rate_scale=0.1)
     assert client.pace_limits.interval("GET /api/v0/instances/{id}/") == pytest.approx(0.2)
 
 
 def test_rate_scale_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(RATE_SCALE_ENV, "0.5")
     assert resolve_rate_scale() == 0.5
-    assert make_client(FakeVast(), rate_scale=None).pace_limits.interval(CREATE_KEY) == pytest.approx(2.25)
+    assert make_client(FakeVastHttp(), rate_scale=None).pace_limits.interval(CREATE_KEY) == pytest.approx(2.25)
     assert resolve_rate_scale(2.0) == 2.0  # an explicit value wins
     monkeypatch.delenv(RATE_SCALE_ENV)
     assert resolve_rate_scale() == 1.0
@@ -229,13 +229,13 @@ def test_rate_scale_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) 
 def test_a_bad_rate_scale_in_the_environment_is_one_clear_error(monkeypatch: pytest.MonkeyPatch, bad: str) -> None:
     monkeypatch.setenv(RATE_SCALE_ENV, bad)
     with pytest.raises(ConfigError, match=rf"\$SKYWARD_VAST_RATE_SCALE = '{bad}' is not allowed: use a number > 0"):
-        make_client(FakeVast(), rate_scale=None)
+        make_client(FakeVastHttp(), rate_scale=None)
 
 
 @pytest.mark.parametrize("bad", [0, -0.5, True, float("nan")])
 def test_a_bad_rate_scale_argument_is_one_clear_error(bad: object) -> None:
     with pytest.raises(ConfigError, match=r"rate_scale = .* is not allowed: use a number > 0"):
-        make_client(FakeVast(), rate_scale=bad)
+        make_client(FakeVastHttp(), rate_scale=bad)
 
 
 def test_min_interval_overrides_one_endpoint_and_a_number_is_a_floor() -> None:
@@ -253,8 +253,8 @@ def test_min_interval_overrides_one_endpoint_and_a_number_is_a_floor() -> None:
 
 
 def test_expected_wait_tells_a_caller_how_long_the_next_create_waits() -> None:
-    clock = FakeClock()
-    client = make_client(FakeVast().on("PUT", ASK, json_response(200, CREATED)), clock, rate_scale=1.0)
+    clock = RecordingClock()
+    client = make_client(FakeVastHttp().on("PUT", ASK, json_response(200, CREATED)), clock, rate_scale=1.0)
     assert client.expected_wait() == 0.0
     create(client)
     assert client.expected_wait() == pytest.approx(4.5 + M)
@@ -267,8 +267,8 @@ def test_expected_wait_tells_a_caller_how_long_the_next_create_waits() -> None:
 
 
 def test_a_create_refused_without_retry_after_waits_the_penalty_with_jitter_then_succeeds() -> None:
-    clock = FakeClock()
-    fake = FakeVast().on("PUT", ASK, text_response(429, "API requests too frequent"), json_response(200, CREATED))
+    clock = RecordingClock()
+    fake = FakeVastHttp().on("PUT", ASK, text_response(429, "API requests too frequent"), json_response(200, CREATED))
     client = make_client(fake, clock, rate_scale=1.0)
     assert create(client) == 555
     assert len(fake.sent("PUT", ASK)) == 2  # refused before processing, so safe to send again
@@ -278,9 +278,9 @@ def test_a_create_refused_without_retry_after_waits_the_penalty_with_jitter_then
 
 @pytest.mark.parametrize("body", ["API requests too frequent endpoint threshold=2.0", '{"detail": "too frequent"}'])
 def test_a_read_refused_without_retry_after_waits_at_least_its_interval(body: str) -> None:
-    clock = FakeClock()
+    clock = RecordingClock()
     ok = {"instances": {"id": 31337}}
-    fake = FakeVast().on("GET", ONE, text_response(429, body), json_response(200, ok))
+    fake = FakeVastHttp().on("GET", ONE, text_response(429, body), json_response(200, ok))
     client = make_client(fake, clock, rate_scale=1.0)
     assert client.get_instance(31337) is not None
     assert len(clock.sleeps) >= 1 and sum(clock.sleeps) >= 2.0
@@ -288,20 +288,20 @@ def test_a_read_refused_without_retry_after_waits_at_least_its_interval(body: st
 
 
 def test_a_429_closes_the_endpoint_to_every_caller_of_the_identity() -> None:
-    clock = FakeClock()
-    fake = FakeVast().on("PUT", ASK, text_response(429, "API requests too frequent"))
+    clock = RecordingClock()
+    fake = FakeVastHttp().on("PUT", ASK, text_response(429, "API requests too frequent"))
     refused = make_client(fake, clock, rate_scale=1.0, retry_deadline_s=0)
     with pytest.raises(RateLimitedError):
         create(refused)
-    neighbour = make_client(FakeVast().on("PUT", ASK, json_response(200, CREATED)), clock, rate_scale=1.0)
+    neighbour = make_client(FakeVastHttp().on("PUT", ASK, json_response(200, CREATED)), clock, rate_scale=1.0)
     assert neighbour.pacing_status().closed_for_s == pytest.approx(12.0)
     create(neighbour)
     assert clock.sleeps == pytest.approx([12.0])
 
 
 def test_retry_after_when_present_is_honoured() -> None:
-    clock = FakeClock()
-    fake = FakeVast().on("PUT", ASK, text_response(429, "slow down", **{"Retry-After": "20"}),
+    clock = RecordingClock()
+    fake = FakeVastHttp().on("PUT", ASK, text_response(429, "slow down", **{"Retry-After": "20"}),
                          json_response(200, CREATED))  # fmt: skip
     client = make_client(fake, clock, rate_scale=1.0)
     create(client)
@@ -309,8 +309,8 @@ def test_retry_after_when_present_is_honoured() -> None:
 
 
 def test_a_penalty_beyond_the_deadline_ends_the_call() -> None:
-    clock = FakeClock()
-    fake = FakeVast().on("PUT", ASK, text_response(429, "API requests too frequent"))
+    clock = RecordingClock()
+    fake = FakeVastHttp().on("PUT", ASK, text_response(429, "API requests too frequent"))
     client = make_client(fake, clock, rate_scale=1.0, retry_deadline_s=10)
     with pytest.raises(RateLimitedError):
         create(client)
@@ -318,8 +318,8 @@ def test_a_penalty_beyond_the_deadline_ends_the_call() -> None:
 
 
 def test_the_daily_search_quota_stays_a_hard_error() -> None:
-    clock = FakeClock()
-    fake = FakeVast().on("POST", BUNDLES, json_response(429, QUOTA_BODY, **{"X-RateLimit-Reset": "1764979200"}))
+    clock = RecordingClock()
+    fake = FakeVastHttp().on("POST", BUNDLES, json_response(429, QUOTA_BODY, **{"X-RateLimit-Reset": "1764979200"}))
     client = make_client(fake, clock, rate_scale=1.0)
     with pytest.raises(QuotaExceededError):
         client.search_offers({})
@@ -329,9 +329,9 @@ def test_the_daily_search_quota_stays_a_hard_error() -> None:
 
 def test_the_retry_deadline_counts_from_the_slot_not_from_the_queue() -> None:
     """The fourth create waits 13.8 s for its slot, then still gets its retry after a 429."""
-    clock = FakeClock()
+    clock = RecordingClock()
     refused = text_response(429, "API requests too frequent")
-    fake = FakeVast().on("PUT", ASK, *[json_response(200, CREATED)] * 3, refused, json_response(200, CREATED))
+    fake = FakeVastHttp().on("PUT", ASK, *[json_response(200, CREATED)] * 3, refused, json_response(200, CREATED))
     client = make_client(fake, clock, rate_scale=1.0, retry_deadline_s=16)
     for _ in range(4):
         create(client)
@@ -339,14 +339,14 @@ def test_the_retry_deadline_counts_from_the_slot_not_from_the_queue() -> None:
 
 
 def test_pacing_covers_every_endpoint_key_the_client_sends() -> None:
-    client = make_client(FakeVast(), rate_scale=1.0)
+    client = make_client(FakeVastHttp(), rate_scale=1.0)
     assert client.pace_limits.interval(str(GET_INSTANCE)) == 2.0
     assert client.pace_limits.interval(str(CREATE_INSTANCE)) == 4.5
 
 
 def test_every_start_counts_whatever_the_callers_limits() -> None:
     """Vast counts every call of the identity: an unpaced caller's start still spaces a paced one."""
-    clock = FakeClock()
+    clock = RecordingClock()
     pacer = Pacer("t", clock)
     unpaced = PaceLimits.documented(rate_scale=1.0, min_interval_s={CREATE_KEY: 0})
     start = clock.now
@@ -360,8 +360,8 @@ def test_every_start_counts_whatever_the_callers_limits() -> None:
 
 def test_search_is_budgeted_per_address_whatever_the_key() -> None:
     """Vast counts searches per client address: two keys in one process share the ten-per-minute budget."""
-    clock = FakeClock()
-    fake = FakeVast().on("POST", BUNDLES, json_response(200, {"offers": []}))
+    clock = RecordingClock()
+    fake = FakeVastHttp().on("POST", BUNDLES, json_response(200, {"offers": []}))
     fake.on("PUT", ASK, json_response(200, CREATED))
     one = make_client(fake, clock, rate_scale=1.0)
     other = VastClient("another-key", BASE_URL, transport=httpx.MockTransport(fake.handler), clock=clock,
@@ -376,7 +376,7 @@ def test_search_is_budgeted_per_address_whatever_the_key() -> None:
 
 
 def test_a_caller_interrupted_while_waiting_leaves_the_queue() -> None:
-    clock = FakeClock()
+    clock = RecordingClock()
     pacer = Pacer("t", clock)
     pacer.reserve(CREATE_KEY, LIMITS)
     ticket = pacer.reserve(CREATE_KEY, LIMITS)

@@ -7,9 +7,9 @@ from __future__ import annotations
 import logging
 
 import pytest
-from vast_fixtures import (
+from support.fake_vast_http import (
     API_KEY,
-    FakeVast,
+    FakeVastHttp,
     instance,
     json_response,
     make_client,
@@ -28,12 +28,7 @@ OURS = "skyray:v1:demo:worker"
 
 
 @pytest.fixture
-def fake() -> FakeVast:
-    return FakeVast()
-
-
-@pytest.fixture
-def client(fake: FakeVast) -> VastClient:
+def client(fake: FakeVastHttp) -> VastClient:
     return make_client(fake)
 
 
@@ -111,7 +106,7 @@ def test_a_row_without_a_usable_id_is_dropped(row: object) -> None:
 
 
 def test_one_broken_row_never_fails_the_list_and_is_logged_once_without_values(
-    fake: FakeVast, client: VastClient, caplog: pytest.LogCaptureFixture
+    fake: FakeVastHttp, client: VastClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     broken = instance(id=2, label=OURS, extra_env=5, start_date=SECRET, ports={"22/tcp": [{"HostPort": SECRET}]})
     nameless = {"id": None, "label": OURS, "extra_env": [[SECRET, SECRET]]}
@@ -131,7 +126,7 @@ def test_one_broken_row_never_fails_the_list_and_is_logged_once_without_values(
     assert SECRET not in caplog.text and API_KEY not in caplog.text
 
 
-def test_get_instance_and_the_v0_list_are_tolerant_too(fake: FakeVast, client: VastClient) -> None:
+def test_get_instance_and_the_v0_list_are_tolerant_too(fake: FakeVastHttp, client: VastClient) -> None:
     fake.on("GET", "/api/v0/instances/31337/", json_response(200, {"instances": instance(num_gpus=[1], label=OURS)}))
     fake.on("GET", "/api/v0/instances/", json_response(200, {"instances": [instance(id=1), instance(id=2, ports=7)]}))
     got = client.get_instance(31337)
@@ -140,7 +135,7 @@ def test_get_instance_and_the_v0_list_are_tolerant_too(fake: FakeVast, client: V
 
 
 def test_offers_that_do_not_parse_are_dropped_with_a_count(
-    fake: FakeVast, client: VastClient, caplog: pytest.LogCaptureFixture
+    fake: FakeVastHttp, client: VastClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     rows = [offer(id=1), offer(id=2, num_gpus="many"), offer(id=3, dph_total=None), offer(id=4), "garbage"]
     fake.on("POST", "/api/v0/bundles/", json_response(200, {"offers": rows}))
@@ -162,12 +157,12 @@ def test_offers_that_do_not_parse_are_dropped_with_a_count(
         json_response(404, {"detail": "No SSH keys found for the user"}),
     ],
 )
-def test_no_ssh_keys_is_an_empty_list(fake: FakeVast, client: VastClient, answer: object) -> None:
+def test_no_ssh_keys_is_an_empty_list(fake: FakeVastHttp, client: VastClient, answer: object) -> None:
     fake.on("GET", "/api/v0/ssh/", answer)
     assert client.list_ssh_keys() == []
 
 
-def test_a_web_page_404_for_ssh_keys_is_still_an_error(fake: FakeVast, client: VastClient) -> None:
+def test_a_web_page_404_for_ssh_keys_is_still_an_error(fake: FakeVastHttp, client: VastClient) -> None:
     """A 404 page from the wrong server must not read as "no keys" (ray up would then register one there)."""
     page = text_response(404, "<!DOCTYPE html><html><body>Not Found</body></html>", **{"Content-Type": "text/html"})
     fake.on("GET", "/api/v0/ssh/", page)

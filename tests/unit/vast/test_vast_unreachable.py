@@ -13,7 +13,7 @@ import time
 
 import httpx
 import pytest
-from vast_fixtures import API_KEY, FakeClock, FakeVast, json_response, raises
+from support.fake_vast_http import API_KEY, FakeVastHttp, RecordingClock, json_response, raises
 
 from skyward_ray.vast.client import VastClient
 from skyward_ray.vast.credentials import BASE_URL_ENV, DEFAULT_BASE_URL
@@ -62,9 +62,9 @@ def test_an_unnamed_explicit_url_is_the_base_url_argument() -> None:
 def test_a_name_that_does_not_resolve_at_the_default_url_names_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
     """DNS is mocked: the test machine has no resolver for the real name."""
     monkeypatch.delenv(BASE_URL_ENV, raising=False)
-    clock = FakeClock()
+    clock = RecordingClock()
     unresolved = raises(httpx.ConnectError, "[Errno -2] Name or service not known")
-    fake = FakeVast().on("GET", "/api/v1/instances/", unresolved)
+    fake = FakeVastHttp().on("GET", "/api/v1/instances/", unresolved)
     client = VastClient(API_KEY, transport=httpx.MockTransport(fake.handler), clock=clock, sleep=clock.sleep,
                         rng=random.Random(3))  # fmt: skip
     with pytest.raises(ConnectionFailedError) as caught:
@@ -80,18 +80,18 @@ def test_after_a_first_answer_connection_errors_are_retried_as_before() -> None:
     """The same run of refused connections that fails a first call is ridden out once the server has answered."""
     refusals = [raises(httpx.ConnectError, "[Errno 111] Connection refused")] * 8
 
-    def client_for(fake: FakeVast, clock: FakeClock) -> VastClient:
+    def client_for(fake: FakeVastHttp, clock: RecordingClock) -> VastClient:
         return VastClient(API_KEY, "http://127.0.0.1:18080", transport=httpx.MockTransport(fake.handler), clock=clock,
                           sleep=clock.sleep, rng=random.Random(7), backoff_base_s=0.5)  # fmt: skip
 
-    clock = FakeClock()
-    first_call = FakeVast().on("GET", "/api/v0/overlay/", *refusals, json_response(200, []))
+    clock = RecordingClock()
+    first_call = FakeVastHttp().on("GET", "/api/v0/overlay/", *refusals, json_response(200, []))
     with pytest.raises(ConnectionFailedError, match="cannot reach"):
         client_for(first_call, clock).list_overlays()
     assert sum(clock.sleeps) <= FIRST_CONTACT_RETRY_S
 
-    clock = FakeClock()
-    later = FakeVast().on("GET", "/api/v0/overlay/", json_response(200, []), *refusals, json_response(200, []))
+    clock = RecordingClock()
+    later = FakeVastHttp().on("GET", "/api/v0/overlay/", json_response(200, []), *refusals, json_response(200, []))
     client = client_for(later, clock)
     assert client.list_overlays() == []
     assert client.list_overlays() == []  # eight refusals later

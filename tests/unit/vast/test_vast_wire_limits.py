@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from vast_fixtures import API_KEY, INSTANCE, OFFER, FakeClock, v1_page
+from support.fake_vast_http import API_KEY, INSTANCE, OFFER, RecordingClock, v1_page
 
 from skyward_ray.errors import ConfigError
 from skyward_ray.vast import transport
@@ -194,7 +194,7 @@ def mock(answer: Callable[[httpx.Request], httpx.Response], **kwargs: Any) -> tu
         seen.append(1)
         return answer(request)
 
-    clock = FakeClock()
+    clock = RecordingClock()
     kwargs.setdefault("retry_deadline_s", 5)
     client = VastClient(API_KEY, BASE_URL, transport=httpx.MockTransport(counted), sleep=clock.sleep, clock=clock,
                         **kwargs)

@@ -30,7 +30,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from vast_fixtures import API_KEY, INSTANCE, OFFER, OVERLAYS, SSH_KEYS, USER, FakeClock, v1_page
+from support.fake_vast_http import API_KEY, INSTANCE, OFFER, OVERLAYS, SSH_KEYS, USER, RecordingClock, v1_page
 
 from skyward_ray.vast.client import VastClient
 from skyward_ray.vast.errors import VastError
@@ -53,7 +53,7 @@ CALLS: dict[str, tuple[Callable[[VastClient], Any], Any]] = {
 
 
 def mock_client(answer: Callable[[httpx.Request], httpx.Response], **kwargs: Any) -> VastClient:
-    clock = FakeClock()
+    clock = RecordingClock()
     return VastClient(API_KEY, BASE_URL, transport=httpx.MockTransport(answer), retry_deadline_s=2,
                       sleep=clock.sleep, clock=clock, **kwargs)
 

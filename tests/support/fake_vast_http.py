@@ -1,8 +1,8 @@
-"""Shared pieces for the Vast client's unit tests: recorded-shape bodies, a scripted server, a fake clock.
+"""A fake of the Vast API at the HTTP level, for the client's unit tests: recorded-shape bodies, a scripted server
+behind ``httpx.MockTransport`` (no socket is opened), and a clock that records the client's sleeps.
 
-The bodies follow ``reference/vast-api.md`` (what Vast, the official CLI, SkyPilot and dstack show), quirks included:
-numbers as strings, ``HostPort`` as text, trailing whitespace, ``local_ipaddrs`` as text, v1 ``extra_env`` pairs.
-No test here opens a socket: every client gets an ``httpx.MockTransport``.
+The bodies carry Vast's quirks as its API, the official CLI, SkyPilot and dstack show them: numbers as strings,
+``HostPort`` as text, trailing whitespace, ``local_ipaddrs`` as text, v1 ``extra_env`` pairs.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from skyward_ray.emulator.testing import ManualClock
 from skyward_ray.vast.client import VastClient
 from skyward_ray.vast.endpoints import ENDPOINTS
 from skyward_ray.vast.pacing import DOCUMENTED_INTERVALS_S, DOCUMENTED_WINDOWS
@@ -164,8 +165,8 @@ RATE_LIMIT_TEXT = "API requests too frequent endpoint threshold=2.0"
 Responder = httpx.Response | Callable[[httpx.Request], httpx.Response]
 
 
-class FakeVast:
-    """A scripted server behind ``httpx.MockTransport``.
+class FakeVastHttp:
+    """A scripted Vast API server behind ``httpx.MockTransport`` (the client's wire, not the client).
 
     Responses are queued per ``"METHOD /path/"``; each request takes the next one and the last one repeats. An
     entry may be a response or a callable (which may raise an httpx transport error). Every request is recorded.
@@ -175,7 +176,7 @@ class FakeVast:
         self._queues: dict[str, deque[Responder]] = defaultdict(deque)
         self.requests: list[httpx.Request] = []
 
-    def on(self, method: str, path: str, *responses: Responder) -> FakeVast:
+    def on(self, method: str, path: str, *responses: Responder) -> FakeVastHttp:
         self._queues[f"{method} {path}"].extend(responses)
         return self
 
@@ -215,23 +216,20 @@ def text_response(status: int, text: str, **headers: str) -> httpx.Response:
     return httpx.Response(status, text=text, headers={"Content-Type": "text/plain", **headers})
 
 
-class FakeClock:
-    """A monotonic clock that only moves when the client sleeps, so waits are asserted, not waited."""
+class RecordingClock(ManualClock):
+    """The manual clock, also recording each sleep the client asks for, so waits are asserted, not waited."""
 
     def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
+        super().__init__(start)
         self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
 
     def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
-        self.now += seconds
+        super().sleep(seconds)
 
 
 # Every endpoint unpaced: tests about parsing, errors and retries assert their own waits, and the documented pacing
-# would add sleeps that have nothing to do with them. Pacing has its own tests (test_vast_pacing.py).
+# would add sleeps that have nothing to do with them. Pacing has its own tests (tests/unit/vast/test_vast_pacing.py).
 NO_PACING: dict[str, float] = {
     "*": 0.0,
     **{str(e): 0.0 for e in ENDPOINTS},
@@ -240,8 +238,8 @@ NO_PACING: dict[str, float] = {
 }
 
 
-def make_client(fake: FakeVast, clock: FakeClock | None = None, **kwargs: Any) -> VastClient:
-    clock = clock or FakeClock()
+def make_client(fake: FakeVastHttp, clock: RecordingClock | None = None, **kwargs: Any) -> VastClient:
+    clock = clock or RecordingClock()
     if "min_interval_s" not in kwargs and "rate_scale" not in kwargs:
         kwargs["min_interval_s"] = NO_PACING
     return VastClient(
