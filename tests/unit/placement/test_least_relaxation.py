@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from test_placement_market import machine
+from support.placement_offers import machine
 
 from skyward_ray.placement import PlacementOptions, PlacementRequest, explain
 from skyward_ray.placement.explanation import Style

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from test_placement_market import machine
+from support.placement_offers import machine
 
 from skyward_ray.cli import main
 from skyward_ray.cli import offers as offers_cli

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from test_placement_market import machine, offer
+from support.placement_offers import machine, offer
 
 from skyward_ray.errors import SkywardError
 from skyward_ray.placement import NoPlacementError, PlacementOptions, PlacementRequest, explain, plan

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from test_placement_market import offer
+from support.placement_offers import offer
 
 from skyward_ray.placement import NodeGroup, OfferFilter, PlacementOptions, PlacementRequest, Scope, build_queries
 from skyward_ray.placement.filters import cuda_floor, recheck

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from test_placement_market import machine, offer
+from support.placement_offers import machine, offer
 
 from skyward_ray.placement import (
     FALLBACK_IMAGE,

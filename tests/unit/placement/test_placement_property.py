@@ -8,7 +8,8 @@ from typing import Any
 
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from test_placement_market import brute_force, machine, oracle_passes, oracle_price
+from support.placement_offers import machine
+from support.placement_oracle import brute_force, oracle_passes, oracle_price
 
 from skyward_ray.placement import (
     NodeGroup,

@@ -4,7 +4,7 @@ error names both ways out: the cap that would do, and the ``max_workers`` the ca
 from __future__ import annotations
 
 import pytest
-from test_placement_market import machine
+from support.placement_offers import machine
 
 from skyward_ray.placement import NodeGroup, NoPlacementError, PlacementOptions, PlacementRequest, plan
 from skyward_ray.placement.budget import with_fewer_workers, workers_within_cap

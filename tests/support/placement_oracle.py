@@ -1,91 +1,15 @@
-"""Test market for the placement tests: an offer factory that follows the offer rule, and an independent brute-force
-oracle (its own filters, prices and capacity rule, written from the option semantics, not from the planner's code).
-
-The tests at the bottom check the oracle itself on hand-worked cases, so the property test compares against
-something known to be right.
-"""
+"""An independent brute-force placement oracle: its own filters, prices and capacity rule, written from the option
+semantics rather than from the planner's code, so the property tests compare the planner against something else."""
 
 from __future__ import annotations
 
 import itertools
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
 
 from skyward_ray.placement import PlacementOptions, PlacementRequest, Scope, resolve_gpu, resolve_region
 from skyward_ray.placement.options import Allocation
 from skyward_ray.vast.models import Offer
-
-GOOD: dict[str, Any] = {
-    "reliability2": 0.99,
-    "geolocation": "Texas, US",
-    "verification": "verified",
-    "hosting_type": 1,
-    "cuda_max_good": 12.8,
-    "disk_space": 500.0,
-    "inet_down": 1000.0,
-    "direct_port_count": 20,
-    "rentable": True,
-    "rented": False,
-}
-
-
-def offer(
-    offer_id: int,
-    machine_id: int,
-    *,
-    cluster_id: int | None = None,
-    gpu_name: str = "RTX 4090",
-    num_gpus: int = 1,
-    dph_total: float = 0.40,
-    min_bid: float | None = 0.20,
-    **fields: Any,
-) -> Offer:
-    """One offer that passes every default filter unless ``fields`` say otherwise."""
-    return Offer.model_validate({
-        **GOOD,
-        "id": offer_id,
-        "machine_id": machine_id,
-        "cluster_id": cluster_id,
-        "gpu_name": gpu_name,
-        "num_gpus": num_gpus,
-        "dph_total": dph_total,
-        "min_bid": min_bid,
-        **fields,
-    })
-
-
-def offer_sizes(free_gpus: int) -> list[int]:
-    """The offer rule: 1, 2, 4, ... up to F, plus F itself."""
-    sizes = [n for n in (1, 2, 4, 8, 16, 32, 64) if n <= free_gpus]
-    return sizes if free_gpus in sizes else [*sizes, free_gpus]
-
-
-def machine(
-    machine_id: int,
-    free_gpus: int,
-    *,
-    cluster_id: int | None = None,
-    per_gpu: float = 0.40,
-    bid_per_gpu: float | None = 0.20,
-    **fields: Any,
-) -> list[Offer]:
-    """Every offer of one machine with ``free_gpus`` free GPUs; ids are machine_id * 100 + size."""
-    return [
-        offer(
-            machine_id * 100 + n,
-            machine_id,
-            cluster_id=cluster_id,
-            num_gpus=n,
-            dph_total=round(per_gpu * n, 6),
-            min_bid=None if bid_per_gpu is None else round(bid_per_gpu * n, 6),
-            **fields,
-        )
-        for n in offer_sizes(free_gpus)
-    ]
-
-
-# -- the oracle ------------------------------------------------------------------------------------------------------
 
 
 def oracle_passes(o: Offer, options: PlacementOptions, accelerator: str, gpus: int, *, cluster: str,
@@ -198,31 +122,3 @@ def brute_force(request: PlacementRequest, options: PlacementOptions, offers: li
         if best is None or (price, -rel) < (best.price_micro, -best.reliability_micro):
             best = Optimum(price, rel, total, tuple(chosen))
     return best
-
-
-# -- the oracle on hand-worked cases ---------------------------------------------------------------------------------
-
-
-def test_offer_rule_sizes() -> None:
-    assert offer_sizes(1) == [1]
-    assert offer_sizes(6) == [1, 2, 4, 6]
-    assert offer_sizes(8) == [1, 2, 4, 8]
-    assert offer_sizes(3) == [1, 2, 3]
-
-
-def test_oracle_shares_machines_within_free_gpus() -> None:
-    offers = machine(1, 4, cluster_id=7, per_gpu=0.1) + machine(2, 1, cluster_id=7, per_gpu=0.5)
-    request = PlacementRequest.single("RTX 4090", nodes=5, allocation="on-demand")
-    best = brute_force(request, PlacementOptions(), offers)
-    assert best is not None
-    assert best.total == 0.1 * 4 + 0.5
-    assert brute_force(PlacementRequest.single("RTX 4090", nodes=6, allocation="on-demand"), PlacementOptions(),
-                       offers) is None
-
-
-def test_oracle_keeps_odd_sizes_alone() -> None:
-    offers = machine(1, 3, cluster_id=7)
-    request = PlacementRequest(groups=(
-        {"name": "a", "accelerator": "RTX 4090", "gpus_per_node": 3, "count": 1, "allocation": "on-demand"},
-    ))
-    assert brute_force(request, PlacementOptions(), offers) is not None
