@@ -3,19 +3,19 @@ ends with the command; every other call keeps the shared connection."""
 
 from __future__ import annotations
 
-from test_provider_command_runner import DIRECT, FakeEndpoints, _option, _runner
+from support.ssh_runner_fakes import DIRECT, FakeEndpoints, make_runner, ssh_option
 
 
 def test_a_forward_without_a_command_has_its_own_connection_and_ends_with_it() -> None:
-    runner, process, _ = _runner(FakeEndpoints({False: [DIRECT]}), {DIRECT})
+    runner, process, _ = make_runner(FakeEndpoints({False: [DIRECT]}), {DIRECT})
     runner.run(None, port_forward=[(18265, 8265)])
     forward = process.commands[-1]
     assert forward[forward.index("-L") + 1] == "18265:localhost:8265"
-    assert _option(forward, "ControlMaster") == "no" and _option(forward, "ControlPath") == "none"
-    assert _option(forward, "ControlPersist") is None
-    assert _option(forward, "Port") == str(DIRECT[1])
+    assert ssh_option(forward, "ControlMaster") == "no" and ssh_option(forward, "ControlPath") == "none"
+    assert ssh_option(forward, "ControlPersist") is None
+    assert ssh_option(forward, "Port") == str(DIRECT[1])
 
     runner.run("uptime")  # everything else still shares Ray's connection
     shared = process.commands[-1]
-    assert _option(shared, "ControlMaster") == "auto" and _option(shared, "ControlPersist") == "10s"
-    assert _option(shared, "ControlPath") not in (None, "none")
+    assert ssh_option(shared, "ControlMaster") == "auto" and ssh_option(shared, "ControlPersist") == "10s"
+    assert ssh_option(shared, "ControlPath") not in (None, "none")

@@ -6,157 +6,49 @@ from __future__ import annotations
 
 import socket
 import subprocess
-from collections.abc import Sequence
-from typing import Any
 
 import pytest
+from support.ssh_runner_fakes import DIRECT, OVERLAY, PROXY, FakeEndpoints, FakeProvider, make_runner, ssh_option
 
-from skyward_ray.provider.command_runner import (
-    IDENTIFY,
-    SCAN_EVERY_S,
-    Endpoint,
-    VastSSHCommandRunner,
-    parse_identity,
-    tcp_scan,
-)
-
-DIRECT: Endpoint = ("198.51.100.7", 41022)
-PROXY: Endpoint = ("203.0.113.9", 20417)
-OVERLAY: Endpoint = ("10.8.0.3", 22)
-
-
-class FakeProcessRunner:
-    """Stands in for ``subprocess``: records every command instead of running it."""
-
-    DEVNULL = subprocess.DEVNULL
-    PIPE = subprocess.PIPE
-
-    def check_call(self, cmd: list[str], **_: Any) -> int:
-        self.commands.append(list(cmd))
-        return 0
-
-    def __init__(self) -> None:
-        self.commands: list[list[str]] = []
-        self.identities: dict[str, bytes] = {}  # overlay address -> what IDENTIFY prints there
-
-    def check_output(self, cmd: list[str], **_: Any) -> bytes:
-        self.commands.append(list(cmd))
-        if any("SKYWARD-ID" in part for part in cmd):
-            host = next(part for part in cmd if part.startswith("root@")).split("@", 1)[1]
-            if host not in self.identities:
-                raise subprocess.CalledProcessError(255, cmd)  # not up yet / refused
-            return self.identities[host]
-        if any("fib_trie" in part for part in cmd):
-            return b"Welcome to vast.ai\r\n10.8.0.3\r\n127.0.0.1\r\n172.17.0.5\r\n"
-        return b"ok"
-
-
-class FakeEndpoints:
-    def __init__(self, by_internal: dict[bool, list[Endpoint]], unknown_subnet: str | None = None,
-                 search: list[str] | None = None) -> None:
-        self.by_internal = by_internal
-        self.calls = 0
-        self.unknown_subnet = unknown_subnet
-        self.search = search or []
-        self.learned: list[list[str]] = []
-        self.learned_by: dict[str, list[str]] = {}
-
-    def ssh_endpoints(self, node_id: str, use_internal_ip: bool) -> list[Endpoint]:
-        self.calls += 1
-        return list(self.by_internal.get(use_internal_ip, []))
-
-    def unknown_overlay_subnet(self, node_id: str) -> str | None:
-        return self.unknown_subnet
-
-    def learn_node_addresses(self, node_id: str, addresses: list[str]) -> str | None:
-        self.learned.append(addresses)
-        self.learned_by[node_id] = addresses
-        if node_id == "4242":
-            self.unknown_subnet = None
-        return None
-
-    def overlay_search(self, node_id: str) -> list[str]:
-        return [a for a in self.search if all(a not in seen for seen in self.learned_by.values())]
-
-
-class FakeProvider:
-    def is_terminated(self, node_id: str) -> bool:
-        return False
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def _runner(endpoints: FakeEndpoints, reachable: set[Endpoint], *, use_internal_ip: bool = False,
-            key: str | None = "/keys/id_ed25519", clock: FakeClock | None = None,
-            ) -> tuple[VastSSHCommandRunner, FakeProcessRunner, list[Endpoint]]:
-    probed: list[Endpoint] = []
-
-    def probe(endpoint: Endpoint) -> bool:
-        probed.append(endpoint)
-        return endpoint in reachable
-
-    def scan(targets: Sequence[Endpoint]) -> list[Endpoint]:
-        probed.extend(targets)
-        return [endpoint for endpoint in targets if endpoint in reachable]
-
-    process = FakeProcessRunner()
-    auth = {"ssh_user": "root", **({"ssh_private_key": key} if key else {})}
-    runner = VastSSHCommandRunner(
-        endpoints=endpoints, probe=probe, scan=scan, clock=clock or FakeClock(), log_prefix="test: ",
-        node_id="4242", provider=FakeProvider(), auth_config=auth, cluster_name="unit", process_runner=process,
-        use_internal_ip=use_internal_ip,
-    )
-    return runner, process, probed
-
-
-def _option(cmd: list[str], name: str) -> str | None:
-    for index, token in enumerate(cmd[:-1]):
-        if token == "-o" and cmd[index + 1].startswith(f"{name}="):
-            return cmd[index + 1].split("=", 1)[1]
-    return None
+from skyward_ray.emulator.testing import ManualClock
+from skyward_ray.provider.command_runner import IDENTIFY, SCAN_EVERY_S, Endpoint, parse_identity, tcp_scan
 
 
 def test_command_goes_to_the_direct_endpoint_with_its_port() -> None:
-    runner, process, _ = _runner(FakeEndpoints({False: [DIRECT, PROXY]}), {DIRECT, PROXY})
+    runner, process, _ = make_runner(FakeEndpoints({False: [DIRECT, PROXY]}), {DIRECT, PROXY})
     assert runner.run("uptime", with_output=True) == b"ok"
     cmd = process.commands[-1]
     assert f"root@{DIRECT[0]}" in cmd
-    assert _option(cmd, "Port") == str(DIRECT[1])
-    assert _option(cmd, "ControlPath") is not None
+    assert ssh_option(cmd, "Port") == str(DIRECT[1])
+    assert ssh_option(cmd, "ControlPath") is not None
     assert runner.endpoint == DIRECT
 
 
 def test_falls_back_to_the_proxy_when_the_direct_port_does_not_answer() -> None:
-    runner, process, probed = _runner(FakeEndpoints({False: [DIRECT, PROXY]}), {PROXY})
+    runner, process, probed = make_runner(FakeEndpoints({False: [DIRECT, PROXY]}), {PROXY})
     runner.run("uptime", with_output=True)
     assert probed == [DIRECT, PROXY]
     assert f"root@{PROXY[0]}" in process.commands[-1]
-    assert _option(process.commands[-1], "Port") == str(PROXY[1])
+    assert ssh_option(process.commands[-1], "Port") == str(PROXY[1])
 
 
 def test_initialization_commands_path_keeps_port_and_control_path() -> None:
-    runner, process, _ = _runner(FakeEndpoints({False: [DIRECT]}), {DIRECT})
+    runner, process, _ = make_runner(FakeEndpoints({False: [DIRECT]}), {DIRECT})
     # What Ray's updater does for initialization_commands: a fresh SSHOptions from the key would drop Port.
     runner.run("echo init", with_output=True, ssh_options_override_ssh_key="/keys/id_ed25519", run_env="host")
     cmd = process.commands[-1]
-    assert _option(cmd, "Port") == str(DIRECT[1])
-    assert _option(cmd, "ControlPath") is not None
+    assert ssh_option(cmd, "Port") == str(DIRECT[1])
+    assert ssh_option(cmd, "ControlPath") is not None
     assert cmd[cmd.index("-i") + 1] == "/keys/id_ed25519"
 
 
 def test_rsync_carries_the_port_in_its_ssh_command() -> None:
-    runner, process, _ = _runner(FakeEndpoints({False: [DIRECT]}), {DIRECT})
+    runner, process, _ = make_runner(FakeEndpoints({False: [DIRECT]}), {DIRECT})
     runner.run_rsync_up("/local/dir/", "~/remote/")
     runner.run_rsync_up("/local/other/", "~/other/")
     # The first rsync makes sure the node has rsync, once; both copies then go over the mapped port.
     ensure = [cmd for cmd in process.commands if any("command -v rsync" in part for part in cmd)]
-    assert len(ensure) == 1 and _option(ensure[0], "Port") == str(DIRECT[1])
+    assert len(ensure) == 1 and ssh_option(ensure[0], "Port") == str(DIRECT[1])
     cmd = process.commands[-2]
     assert cmd[0] == "rsync"
     rsh = cmd[cmd.index("--rsh") + 1]
@@ -165,7 +57,7 @@ def test_rsync_carries_the_port_in_its_ssh_command() -> None:
 
 
 def test_remote_shell_string_has_the_port_and_key() -> None:
-    runner, _, _ = _runner(FakeEndpoints({False: [PROXY]}), {PROXY})
+    runner, _, _ = make_runner(FakeEndpoints({False: [PROXY]}), {PROXY})
     assert runner.remote_shell_command_str() == (
         f"ssh -o IdentitiesOnly=yes -i /keys/id_ed25519 -p {PROXY[1]} root@{PROXY[0]}\n"
     )
@@ -173,16 +65,16 @@ def test_remote_shell_string_has_the_port_and_key() -> None:
 
 def test_head_to_worker_uses_the_overlay_endpoint_first() -> None:
     endpoints = FakeEndpoints({True: [OVERLAY, DIRECT], False: [DIRECT]})
-    runner, process, _ = _runner(endpoints, {OVERLAY, DIRECT}, use_internal_ip=True)
+    runner, process, _ = make_runner(endpoints, {OVERLAY, DIRECT}, use_internal_ip=True)
     runner.run("uptime", with_output=True)
     assert f"root@{OVERLAY[0]}" in process.commands[-1]
-    assert _option(process.commands[-1], "Port") == "22"
+    assert ssh_option(process.commands[-1], "Port") == "22"
 
 
 def test_nothing_answers_yet_so_each_attempt_looks_again_until_one_does() -> None:
     endpoints = FakeEndpoints({False: [DIRECT, PROXY]})
     reachable: set[Endpoint] = set()
-    runner, process, _ = _runner(endpoints, reachable)
+    runner, process, _ = make_runner(endpoints, reachable)
     runner.run("uptime", with_output=True)  # sshd not up: tries the first candidate, stays unpinned
     assert runner.endpoint is None and f"root@{DIRECT[0]}" in process.commands[-1]
     reachable.add(PROXY)  # only the proxy comes up
@@ -195,22 +87,22 @@ def test_nothing_answers_yet_so_each_attempt_looks_again_until_one_does() -> Non
 
 @pytest.mark.parametrize("key", [None])
 def test_remote_shell_string_without_key(key: str | None) -> None:
-    runner, _, _ = _runner(FakeEndpoints({False: [DIRECT]}), {DIRECT}, key=key)
+    runner, _, _ = make_runner(FakeEndpoints({False: [DIRECT]}), {DIRECT}, key=key)
     assert runner.remote_shell_command_str() == f"ssh -o IdentitiesOnly=yes -p {DIRECT[1]} root@{DIRECT[0]}\n"
 
 
 def test_overlay_address_unknown_to_the_api_is_read_on_the_node_once() -> None:
     endpoints = FakeEndpoints({True: [DIRECT]}, unknown_subnet="10.8.0.0/24")
-    runner, process, _ = _runner(endpoints, {DIRECT}, use_internal_ip=True)
+    runner, process, _ = make_runner(endpoints, {DIRECT}, use_internal_ip=True)
     runner.run("uptime", with_output=True)
     runner.run("uptime", with_output=True)
     assert endpoints.learned == [["10.8.0.3", "127.0.0.1", "172.17.0.5"]]
     reads = [cmd for cmd in process.commands if any("fib_trie" in part for part in cmd)]
-    assert len(reads) == 1 and _option(reads[0], "Port") == str(DIRECT[1])
+    assert len(reads) == 1 and ssh_option(reads[0], "Port") == str(DIRECT[1])
 
 
 def test_overlay_address_known_means_no_extra_command() -> None:
-    runner, process, _ = _runner(FakeEndpoints({False: [DIRECT]}), {DIRECT})
+    runner, process, _ = make_runner(FakeEndpoints({False: [DIRECT]}), {DIRECT})
     runner.run("uptime", with_output=True)
     assert len(process.commands) == 1
 
@@ -220,7 +112,7 @@ def test_a_booting_node_is_polled_every_second_not_every_five(monkeypatch: pytes
     from skyward_ray.provider import command_runner
 
     endpoints = FakeEndpoints({False: []})
-    runner, _, _ = _runner(endpoints, {DIRECT})
+    runner, _, _ = make_runner(endpoints, {DIRECT})
     sleeps: list[float] = []
 
     def sleep(seconds: float) -> None:
@@ -237,7 +129,7 @@ def test_a_booting_node_is_polled_every_second_not_every_five(monkeypatch: pytes
 def test_waiting_for_an_address_stops_when_the_node_is_terminated(monkeypatch: pytest.MonkeyPatch) -> None:
     from skyward_ray.provider import command_runner
 
-    runner, _, _ = _runner(FakeEndpoints({False: []}), set())
+    runner, _, _ = make_runner(FakeEndpoints({False: []}), set())
     monkeypatch.setattr(command_runner.time, "sleep", lambda _: None)
     monkeypatch.setattr(FakeProvider, "is_terminated", lambda self, node_id: True)
     assert runner._wait_for_ip(deadline=command_runner.time.time() + 60) is None
@@ -253,26 +145,26 @@ def test_head_finds_a_worker_on_the_overlay_by_asking_who_answers() -> None:
     search = ["10.8.0.2", "10.8.0.3", "10.8.0.4"]
     endpoints = FakeEndpoints({True: [DIRECT], False: [DIRECT]}, unknown_subnet="10.8.0.0/24", search=search)
     reachable = {("10.8.0.3", 22), ("10.8.0.4", 22)}
-    runner, process, probed = _runner(endpoints, reachable, use_internal_ip=True)
+    runner, process, probed = make_runner(endpoints, reachable, use_internal_ip=True)
     process.identities = {"10.8.0.3": b"SKYWARD-ID 4243\n10.8.0.3\n127.0.0.1\n",
                           "10.8.0.4": b"Welcome to vast.ai\nSKYWARD-ID 4242\n10.8.0.4\n172.17.0.5\n"}
     assert runner.run("uptime", with_output=True) == b"ok"
     assert runner.endpoint == ("10.8.0.4", 22)
     assert not any(f"root@{DIRECT[0]}" in cmd for cmd in process.commands)  # never the public endpoint
-    assert _option(process.commands[-1], "Port") == "22" and "root@10.8.0.4" in process.commands[-1]
+    assert ssh_option(process.commands[-1], "Port") == "22" and "root@10.8.0.4" in process.commands[-1]
     assert endpoints.learned_by == {"4243": ["10.8.0.3", "127.0.0.1"], "4242": ["10.8.0.4", "172.17.0.5"]}
     identify = [cmd for cmd in process.commands if IDENTIFY in cmd]
-    assert [_option(cmd, "Port") for cmd in identify] == ["22", "22"]
-    assert all(_option(cmd, "BatchMode") == "yes" for cmd in identify)
+    assert [ssh_option(cmd, "Port") for cmd in identify] == ["22", "22"]
+    assert all(ssh_option(cmd, "BatchMode") == "yes" for cmd in identify)
     assert not any("fib_trie" in part for cmd in process.commands if IDENTIFY not in cmd for part in cmd)
     assert probed[:3] == [("10.8.0.2", 22), ("10.8.0.3", 22), ("10.8.0.4", 22)]
 
 
 def test_a_node_not_on_the_overlay_yet_is_waited_for_without_a_public_fallback() -> None:
-    clock = FakeClock()
+    clock = ManualClock(100.0)
     endpoints = FakeEndpoints({True: [DIRECT]}, unknown_subnet="10.8.0.0/24", search=["10.8.0.2", "10.8.0.3"])
     reachable: set[Endpoint] = set()
-    runner, process, probed = _runner(endpoints, reachable, use_internal_ip=True, clock=clock)
+    runner, process, probed = make_runner(endpoints, reachable, use_internal_ip=True, clock=clock)
     assert runner._get_node_ip() is None  # Ray's wait polls again; no public endpoint it cannot reach
     scanned = len(probed)
     clock.now += SCAN_EVERY_S / 2
@@ -285,7 +177,7 @@ def test_a_node_not_on_the_overlay_yet_is_waited_for_without_a_public_fallback()
 
 def test_a_reachable_public_endpoint_still_serves_when_the_overlay_search_finds_nothing() -> None:
     endpoints = FakeEndpoints({True: [DIRECT]}, unknown_subnet="10.8.0.0/24", search=["10.8.0.2"])
-    runner, _, _ = _runner(endpoints, {DIRECT}, use_internal_ip=True)
+    runner, _, _ = make_runner(endpoints, {DIRECT}, use_internal_ip=True)
     assert runner._get_node_ip() == DIRECT[0] and runner.endpoint == DIRECT
 
 
