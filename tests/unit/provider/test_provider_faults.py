@@ -1,7 +1,7 @@
 """Provider faults lose nothing (issue 8): failed destroys keep counting and are retried, the exit-time label flush
 is bounded, and the dead-man switch signals only a previous copy of itself.
 
-The in-memory Vast and fake clock come from ``test_provider_node_provider`` (it checks the state lock on every call).
+The in-memory Vast client comes from tests/support/fake_vast_client.py (it checks the state lock on every call).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from ray.autoscaler.node_launch_exception import NodeLaunchException
-from test_provider_node_provider import FakeVast, make_provider, offer, worker_label
+from support.fake_vast_client import FakeVastClient, make_provider, offer, worker_label
 
 from skyward_ray.emulator.testing import ManualClock, wait_until
 from skyward_ray.provider import deadman
@@ -30,7 +30,7 @@ NODE_CONFIG = {"accelerator": "RTX 4090", "allocation": "on-demand"}
 WORKER = {"ray-node-kind": "worker", "ray-user-node-type": "gpu", "ray-node-status": "uninitialized"}
 
 
-class FlakyDestroyVast(FakeVast):
+class FlakyDestroyVast(FakeVastClient):
     """Destroys fail with a 5xx while ``failing`` is set (the instance keeps running and billing)."""
 
     def __init__(self) -> None:
@@ -133,7 +133,7 @@ def test_a_destroy_in_flight_is_not_sent_twice() -> None:
 
 
 def test_a_ghost_rental_stays_reserved_until_a_list_settles_it() -> None:
-    fake, clock = FakeVast(), ManualClock()
+    fake, clock = FakeVastClient(), ManualClock()
     provider = make_provider(fake, clock, cache_ttl_s=1.0, max_hourly_cost=1.0, use_overlay=False)
     fake.offers = [offer(9001, 90, cluster_id=None, price=0.4)]
     fake.create_error = ServerError("Vast answered 504", status=504, outcome_unknown=True)  # it may have happened
@@ -154,7 +154,7 @@ def test_a_ghost_rental_stays_reserved_until_a_list_settles_it() -> None:
 # --- item 3: the exit-time flush is bounded -------------------------------------------------------------------------
 
 
-class UnreachableVast(FakeVast):
+class UnreachableVast(FakeVastClient):
     """Label writes hang (``hang``) or fail at once (``fail``): an API that cannot be reached at exit."""
 
     def __init__(self, mode: str) -> None:
@@ -177,7 +177,7 @@ def unreachable() -> Iterator[list[UnreachableVast]]:
         fake.release.set()  # let the abandoned close threads end
 
 
-def _provider_with_pending_tags(fake: FakeVast, node_id: int) -> VastNodeProvider:
+def _provider_with_pending_tags(fake: FakeVastClient, node_id: int) -> VastNodeProvider:
     fake.add_instance(node_id, worker_label())
     provider = make_provider(fake, ManualClock())
     provider.set_node_tags(str(node_id), {"ray-node-status": "up-to-date"})
@@ -207,7 +207,7 @@ def test_exit_flush_returns_within_its_budget_and_names_what_was_not_written(
 
 
 def test_exit_flush_with_a_reachable_api_writes_everything_quietly(caplog: pytest.LogCaptureFixture) -> None:
-    fake = FakeVast()
+    fake = FakeVastClient()
     provider = _provider_with_pending_tags(fake, 701)
     caplog.set_level(logging.WARNING, logger="skyward_ray.provider.exit_flush")
     flush_all_at_exit([provider], budget_s=5.0)
@@ -215,7 +215,7 @@ def test_exit_flush_with_a_reachable_api_writes_everything_quietly(caplog: pytes
     assert not [r for r in caplog.records if r.getMessage().startswith("exit:")]
 
 
-class OnceFailingLabelVast(FakeVast):
+class OnceFailingLabelVast(FakeVastClient):
     """The first label write answers a 5xx (Vast's load balancer under load); the next ones succeed."""
 
     def __init__(self) -> None:

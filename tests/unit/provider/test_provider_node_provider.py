@@ -1,7 +1,7 @@
 """VastNodeProvider against an in-memory Vast: the snapshot, tags, lifecycle rules, renting and teardown.
 
-The fake client checks on every call that the provider's state lock is free, so any API call made under the lock
-fails the test that provokes it. Time is a fake clock; nothing sleeps.
+The fake client (tests/support/fake_vast_client.py) checks on every call that the provider's state lock is free, so
+any API call made under the lock fails the test that provokes it. Time is a manual clock; nothing sleeps.
 """
 
 from __future__ import annotations
@@ -15,10 +15,21 @@ import pytest
 from ray.autoscaler.node_launch_exception import NodeLaunchException
 from ray.autoscaler.tags import (
     TAG_RAY_CLUSTER_NAME,
-    TAG_RAY_LAUNCH_CONFIG,
     TAG_RAY_NODE_KIND,
     TAG_RAY_NODE_STATUS,
     TAG_RAY_USER_NODE_TYPE,
+)
+from support.fake_vast_client import (
+    CLUSTER,
+    HEAD_TAGS,
+    NODE_CONFIG,
+    PROVIDER,
+    SUBNET,
+    WORKER_TAGS,
+    FakeVastClient,
+    make_provider,
+    offer,
+    worker_label,
 )
 
 from skyward_ray.emulator.testing import ManualClock
@@ -32,153 +43,12 @@ from skyward_ray.provider.tags import (
     encode_label,
 )
 from skyward_ray.vast.errors import NotFoundError, OfferGoneError, ServerError, VastError
-from skyward_ray.vast.models import CreatedInstance, Instance, Offer, Overlay, tolerant_instance
-
-CLUSTER = "unit"
-PROVIDER = {"type": "external", "module": "skyward_ray.provider.VastNodeProvider"}
-WORKER_TAGS = {TAG_RAY_NODE_KIND: "worker", TAG_RAY_USER_NODE_TYPE: "gpu", TAG_RAY_NODE_STATUS: "uninitialized",
-               TAG_RAY_LAUNCH_CONFIG: "a" * 40}
-HEAD_TAGS = {TAG_RAY_NODE_KIND: "head", TAG_RAY_USER_NODE_TYPE: "head", TAG_RAY_NODE_STATUS: "uninitialized"}
-NODE_CONFIG = {"accelerator": "RTX 4090"}
-SUBNET = "10.7.0.0/24"
-
-
-class FakeVast:
-    """Enough of VastClient for the provider, in memory, counting calls and checking the lock is free."""
-
-    base_url = "http://vast.invalid"
-
-    def __init__(self) -> None:
-        self.instances: dict[int, dict[str, Any]] = {}
-        self.offers: list[Offer] = []
-        self.overlays: list[Overlay] = []
-        self.calls: list[tuple[str, Any]] = []
-        self.provider: VastNodeProvider | None = None
-        self.next_id = 5000
-        self.create_error: Exception | None = None
-        self.create_errors: list[Exception] = []
-        self.ssh_keys_attached: list[int] = []
-        self.lock = threading.Lock()
-
-    def _record(self, name: str, arg: Any = None) -> None:
-        if self.provider is not None:
-            assert not self.provider._lock.locked(), f"{name} called while the provider's state lock is held"
-        with self.lock:
-            self.calls.append((name, arg))
-
-    def count(self, name: str) -> int:
-        return sum(1 for call, _ in self.calls if call == name)
-
-    def add_instance(self, instance_id: int, label: str | None, **fields: Any) -> None:
-        row = {"id": instance_id, "label": label, "actual_status": "running", "machine_id": instance_id // 10,
-               "public_ipaddr": "198.51.100.4", "ports": {"22/tcp": [{"HostIp": "0.0.0.0", "HostPort": "40022"}]},
-               "ssh_host": "203.0.113.9", "ssh_port": 20000 + instance_id % 1000,
-               "local_ipaddrs": "10.7.0.5 172.17.0.2", "dph_total": 0.4}
-        row.update(fields)
-        self.instances[instance_id] = row
-
-    # --- the client API the provider uses ---
-    def list_instances(self, select_filters: Any = None) -> list[Instance]:
-        self._record("list_instances")
-        return [Instance.model_validate(row) for row in self.instances.values()]
-
-    def list_instances_v0(self) -> list[Instance]:
-        """The unpaged list: the same rows as ``list_instances`` (counted under that name; patch either)."""
-        return self.list_instances()
-
-    def get_instance(self, instance_id: int) -> Instance | None:
-        self._record("get_instance", instance_id)
-        row = self.instances.get(instance_id)
-        return Instance.model_validate(row) if row else None
-
-    def set_label(self, instance_id: int, label: str) -> None:
-        self._record("set_label", (instance_id, label))
-        self.instances[instance_id]["label"] = label
-
-    def destroy_instance(self, instance_id: int) -> bool:
-        self._record("destroy_instance", instance_id)
-        return self.instances.pop(instance_id, None) is not None
-
-    def destroy_instances(self, ids: list[int]) -> None:
-        self._record("destroy_instances", list(ids))
-        for instance_id in ids:
-            self.instances.pop(instance_id, None)
-
-    def change_bid(self, instance_id: int, price: float) -> None:
-        self._record("change_bid", (instance_id, price))
-
-    def search_offers(self, query: dict[str, Any]) -> list[Offer]:
-        self._record("search_offers", query)
-        return list(self.offers)
-
-    def create_instance(self, offer_id: int, **kwargs: Any) -> CreatedInstance:
-        self._record("create_instance", (offer_id, kwargs))
-        if self.create_errors:
-            raise self.create_errors.pop(0)
-        if self.create_error is not None:
-            raise self.create_error
-        with self.lock:
-            self.next_id += 1
-            new_id = self.next_id
-        offer = next(o for o in self.offers if o.id == offer_id)
-        self.add_instance(new_id, kwargs["label"], actual_status="loading", machine_id=offer.machine_id, ports=None)
-        return CreatedInstance(new_contract=new_id)
-
-    def attach_ssh_key(self, instance_id: int, public_key: str) -> None:
-        self._record("attach_ssh_key", instance_id)
-        self.ssh_keys_attached.append(instance_id)
-
-    def list_overlays(self) -> list[Overlay]:
-        self._record("list_overlays")
-        return list(self.overlays)
-
-    def create_overlay(self, cluster_id: int, name: str) -> None:
-        self._record("create_overlay", (cluster_id, name))
-        self.overlays.append(Overlay(overlay_id=len(self.overlays) + 1, name=name, cluster_id=cluster_id,
-                                     internal_subnet=SUBNET))
-
-    def delete_overlay(self, overlay_id: int | None = None, name: str | None = None) -> bool:
-        self._record("delete_overlay", name)
-        before = len(self.overlays)
-        self.overlays = [o for o in self.overlays if o.name != name]
-        return len(self.overlays) < before
-
-
-def offer(offer_id: int, machine_id: int, *, cluster_id: int | None = 7, price: float = 0.4,
-          min_bid: float | None = 0.2, num_gpus: int = 1) -> Offer:
-    return Offer.model_validate({
-        "id": offer_id, "machine_id": machine_id, "cluster_id": cluster_id, "gpu_name": "RTX 4090",
-        "num_gpus": num_gpus, "dph_total": price, "min_bid": min_bid, "reliability2": 0.99,
-        "verification": "verified", "cuda_max_good": 12.4, "geolocation": "California, US", "rentable": True,
-        "rented": False, "disk_space": 500, "direct_port_count": 100, "inet_down": 900,
-    })
-
-
-def make_provider(fake: FakeVast, clock: ManualClock, **config: Any) -> VastNodeProvider:
-    provider = VastNodeProvider({**PROVIDER, **config}, CLUSTER, client=fake, clock=clock,  # type: ignore[arg-type]
-                                start_threads=False)
-    fake.provider = provider
-    return provider
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-def fake() -> FakeVast:
-    return FakeVast()
-
-
-def worker_label(**extra: str) -> str:
-    return encode_label(CLUSTER, {**WORKER_TAGS, **extra})
-
+from skyward_ray.vast.models import CreatedInstance, Instance, Overlay, tolerant_instance
 
 # --- the snapshot ---------------------------------------------------------------------------------------------------
 
 
-def test_one_list_serves_every_getter_and_filters_foreign_instances(fake: FakeVast, clock: ManualClock) -> None:
+def test_one_list_serves_every_getter_and_filters_foreign_instances(fake: FakeVastClient, clock: ManualClock) -> None:
     fake.add_instance(11, worker_label())
     fake.add_instance(12, encode_label("other-cluster", WORKER_TAGS))
     fake.add_instance(13, "someone's own label")
@@ -196,7 +66,7 @@ def test_one_list_serves_every_getter_and_filters_foreign_instances(fake: FakeVa
     assert [name for name, _ in fake.calls] == ["list_instances"]
 
 
-def test_list_is_refreshed_at_most_once_per_ttl(fake: FakeVast, clock: ManualClock) -> None:
+def test_list_is_refreshed_at_most_once_per_ttl(fake: FakeVastClient, clock: ManualClock) -> None:
     fake.add_instance(11, worker_label())
     provider = make_provider(fake, clock, cache_ttl_s=4.0)
     for _ in range(5):
@@ -209,7 +79,7 @@ def test_list_is_refreshed_at_most_once_per_ttl(fake: FakeVast, clock: ManualClo
     assert fake.count("list_instances") == 2
 
 
-def test_concurrent_refreshes_share_one_list(fake: FakeVast, clock: ManualClock) -> None:
+def test_concurrent_refreshes_share_one_list(fake: FakeVastClient, clock: ManualClock) -> None:
     release = threading.Event()
     original = fake.list_instances
 
@@ -228,7 +98,7 @@ def test_concurrent_refreshes_share_one_list(fake: FakeVast, clock: ManualClock)
     assert fake.count("list_instances") == 1
 
 
-def test_a_node_missing_from_the_snapshot_costs_one_get_at_most(fake: FakeVast, clock: ManualClock) -> None:
+def test_a_node_missing_from_the_snapshot_costs_one_get_at_most(fake: FakeVastClient, clock: ManualClock) -> None:
     provider = make_provider(fake, clock)
     provider.non_terminated_nodes({})
     fake.add_instance(21, worker_label())  # appeared after the list (another process rented it)
@@ -241,7 +111,7 @@ def test_a_node_missing_from_the_snapshot_costs_one_get_at_most(fake: FakeVast, 
     assert fake.count("get_instance") == 2
 
 
-def test_list_failure_serves_the_stale_snapshot(fake: FakeVast, clock: ManualClock) -> None:
+def test_list_failure_serves_the_stale_snapshot(fake: FakeVastClient, clock: ManualClock) -> None:
     fake.add_instance(11, worker_label())
     provider = make_provider(fake, clock)
     assert provider.non_terminated_nodes({}) == ["11"]
@@ -254,7 +124,7 @@ def test_list_failure_serves_the_stale_snapshot(fake: FakeVast, clock: ManualClo
     assert provider.non_terminated_nodes({}) == ["11"]
 
 
-def test_the_first_list_waits_and_its_failure_is_raised_not_an_empty_cluster(fake: FakeVast,
+def test_the_first_list_waits_and_its_failure_is_raised_not_an_empty_cluster(fake: FakeVastClient,
                                                                               clock: ManualClock) -> None:
     """A freshly started monitor (or ray up) that saw "no nodes" would rent a second head or duplicate workers."""
     fake.add_instance(11, worker_label())
@@ -272,7 +142,7 @@ def test_the_first_list_waits_and_its_failure_is_raised_not_an_empty_cluster(fak
     assert provider.non_terminated_nodes({}) == ["11"]
 
 
-def test_a_tick_never_waits_on_a_list_one_refresher_runs_behind_it(fake: FakeVast, clock: ManualClock) -> None:
+def test_a_tick_never_waits_on_a_list_one_refresher_runs_behind_it(fake: FakeVastClient, clock: ManualClock) -> None:
     fake.add_instance(11, worker_label())
     provider = VastNodeProvider({**PROVIDER, "cache_ttl_s": 4.0}, CLUSTER, client=fake,  # type: ignore[arg-type]
                                 clock=clock)  # threads on: the refresh runs in the background
@@ -313,7 +183,7 @@ def test_a_tick_never_waits_on_a_list_one_refresher_runs_behind_it(fake: FakeVas
     provider.close()
 
 
-def test_a_booting_node_ray_waits_on_is_listed_every_two_seconds_ready_ones_every_ttl(fake: FakeVast,
+def test_a_booting_node_ray_waits_on_is_listed_every_two_seconds_ready_ones_every_ttl(fake: FakeVastClient,
                                                                                       clock: ManualClock) -> None:
     fake.add_instance(11, worker_label(), actual_status="loading", ports=None)
     fake.add_instance(12, worker_label())
@@ -331,7 +201,8 @@ def test_a_booting_node_ray_waits_on_is_listed_every_two_seconds_ready_ones_ever
     assert fake.count("list_instances") == 2, "ready nodes wait for the TTL"
 
 
-def test_a_node_adopted_while_a_list_runs_does_not_vanish_with_that_list(fake: FakeVast, clock: ManualClock) -> None:
+def test_a_node_adopted_while_a_list_runs_does_not_vanish_with_that_list(fake: FakeVastClient,
+                                                                         clock: ManualClock) -> None:
     provider = make_provider(fake, clock)
     provider.non_terminated_nodes({})
     listing, release = threading.Event(), threading.Event()
@@ -361,7 +232,7 @@ def test_a_node_adopted_while_a_list_runs_does_not_vanish_with_that_list(fake: F
 
 
 def test_the_unpaged_list_is_one_call_and_the_paged_one_takes_over_when_it_is_not_served(
-        fake: FakeVast, clock: ManualClock) -> None:
+        fake: FakeVastClient, clock: ManualClock) -> None:
     fake.add_instance(11, worker_label())
     calls: list[str] = []
 
@@ -377,7 +248,8 @@ def test_the_unpaged_list_is_one_call_and_the_paged_one_takes_over_when_it_is_no
     assert calls == ["v0"] and fake.count("list_instances") == 2, "the unpaged list is not asked for again"
 
 
-def test_a_failing_unpaged_list_serves_the_snapshot_and_is_tried_again(fake: FakeVast, clock: ManualClock) -> None:
+def test_a_failing_unpaged_list_serves_the_snapshot_and_is_tried_again(fake: FakeVastClient,
+                                                                       clock: ManualClock) -> None:
     fake.add_instance(11, worker_label())
     provider = make_provider(fake, clock)
     assert provider.non_terminated_nodes({}) == ["11"]
@@ -388,14 +260,14 @@ def test_a_failing_unpaged_list_serves_the_snapshot_and_is_tried_again(fake: Fak
     assert provider.snapshot.list_source == "unpaged"
 
 
-def test_paged_listing_never_asks_for_the_unpaged_list(fake: FakeVast, clock: ManualClock) -> None:
+def test_paged_listing_never_asks_for_the_unpaged_list(fake: FakeVastClient, clock: ManualClock) -> None:
     fake.add_instance(11, worker_label())
     fake.list_instances_v0 = None  # type: ignore[assignment]
     provider = make_provider(fake, clock, instance_list="paged")
     assert provider.non_terminated_nodes({}) == ["11"]
 
 
-def test_a_labelled_row_that_did_not_parse_is_a_node_until_terminate_destroys_it(fake: FakeVast,
+def test_a_labelled_row_that_did_not_parse_is_a_node_until_terminate_destroys_it(fake: FakeVastClient,
                                                                                  clock: ManualClock) -> None:
     fake.add_instance(11, worker_label())
     fake.add_instance(12, worker_label())
@@ -436,7 +308,7 @@ def test_a_labelled_row_that_did_not_parse_is_a_node_until_terminate_destroys_it
 # --- tags -----------------------------------------------------------------------------------------------------------
 
 
-def test_set_node_tags_is_immediate_and_flushes_coalesced_into_one_label_write(fake: FakeVast,
+def test_set_node_tags_is_immediate_and_flushes_coalesced_into_one_label_write(fake: FakeVastClient,
                                                                                clock: ManualClock) -> None:
     fake.add_instance(11, worker_label())
     provider = make_provider(fake, clock)
@@ -450,7 +322,7 @@ def test_set_node_tags_is_immediate_and_flushes_coalesced_into_one_label_write(f
     assert decode_label(fake.instances[11]["label"])[1][TAG_RAY_NODE_STATUS] == "up-to-date"  # type: ignore[index]
 
 
-def test_a_new_provider_rebuilds_every_tag_from_vast(fake: FakeVast, clock: ManualClock) -> None:
+def test_a_new_provider_rebuilds_every_tag_from_vast(fake: FakeVastClient, clock: ManualClock) -> None:
     fake.add_instance(11, worker_label())
     first = make_provider(fake, clock)
     first.non_terminated_nodes({})
@@ -462,7 +334,7 @@ def test_a_new_provider_rebuilds_every_tag_from_vast(fake: FakeVast, clock: Manu
     assert second.node_tags("11") == expected
 
 
-def test_an_older_label_never_overwrites_newer_memory(fake: FakeVast, clock: ManualClock) -> None:
+def test_an_older_label_never_overwrites_newer_memory(fake: FakeVastClient, clock: ManualClock) -> None:
     fake.add_instance(11, worker_label())
     provider = make_provider(fake, clock, cache_ttl_s=1.0)
     provider.non_terminated_nodes({})
@@ -489,7 +361,7 @@ def _wait_for(predicate: Any, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_outbid_worker_is_destroyed_and_reported_terminated(fake: FakeVast, clock: ManualClock) -> None:
+def test_outbid_worker_is_destroyed_and_reported_terminated(fake: FakeVastClient, clock: ManualClock) -> None:
     fake.add_instance(11, worker_label(), is_bid=True, actual_status="stopped", cur_state="stopped",
                       intended_status="stopped", next_state="stopped")
     provider = make_provider(fake, clock)
@@ -499,7 +371,7 @@ def test_outbid_worker_is_destroyed_and_reported_terminated(fake: FakeVast, cloc
     assert 1 not in provider.state.avoided_until  # an outbid says nothing about the machine
 
 
-def test_rebid_policy_raises_the_bid_up_to_max_bid(fake: FakeVast, clock: ManualClock) -> None:
+def test_rebid_policy_raises_the_bid_up_to_max_bid(fake: FakeVastClient, clock: ManualClock) -> None:
     fake.add_instance(11, worker_label(), is_bid=True, actual_status="stopped", cur_state="stopped",
                       intended_status="stopped", next_state="stopped", min_bid=0.3, dph_total=0.25)
     provider = make_provider(fake, clock, interrupted_policy="rebid", max_bid=0.33, bid_multiplier=1.2)
@@ -508,7 +380,7 @@ def test_rebid_policy_raises_the_bid_up_to_max_bid(fake: FakeVast, clock: Manual
     assert fake.calls[-1] == ("change_bid", (11, pytest.approx(0.33)))  # 0.3 * 1.2 capped at max_bid
 
 
-def test_failed_instance_is_destroyed_and_its_machine_avoided(fake: FakeVast, clock: ManualClock) -> None:
+def test_failed_instance_is_destroyed_and_its_machine_avoided(fake: FakeVastClient, clock: ManualClock) -> None:
     fake.add_instance(11, worker_label(), actual_status="exited", machine_id=77)
     provider = make_provider(fake, clock)
     assert provider.non_terminated_nodes({}) == []
@@ -516,7 +388,7 @@ def test_failed_instance_is_destroyed_and_its_machine_avoided(fake: FakeVast, cl
     _wait_for(lambda: 11 not in fake.instances, "the destroy")
 
 
-def test_stuck_loading_is_ended_after_the_deadline(fake: FakeVast, clock: ManualClock) -> None:
+def test_stuck_loading_is_ended_after_the_deadline(fake: FakeVastClient, clock: ManualClock) -> None:
     fake.add_instance(11, worker_label(), actual_status="loading", machine_id=78, ports=None)
     provider = make_provider(fake, clock, loading_timeout_s=300)
     assert provider.non_terminated_nodes({}) == ["11"]
@@ -528,7 +400,7 @@ def test_stuck_loading_is_ended_after_the_deadline(fake: FakeVast, clock: Manual
     assert 78 in provider.state.avoided_until
 
 
-def test_node_ray_cannot_ssh_into_is_ended(fake: FakeVast, clock: ManualClock) -> None:
+def test_node_ray_cannot_ssh_into_is_ended(fake: FakeVastClient, clock: ManualClock) -> None:
     fake.add_instance(11, worker_label(), machine_id=79)
     provider = make_provider(fake, clock, ssh_timeout_s=120)
     provider.non_terminated_nodes({})
@@ -540,7 +412,7 @@ def test_node_ray_cannot_ssh_into_is_ended(fake: FakeVast, clock: ManualClock) -
     assert 79 in provider.state.avoided_until
 
 
-def test_local_ipaddrs_counts_only_when_it_holds_an_overlay_address(fake: FakeVast, clock: ManualClock) -> None:
+def test_local_ipaddrs_counts_only_when_it_holds_an_overlay_address(fake: FakeVastClient, clock: ManualClock) -> None:
     fake.add_instance(11, worker_label(**{TAG_OVERLAY_SUBNET: "10.9.0.0/24"}), local_ipaddrs="10.9.0.3 172.17.0.2")
     fake.add_instance(12, worker_label(**{TAG_OVERLAY_SUBNET: "10.9.0.0/24"}), local_ipaddrs="192.168.0.7 172.17.0.1")
     provider = make_provider(fake, clock)
@@ -555,7 +427,8 @@ def test_local_ipaddrs_counts_only_when_it_holds_an_overlay_address(fake: FakeVa
 # --- terminating ----------------------------------------------------------------------------------------------------
 
 
-def test_terminate_nodes_is_one_bulk_call_hides_at_once_and_is_idempotent(fake: FakeVast, clock: ManualClock) -> None:
+def test_terminate_nodes_is_one_bulk_call_hides_at_once_and_is_idempotent(fake: FakeVastClient,
+                                                                          clock: ManualClock) -> None:
     for instance_id in (11, 12, 13):
         fake.add_instance(instance_id, worker_label())
     provider = make_provider(fake, clock)
@@ -571,7 +444,7 @@ def test_terminate_nodes_is_one_bulk_call_hides_at_once_and_is_idempotent(fake: 
 # --- renting --------------------------------------------------------------------------------------------------------
 
 
-def test_workers_rent_concurrently_on_the_heads_cluster_and_are_visible_at_once(fake: FakeVast,
+def test_workers_rent_concurrently_on_the_heads_cluster_and_are_visible_at_once(fake: FakeVastClient,
                                                                                clock: ManualClock) -> None:
     fake.offers = [offer(100 + i, 10 + i) for i in range(4)] + [offer(200, 30, cluster_id=8, price=0.1)]
     fake.add_instance(1, encode_label(CLUSTER, {**HEAD_TAGS, TAG_PHYSICAL_CLUSTER: "7", TAG_OVERLAY_SUBNET: SUBNET}))
@@ -592,7 +465,7 @@ def test_workers_rent_concurrently_on_the_heads_cluster_and_are_visible_at_once(
     assert sorted(fake.ssh_keys_attached) == sorted(int(i) for i in created)
 
 
-def test_head_picks_the_cluster_for_head_and_workers_and_creates_the_overlay(fake: FakeVast,
+def test_head_picks_the_cluster_for_head_and_workers_and_creates_the_overlay(fake: FakeVastClient,
                                                                            clock: ManualClock) -> None:
     # Cluster 8 is cheaper for one node but has room for two; cluster 7 fits head + 3 workers.
     fake.offers = [offer(100 + i, 10 + i, cluster_id=7, price=0.5) for i in range(4)]
@@ -613,7 +486,7 @@ def test_head_picks_the_cluster_for_head_and_workers_and_creates_the_overlay(fak
     assert provider.non_terminated_nodes(HEAD_TAGS) == [head_id]
 
 
-def test_taken_offer_moves_on_to_the_next_offer(fake: FakeVast, clock: ManualClock) -> None:
+def test_taken_offer_moves_on_to_the_next_offer(fake: FakeVastClient, clock: ManualClock) -> None:
     fake.offers = [offer(100, 10), offer(101, 11)]
     fake.create_errors = [OfferGoneError("gone", status=404, error_code="no_such_ask")]
     provider = make_provider(fake, clock, use_overlay=False)
@@ -624,7 +497,7 @@ def test_taken_offer_moves_on_to_the_next_offer(fake: FakeVast, clock: ManualClo
     assert fake.count("search_offers") == 1 and fake.count("create_instance") == 2
 
 
-def test_ambiguous_rental_is_not_retried_and_its_ghost_is_destroyed(fake: FakeVast, clock: ManualClock) -> None:
+def test_ambiguous_rental_is_not_retried_and_its_ghost_is_destroyed(fake: FakeVastClient, clock: ManualClock) -> None:
     fake.offers = [offer(100, 10)]
     error = ServerError("504 after sending", status=504)
     error.outcome_unknown = True
@@ -641,7 +514,7 @@ def test_ambiguous_rental_is_not_retried_and_its_ghost_is_destroyed(fake: FakeVa
     _wait_for(lambda: 9999 not in fake.instances, "the ghost's destroy")
 
 
-def test_failed_create_that_names_an_instance_destroys_it(fake: FakeVast, clock: ManualClock) -> None:
+def test_failed_create_that_names_an_instance_destroys_it(fake: FakeVastClient, clock: ManualClock) -> None:
     fake.offers = [offer(100, 10)]
     fake.add_instance(4242, None, actual_status="stopped")
     error = ServerError("bid too low", status=400)
@@ -653,7 +526,8 @@ def test_failed_create_that_names_an_instance_destroys_it(fake: FakeVast, clock:
     assert ("destroy_instance", 4242) in fake.calls
 
 
-def test_nothing_fits_raises_node_launch_exception_with_the_explanation(fake: FakeVast, clock: ManualClock) -> None:
+def test_nothing_fits_raises_node_launch_exception_with_the_explanation(fake: FakeVastClient,
+                                                                        clock: ManualClock) -> None:
     fake.offers = [offer(100, 10, price=0.4)]
     provider = make_provider(fake, clock, use_overlay=False, min_reliability=0.999)
     with pytest.raises(NodeLaunchException) as info:
@@ -663,7 +537,7 @@ def test_nothing_fits_raises_node_launch_exception_with_the_explanation(fake: Fa
     assert fake.count("create_instance") == 0
 
 
-def test_max_hourly_cost_counts_live_nodes(fake: FakeVast, clock: ManualClock) -> None:
+def test_max_hourly_cost_counts_live_nodes(fake: FakeVastClient, clock: ManualClock) -> None:
     fake.offers = [offer(100 + i, 10 + i, price=0.4, min_bid=None) for i in range(4)]
     fake.add_instance(1, worker_label(), dph_total=0.5)
     provider = make_provider(fake, clock, use_overlay=False, max_hourly_cost=1.0)
@@ -675,7 +549,7 @@ def test_max_hourly_cost_counts_live_nodes(fake: FakeVast, clock: ManualClock) -
     assert "max_hourly_cost" in info.value.description
 
 
-def test_rental_nonces_hide_instances_until_their_rental_returns(fake: FakeVast, clock: ManualClock) -> None:
+def test_rental_nonces_hide_instances_until_their_rental_returns(fake: FakeVastClient, clock: ManualClock) -> None:
     fake.offers = [offer(100, 10)]
     provider = make_provider(fake, clock, use_overlay=False)
     seen_during_rent: list[list[str]] = []
@@ -697,7 +571,7 @@ def test_rental_nonces_hide_instances_until_their_rental_returns(fake: FakeVast,
 # --- teardown -------------------------------------------------------------------------------------------------------
 
 
-def test_cleanup_destroys_labelled_leftovers_and_the_overlay(fake: FakeVast, clock: ManualClock) -> None:
+def test_cleanup_destroys_labelled_leftovers_and_the_overlay(fake: FakeVastClient, clock: ManualClock) -> None:
     provider = make_provider(fake, clock)
     fake.add_instance(31, worker_label())
     fake.add_instance(32, "not ours")
@@ -708,7 +582,7 @@ def test_cleanup_destroys_labelled_leftovers_and_the_overlay(fake: FakeVast, clo
     assert [o.name for o in fake.overlays] == ["someone-else"]
 
 
-def test_overlay_node_is_running_at_once_and_its_address_is_learned_on_the_node(fake: FakeVast,
+def test_overlay_node_is_running_at_once_and_its_address_is_learned_on_the_node(fake: FakeVastClient,
                                                                                  clock: ManualClock) -> None:
     # Vast lists host-side addresses only: the node is ready as soon as it runs with an SSH endpoint (no wait for an
     # address the API never serves), and the address read on the node goes into the label for every other process.
@@ -729,7 +603,7 @@ def test_overlay_node_is_running_at_once_and_its_address_is_learned_on_the_node(
 
 
 def test_overlay_search_covers_the_subnet_minus_known_addresses_only_on_the_overlay(
-        fake: FakeVast, clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> None:
+        fake: FakeVastClient, clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> None:
     from skyward_ray.provider import overlay_addresses
 
     on_overlay = [("lo", ipaddress.IPv4Interface("127.0.0.1/8")), ("eth0", ipaddress.IPv4Interface("10.9.0.1/24"))]

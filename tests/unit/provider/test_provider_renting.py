@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 from ray.autoscaler.node_launch_exception import NodeLaunchException
-from test_provider_node_provider import (
+from support.fake_vast_client import (
     CLUSTER,
     HEAD_TAGS,
     NODE_CONFIG,
     SUBNET,
     WORKER_TAGS,
-    FakeVast,
+    FakeVastClient,
     make_provider,
     offer,
 )
@@ -25,7 +25,7 @@ from skyward_ray.emulator.testing import ManualClock
 from skyward_ray.provider.search_cache import OfferCache, cache_key
 from skyward_ray.provider.tags import TAG_OVERLAY_SUBNET, TAG_PHYSICAL_CLUSTER, encode_label
 from skyward_ray.vast.errors import AuthError, BadRequestError, OfferGoneError, ServerError
-from skyward_ray.vast.models import Instance, Offer
+from skyward_ray.vast.models import Offer
 
 ON_DEMAND = {**NODE_CONFIG, "allocation": "on-demand"}  # one search per plan
 NODE_TYPES = {
@@ -34,24 +34,7 @@ NODE_TYPES = {
 }
 
 
-class Vast(FakeVast):
-    """The in-memory Vast, listing through whichever list call the provider uses."""
-
-    def list_instances_v0(self) -> list[Instance]:
-        return self.list_instances()
-
-
-@pytest.fixture
-def fake() -> Vast:
-    return Vast()
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-def with_head(fake: Vast) -> None:
+def with_head(fake: FakeVastClient) -> None:
     fake.add_instance(1, encode_label(CLUSTER, {**HEAD_TAGS, TAG_PHYSICAL_CLUSTER: "7", TAG_OVERLAY_SUBNET: SUBNET}))
 
 
@@ -115,7 +98,7 @@ def test_an_answer_stays_in_use_while_its_scale_up_rents_up_to_three_ttls(clock:
     cache = OfferCache(search, ttl_s=30.0, clock=clock)
     query = {"type": "on-demand", "limit": 100}
     cache.offers([query])
-    cache.take("a", 10, 1, [query])  # a batch planned on it is renting (Vast's pace: one rental per 4.5 s)
+    cache.take("a", 10, 1, [query])  # a batch planned on it is renting (FakeVastClient's pace: one rental per 4.5 s)
     clock.advance(40)
     cache.offers([query])
     assert len(calls) == 1, "a later batch of the same scale-up plans on the answer its first batch used"
@@ -150,7 +133,8 @@ def test_a_full_answer_to_a_small_limit_does_not_serve_a_larger_one(clock: Manua
 # --- the provider ---------------------------------------------------------------------------------------------------
 
 
-def test_launches_within_the_ttl_share_one_search_and_never_plan_a_gpu_twice(fake: Vast, clock: ManualClock) -> None:
+def test_launches_within_the_ttl_share_one_search_and_never_plan_a_gpu_twice(fake: FakeVastClient,
+                                                                             clock: ManualClock) -> None:
     fake.offers = [offer(100 + i, 10 + i, price=0.4 + i / 100) for i in range(8)]
     with_head(fake)
     provider = make_provider(fake, clock, search_ttl_s=20.0)
@@ -164,7 +148,7 @@ def test_launches_within_the_ttl_share_one_search_and_never_plan_a_gpu_twice(fak
     assert fake.count("search_offers") == 2, "after the TTL a launch searches again"
 
 
-def test_concurrent_launches_plan_distinct_gpus_from_one_answer(fake: Vast, clock: ManualClock,
+def test_concurrent_launches_plan_distinct_gpus_from_one_answer(fake: FakeVastClient, clock: ManualClock,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     fake.offers = [offer(100 + i, 10 + i) for i in range(10)]
     with_head(fake)
@@ -186,7 +170,8 @@ def test_concurrent_launches_plan_distinct_gpus_from_one_answer(fake: Vast, cloc
     assert fake.count("search_offers") == 1
 
 
-def test_a_taken_offer_moves_on_to_the_next_offer_of_the_shared_answer(fake: Vast, clock: ManualClock) -> None:
+def test_a_taken_offer_moves_on_to_the_next_offer_of_the_shared_answer(fake: FakeVastClient,
+                                                                       clock: ManualClock) -> None:
     fake.offers = [offer(100, 10), offer(101, 11)]
     fake.create_errors = [OfferGoneError("gone", status=404, error_code="no_such_ask")]
     provider = make_provider(fake, clock, use_overlay=False)
@@ -196,7 +181,7 @@ def test_a_taken_offer_moves_on_to_the_next_offer_of_the_shared_answer(fake: Vas
     assert fake.count("search_offers") == 1, "the rival took machine 10; machine 11 was in the answer already"
 
 
-def test_a_dirty_answer_that_cannot_place_is_searched_again_once(fake: Vast, clock: ManualClock) -> None:
+def test_a_dirty_answer_that_cannot_place_is_searched_again_once(fake: FakeVastClient, clock: ManualClock) -> None:
     fake.offers = [offer(100, 10)]
     provider = make_provider(fake, clock, use_overlay=False)
     provider.create_node_with_resources_and_labels(ON_DEMAND, WORKER_TAGS, 1, {}, {})
@@ -206,7 +191,7 @@ def test_a_dirty_answer_that_cannot_place_is_searched_again_once(fake: Vast, clo
     assert fake.count("search_offers") == 2 and provider.offer_cache.stats.refreshed == 1
 
 
-def test_a_failing_launch_retried_by_the_autoscaler_costs_no_search_within_the_ttl(fake: Vast,
+def test_a_failing_launch_retried_by_the_autoscaler_costs_no_search_within_the_ttl(fake: FakeVastClient,
                                                                                    clock: ManualClock) -> None:
     fake.offers = [offer(100, 10, price=0.4)]
     provider = make_provider(fake, clock, use_overlay=False, min_reliability=0.999)
@@ -219,7 +204,7 @@ def test_a_failing_launch_retried_by_the_autoscaler_costs_no_search_within_the_t
     assert fake.count("search_offers") == 2
 
 
-def test_accepted_nodes_are_visible_before_their_batch_ends(fake: Vast, clock: ManualClock) -> None:
+def test_accepted_nodes_are_visible_before_their_batch_ends(fake: FakeVastClient, clock: ManualClock) -> None:
     fake.offers = [offer(100 + i, 10 + i) for i in range(3)]
     with_head(fake)
     provider = make_provider(fake, clock)
@@ -239,7 +224,7 @@ def test_accepted_nodes_are_visible_before_their_batch_ends(fake: Vast, clock: M
 # --- overlays unavailable -------------------------------------------------------------------------------------------
 
 
-class NoOverlays(Vast):
+class NoOverlays(FakeVastClient):
     """An account Vast refuses overlays to (the shape is inferred: the endpoints are undocumented)."""
 
     def __init__(self, refuse: str) -> None:
