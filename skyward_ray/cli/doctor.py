@@ -1,9 +1,6 @@
 """``skyward-ray doctor``: does this Vast account, key and marketplace behave as ``ray up`` assumes? Free checks
 first (no rental); ``--rent`` rents one cheap instance for a few minutes, ``--overlay`` two on one physical cluster
 joined by an overlay, and destroys everything it rented whatever happens.
-
-Exit 0: ready (warnings allowed); 1: something ``ray up`` needs is wrong; 2: bad input, nothing rented; 130:
-interrupted.
 """
 
 from __future__ import annotations
@@ -138,6 +135,8 @@ def _ask(question: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Exit 0: ready (warnings allowed); 1: something ``ray up`` needs is wrong; 2: bad input, nothing rented; 130:
+    interrupted, after destroying what was rented."""
     _check_args(args)
     logging.getLogger("ray.autoscaler").setLevel(logging.WARNING)  # Ray's per-command timers would split the rows
     shape = load_shape(args.config)
