@@ -11,10 +11,10 @@ from pydantic import BaseModel, ConfigDict
 
 from skyward_ray.placement.explain import explain
 from skyward_ray.placement.explanation import NoPlacementError
-from skyward_ray.placement.image import ImageSource, choose_image
+from skyward_ray.placement.image import ImageChoice, ImageSource, choose_image
 from skyward_ray.placement.options import PlacementOptions
 from skyward_ray.placement.request import PlacementRequest, Scope
-from skyward_ray.placement.solver import Solution, budget_micro, collect, majority_country, solve
+from skyward_ray.placement.solver import Market, Solution, budget_micro, collect, majority_country, solve
 from skyward_ray.vast.models import Offer
 
 DEFAULT_RUNNERS_UP = 3
@@ -115,6 +115,31 @@ def _runner_up(solution: Solution) -> ClusterOption:
     )
 
 
+def _assignments(request: PlacementRequest, solution: Solution) -> tuple[NodeAssignment, ...]:
+    """One assignment per node: a pick of k nodes on one offer rents that offer k times."""
+    return tuple(
+        NodeAssignment(
+            group=request.groups[pick.group].name,
+            offer=pick.candidate.offer,
+            price_per_hour=pick.candidate.price.per_hour,
+            is_bid=pick.candidate.price.is_bid,
+        )
+        for pick in solution.picks
+        for _ in range(pick.nodes)
+    )
+
+
+def _image(market: Market, options: PlacementOptions, solution: Solution) -> ImageChoice:
+    """The image every chosen host can run, above the highest CUDA floor of the request's searches."""
+    floors = [offer_filter.cuda.value for offer_filter in market.filters if offer_filter.cuda is not None]
+    return choose_image(
+        options.docker_image,
+        [offer_filter.gpu.model for offer_filter in market.filters],
+        [offer.cuda_max_good for offer in solution.offers],
+        floor=max(floors) if floors else None,
+    )
+
+
 def plan(
     request: PlacementRequest,
     options: PlacementOptions,
@@ -139,28 +164,12 @@ def plan(
             explain(request, options, offers, already_committed_per_hour=already_committed_per_hour)
         )
     best = solutions[0]
-    nodes = [
-        NodeAssignment(
-            group=request.groups[pick.group].name,
-            offer=pick.candidate.offer,
-            price_per_hour=pick.candidate.price.per_hour,
-            is_bid=pick.candidate.price.is_bid,
-        )
-        for pick in best.picks
-        for _ in range(pick.nodes)
-    ]
-    floors = [offer_filter.cuda.value for offer_filter in market.filters if offer_filter.cuda is not None]
-    image = choose_image(
-        options.docker_image,
-        [offer_filter.gpu.model for offer_filter in market.filters],
-        [offer.cuda_max_good for offer in best.offers],
-        floor=max(floors) if floors else None,
-    )
+    image = _image(market, options, best)
     return Plan(
         scope=market.scope,
         cluster_id=best.cluster_id,
         country=majority_country(best.offers),
-        nodes=tuple(nodes),
+        nodes=_assignments(request, best),
         total_per_hour=best.per_hour,
         image=image.image,
         image_source=image.source,
