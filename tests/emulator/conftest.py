@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from emulator_wire import FROZEN_BOOT_S
+from support.emulator_wire import FROZEN_BOOT_S
 
 from skyward_ray.emulator.clock import Clock
 from skyward_ray.emulator.server import EmulatorServer

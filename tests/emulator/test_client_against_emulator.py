@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from emulator_wire import FROZEN_BOOT_S, advance, set_faults
+from support.emulator_wire import FROZEN_BOOT_S, advance, set_faults
 
 from skyward_ray.emulator.server import EmulatorServer
 from skyward_ray.emulator.testing import wait_until

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from emulator_wire import first_offer, instance, rent, set_faults
+from support.emulator_wire import first_offer, instance, rent, set_faults
 
 from skyward_ray.emulator.server import EmulatorServer
 from skyward_ray.emulator.testing import wait_until

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from emulator_wire import FROZEN_BOOT_S, advance, first_offer, instance, rent, set_faults
+from support.emulator_wire import FROZEN_BOOT_S, advance, first_offer, instance, rent, set_faults
 
 from skyward_ray.emulator.server import EmulatorServer
 

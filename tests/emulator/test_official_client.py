@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 import requests
-from emulator_wire import first_offer, rent
+from support.emulator_wire import first_offer, rent
 from vastai import VastAI
 
 from skyward_ray.emulator.server import EmulatorServer

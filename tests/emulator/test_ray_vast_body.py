@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from emulator_wire import instance
+from support.emulator_wire import instance
 
 from skyward_ray.emulator.server import EmulatorServer
 from skyward_ray.emulator.testing import RecordingRuntime, running_emulator, wait_until

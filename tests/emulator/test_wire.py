@@ -7,7 +7,7 @@ import json
 
 import httpx
 import pytest
-from emulator_wire import FROZEN_BOOT_S, advance, first_offer, instance, rent
+from support.emulator_wire import FROZEN_BOOT_S, advance, first_offer, instance, rent
 
 from skyward_ray.emulator.server import EmulatorServer
 

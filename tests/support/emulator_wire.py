@@ -1,4 +1,5 @@
-"""Small wire helpers shared by the emulator tests (raw httpx, so they check what is on the wire)."""
+"""Raw HTTP calls to a running emulator for the emulator tests (plain httpx, so they check what is on the wire):
+search, rent, read an instance, and the admin API's faults and clock."""
 
 from __future__ import annotations
 
