@@ -93,7 +93,7 @@ def test_ray_up_brings_up_the_head_on_an_overlay(run: Run) -> None:
     (head_id, head), = instances.items()
     run.head_id = head_id
     assert head["kind"] == HEAD and head["actual_status"] == "running"
-    assert not head["is_bid"], "the head is on-demand (decision 7)"
+    assert not head["is_bid"], "the head is on-demand"
     overlay = overlay_of(run.emulator.state())
     assert overlay["cluster_id"] == head["cluster_id"] is not None
     assert str(head_id) in overlay["members"]

@@ -1,6 +1,6 @@
 """Every example runs to its printed result against a local 4-node Ray cluster it attaches to via RAY_ADDRESS.
 
-(On the Vast emulator, with launching, they run unchanged; that is the phase-2 end-to-end test.)
+(On the Vast emulator, with launching, they run unchanged: tests/e2e/test_sky_vast.py.)
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def test_multi_node_example_all_reduces_across_every_rank(address: str) -> None:
 
 
 def test_lower_layers_import_without_ray_or_the_sky_api() -> None:
-    """The sky names are lazy, so the Vast client, placement and the emulator stay free of Ray (DESIGN layering)."""
+    """The sky names are lazy, so the Vast client, placement and the emulator stay free of Ray."""
     probe = (
         "import sys, skyward_ray, skyward_ray.vast.models, skyward_ray.placement.options;"
         "print(sorted(m for m in ('ray', 'skyward_ray.sky') if m in sys.modules))"

@@ -110,7 +110,7 @@ def test_a_call_gets_all_of_its_nodes_gpus(cluster: sky.ComputePool) -> None:
 
 def test_gather_and_ampersand_return_lists_in_order(cluster: sky.ComputePool) -> None:
     assert sky.gather(*(add(i, 1) for i in range(7))) >> sky == [i + 1 for i in range(7)]
-    assert sky.gather(add(i) for i in range(4)) >> sky == [0, 1, 2, 3]  # the seed passes a generator
+    assert sky.gather(add(i) for i in range(4)) >> sky == [0, 1, 2, 3]  # a generator of calls
     assert (add(1) & add(2) & add(3)) >> sky == [1, 2, 3]
     assert ((add(1) & add(2)) & (add(3) & add(4))) >> cluster == [1, 2, 3, 4]
     assert cluster.map(add, range(5)) == [0, 1, 2, 3, 4]

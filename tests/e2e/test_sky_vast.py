@@ -1,14 +1,14 @@
 """The ``sky`` API launching its own pools on the netns Vast emulator: Ray's launcher SDK, our provider, Ray Client
 through an SSH tunnel to the head, and teardown that leaves nothing.
 
-One emulator for the module (in-process, its own name prefix and public subnet, seed 1: a market where every seed
+One emulator for the module (in-process, its own name prefix and public subnet, seed 1: a market where every
 example finds its offers), then:
 
 * a two-node pool in this process (one launch): a torch Gloo all-reduce over the overlay through
   ``sky.integrations.torch()``, ``@`` in rank order, ``gather`` concurrent across the nodes, the plain ``ray.remote``
   example attached to the same cluster; then the block raises, and the tests check that nothing is left;
-* every seed example as the script a user runs, with only ``VAST_URL`` and ``VAST_API_KEY`` set, each launching and
-  removing its own pool.
+* every example in examples/ as the script a user runs, with only ``VAST_URL`` and ``VAST_API_KEY`` set, each
+  launching and removing its own pool.
 
 The emulated hosts run this machine's Python environment (the "image" is not pulled), so the packages the examples'
 images ask for must be installed here for the nodes' ``pip install`` to have nothing to do: a namespace has no route
@@ -264,7 +264,7 @@ def test_the_pool_rents_an_on_demand_head_and_a_worker_on_one_overlay(two_nodes:
     kinds = {r["id"]: decode_label(r.get("label"))[1].get("ray-node-type") for r in live}
     assert sorted(kinds.values()) == ["head", "worker"], kinds
     head = next(r for r in live if kinds[r["id"]] == "head")
-    assert not head["is_bid"], "allocation spot-if-available keeps the head on-demand (DESIGN decision 7)"
+    assert not head["is_bid"], "allocation spot-if-available keeps the head on-demand"
     (overlay,) = state["overlays"]
     assert sorted(overlay["members"]) == sorted(str(r["id"]) for r in live)
     assert {r["cluster_id"] for r in live} == {overlay["cluster_id"]}
@@ -336,7 +336,7 @@ def test_a_block_that_raises_leaves_nothing(two_nodes: TwoNodeRun) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Every seed example, as a user runs it
+# Every example, as a user runs it
 
 
 def run_example(name: str, extra_env: dict[str, str], emulator: Emulated | None, home: Path | None = None,

@@ -1,4 +1,4 @@
-"""The seeded market generator: reproducible, realistic, and with the supply every seed example needs."""
+"""The seeded market generator: reproducible, realistic, and with the supply every example in examples/ needs."""
 
 from __future__ import annotations
 

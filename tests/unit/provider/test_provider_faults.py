@@ -1,4 +1,4 @@
-"""Provider faults lose nothing (issue 8): failed destroys keep counting and are retried, the exit-time label flush
+"""Provider faults lose nothing: failed destroys keep counting and are retried, the exit-time label flush
 is bounded, and the dead-man switch signals only a previous copy of itself.
 
 The in-memory Vast client comes from tests/support/fake_vast_client.py (it checks the state lock on every call).
@@ -58,7 +58,7 @@ def _pool_idle(provider: VastNodeProvider) -> None:
                what="background destroys done")
 
 
-# --- item 1: a failed destroy keeps counting and is retried ---------------------------------------------------------
+# --- a failed destroy keeps counting and is retried ----------------------------------------------------------------
 
 
 def test_a_failed_destroy_keeps_the_node_counted_and_is_retried_at_each_refresh() -> None:
@@ -151,7 +151,7 @@ def test_a_ghost_rental_stays_reserved_until_a_list_settles_it() -> None:
         provider.close()
 
 
-# --- item 3: the exit-time flush is bounded -------------------------------------------------------------------------
+# --- the exit-time flush is bounded ----------------------------------------------------------------------------------
 
 
 class UnreachableVast(FakeVastClient):
@@ -240,7 +240,7 @@ def test_close_retries_a_failed_label_write_so_a_new_monitor_sees_the_latest_tag
     assert successor.node_tags("801")["ray-node-status"] == "up-to-date"
 
 
-# --- item 4: the dead-man switch signals only its own previous copy -------------------------------------------------
+# --- the dead-man switch signals only its own previous copy ----------------------------------------------------------
 
 
 def _start(args: list[str], **kwargs: object) -> subprocess.Popen[bytes]:

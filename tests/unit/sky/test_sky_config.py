@@ -1,4 +1,4 @@
-"""The seed's configuration objects: defaults, coercions and clear errors for bad values; the key stays secret."""
+"""The sky API's configuration objects: defaults, coercions and clear errors for bad values; the key stays secret."""
 
 from __future__ import annotations
 

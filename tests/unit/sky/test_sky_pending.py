@@ -110,7 +110,7 @@ def test_groups_keep_order_and_concatenate(fake: FakePool) -> None:
 
 
 def test_gather_accepts_calls_iterables_and_groups(fake: FakePool) -> None:
-    assert sky.gather(record(i) for i in range(3)) >> sky == [0, 1, 2]  # the seed's generator form
+    assert sky.gather(record(i) for i in range(3)) >> sky == [0, 1, 2]  # a generator of calls
     assert sky.gather(record(0), [record(1), record(2)], record(3) & record(4)) >> sky == [0, 1, 2, 3, 4]
     assert sky.gather() >> sky == []
     streamed = sky.gather(record(5), record(6), stream=True) >> sky
