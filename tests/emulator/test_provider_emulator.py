@@ -1,6 +1,6 @@
 """VastNodeProvider against the running emulator (records-only hosts), driven the way Ray drives it.
 
-The call patterns follow the reference (ray-node-provider.md 1.4, 3.2, 3.4): ``ray up`` creates the head with
+The call patterns are Ray's (autoscaler v2 and ``ray up``/``ray down``): ``ray up`` creates the head with
 ``create_node`` and polls ``non_terminated_nodes(head tags)``, its updater writes the head's status tags; the head's
 own provider (a new instance, as in the head's monitor) launches workers with
 ``create_node_with_resources_and_labels`` from two launcher threads, and every reconcile lists
@@ -20,13 +20,10 @@ import httpx
 import pytest
 from ray.autoscaler.node_launch_exception import NodeLaunchException
 from ray.autoscaler.tags import (
-    TAG_RAY_LAUNCH_CONFIG,
-    TAG_RAY_LAUNCH_REQUEST,
     TAG_RAY_NODE_KIND,
-    TAG_RAY_NODE_NAME,
     TAG_RAY_NODE_STATUS,
-    TAG_RAY_USER_NODE_TYPE,
 )
+from support.ray_launch_tags import head_tags, request_id, worker_tags
 
 from skyward_ray.demo import CLUSTER_CONFIG
 from skyward_ray.emulator.server import EmulatorServer
@@ -43,14 +40,7 @@ NODE_TYPES = {
     "head": {"kind": "head", "node_config": HEAD_CONFIG},
     "gpu": {"kind": "worker", "min_workers": 0, "max_workers": 3, "node_config": WORKER_CONFIG},
 }
-HEAD_TAGS = {TAG_RAY_NODE_KIND: "head", TAG_RAY_USER_NODE_TYPE: "head", TAG_RAY_NODE_STATUS: "uninitialized",
-             TAG_RAY_LAUNCH_CONFIG: "1" * 40, TAG_RAY_NODE_NAME: f"ray-{CLUSTER}-head"}
-
-
-def worker_tags(request_id: str = "00000000-0000-0000-0000-000000000001") -> dict[str, str]:
-    return {TAG_RAY_NODE_KIND: "worker", TAG_RAY_USER_NODE_TYPE: "gpu", TAG_RAY_NODE_STATUS: "uninitialized",
-            TAG_RAY_LAUNCH_CONFIG: "2" * 40, TAG_RAY_LAUNCH_REQUEST: request_id,
-            TAG_RAY_NODE_NAME: f"ray-{CLUSTER}-worker"}
+HEAD_TAGS = head_tags(CLUSTER)
 
 
 @pytest.fixture
@@ -128,7 +118,7 @@ def launch_workers(provider: VastNodeProvider, count: int) -> list[str]:
     def launch(index: int) -> None:
         try:
             results.append(provider.create_node_with_resources_and_labels(
-                WORKER_CONFIG, worker_tags(f"00000000-0000-0000-0000-00000000000{index}"), 1, {"GPU": 1}, {}))
+                WORKER_CONFIG, worker_tags(CLUSTER, request_id(index)), 1, {"GPU": 1}, {}))
         except BaseException as exc:  # reported below, in the test thread
             errors.append(exc)
 
@@ -250,7 +240,8 @@ def test_ghost_of_a_lost_rental_response_is_swept(emulator: EmulatorServer, prov
     monkeypatch.setattr(monitor.client, "create_instance", rent_with_lost_response)
     httpx.delete(f"{emulator.admin_url}/counters/", timeout=10).raise_for_status()
     with pytest.raises(NodeLaunchException):
-        monitor.create_node_with_resources_and_labels(WORKER_CONFIG, worker_tags(), 1, {"GPU": 1}, {})
+        monitor.create_node_with_resources_and_labels(WORKER_CONFIG, worker_tags(CLUSTER, request_id(1)), 1,
+                                                      {"GPU": 1}, {})
     counters = httpx.get(f"{emulator.admin_url}/counters/", timeout=10).json()["requests"]
     assert counters["PUT /api/v0/asks/{id}/"] == 1, "a rental with an unknown outcome must not be sent again"
     ledger = state(emulator)["ledger"]

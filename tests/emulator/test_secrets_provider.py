@@ -1,4 +1,4 @@
-"""The account API key never leaves the laptop and the head's key file (DESIGN decision 10), searched everywhere.
+"""The account API key never leaves the laptop and the head's key file, searched everywhere.
 
 One provider lifecycle against the emulator, driven in Ray's call patterns (``ray up`` for the head, the head's own
 provider launching workers, tag writes, an outbid, a failed host, a refused launch, ``ray down``), with every logger
@@ -33,13 +33,9 @@ import yaml
 from ray.autoscaler._private.util import prepare_config
 from ray.autoscaler.node_launch_exception import NodeLaunchException
 from ray.autoscaler.tags import (
-    TAG_RAY_LAUNCH_CONFIG,
-    TAG_RAY_LAUNCH_REQUEST,
-    TAG_RAY_NODE_KIND,
-    TAG_RAY_NODE_NAME,
     TAG_RAY_NODE_STATUS,
-    TAG_RAY_USER_NODE_TYPE,
 )
+from support.ray_launch_tags import head_tags, request_id, worker_tags
 
 from skyward_ray.emulator.server import EmulatorServer
 from skyward_ray.emulator.testing import RecordingRuntime, running_emulator, wait_until
@@ -67,17 +63,6 @@ NODE_TYPES = {
 
 def leaks(text: str, secret: str = ACCOUNT_KEY) -> bool:
     return secret in text or secret[: len(secret) // 2] in text or secret[len(secret) // 2 :] in text
-
-
-def head_tags() -> dict[str, str]:
-    return {TAG_RAY_NODE_KIND: "head", TAG_RAY_USER_NODE_TYPE: "head", TAG_RAY_NODE_STATUS: "uninitialized",
-            TAG_RAY_LAUNCH_CONFIG: "1" * 40, TAG_RAY_NODE_NAME: f"ray-{CLUSTER}-head"}
-
-
-def worker_tags(index: int) -> dict[str, str]:
-    return {TAG_RAY_NODE_KIND: "worker", TAG_RAY_USER_NODE_TYPE: "gpu", TAG_RAY_NODE_STATUS: "uninitialized",
-            TAG_RAY_LAUNCH_CONFIG: "2" * 40, TAG_RAY_LAUNCH_REQUEST: f"00000000-0000-0000-0000-{index:012d}",
-            TAG_RAY_NODE_NAME: f"ray-{CLUSTER}-worker"}
 
 
 @pytest.fixture
@@ -151,8 +136,8 @@ def test_the_account_key_is_nowhere_after_a_whole_lifecycle(
 
     # ray up: the laptop's provider creates the head and writes its status tags.
     laptop = new_provider(emulator, key_file, providers)
-    laptop.create_node(HEAD_CONFIG, head_tags(), 1)
-    (head,) = wait_until(lambda: laptop.non_terminated_nodes(head_tags()), timeout_s=10, what="the head listed")
+    laptop.create_node(HEAD_CONFIG, head_tags(CLUSTER), 1)
+    (head,) = wait_until(lambda: laptop.non_terminated_nodes(head_tags(CLUSTER)), timeout_s=10, what="the head listed")
     wait_until(lambda: laptop.is_running(head), timeout_s=10, what="the head running")
     for status in ("waiting-for-ssh", "syncing-files", "setting-up", "up-to-date"):
         laptop.set_node_tags(head, {TAG_RAY_NODE_STATUS: status})
@@ -164,8 +149,8 @@ def test_the_account_key_is_nowhere_after_a_whole_lifecycle(
 
     def launch(index: int) -> None:
         try:
-            created.extend(monitor.create_node_with_resources_and_labels(WORKER_CONFIG, worker_tags(index), 1,
-                                                                         {"GPU": 1}, {}) or {})
+            created.extend(monitor.create_node_with_resources_and_labels(
+                WORKER_CONFIG, worker_tags(CLUSTER, request_id(index)), 1, {"GPU": 1}, {}) or {})
         except BaseException as exc:
             errors.append(exc)
 
@@ -188,7 +173,8 @@ def test_the_account_key_is_nowhere_after_a_whole_lifecycle(
     # A launch that cannot be placed, and one whose node_config would put the key into the instance's env.
     for bad_config in ({"accelerator": "H200", "gpus": 64}, {**WORKER_CONFIG, "env": {"TOKEN": ACCOUNT_KEY}}):
         try:
-            monitor.create_node_with_resources_and_labels(bad_config, worker_tags(9), 1, {"GPU": 1}, {})
+            monitor.create_node_with_resources_and_labels(bad_config, worker_tags(CLUSTER, request_id(9)), 1,
+                                                          {"GPU": 1}, {})
         except NodeLaunchException as exc:
             errors.append(exc)
     assert len(errors) == 2 and all(isinstance(e, NodeLaunchException) for e in errors)
