@@ -95,7 +95,11 @@ class EmulatorProcess:
                "--public-subnet", self.public_subnet, "--boot-delay", str(self.boot_delay_s), "--seed", str(self.seed),
                "--rate-limits", self.rate_limits, "--parent-pid", str(os.getpid())]
         self._child = ChildEmulator(cmd, log_path=self.log_path, cwd=REPO_ROOT, start_timeout_s=self.start_timeout_s)
-        ready = self._child.start()
+        try:
+            ready = self._child.start()
+        except BaseException:
+            self.stop()  # sweeps the prefix too
+            raise
         self.url, self.api_key, self.admin_url = ready.url, ready.api_key, ready.admin_url
         self.enforced_limits = ready.rate_limits
         return self

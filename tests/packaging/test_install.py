@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -33,10 +34,18 @@ print(json.dumps({
     "python": dist.metadata["Requires-Python"],
     "scripts": [[ep.name, ep.value] for ep in dist.entry_points if ep.group == "console_scripts"],
     "script_file": os.path.exists(os.path.join(os.path.dirname(sys.executable), "skyward-ray")),
-    "netns_init": os.path.exists(os.path.join(package, "emulator", "netns_init.sh")),
+    "netns_init": os.path.exists(os.path.join(package, "emulator", "netns", "init.sh")),
     "package": package,
 }))
 """
+# What `skyward-ray demo` runs, resolved the way the demo resolves it (skyward_ray.demo needs none of the dependencies).
+DEMO_PROBE = r"""
+import json
+from skyward_ray.demo import CLUSTER_CONFIG, JOB
+print(json.dumps({"config": str(CLUSTER_CONFIG), "job": str(JOB), "config_text": CLUSTER_CONFIG.read_text(),
+                  "job_text": JOB.read_text()}))
+"""
+DEMO_FILES = ("skyward_ray/demo/emulator.yaml", "skyward_ray/demo/demo_job.py", "skyward_ray/emulator/netns/init.sh")
 
 
 def _run(*argv: str | Path, cwd: Path | None = None, timeout: float = 300) -> str:
@@ -74,7 +83,9 @@ def _install(tmp_path: Path, wheelhouse: Path, *target: str | Path) -> tuple[dic
     python = venv / "bin" / "python"
     log = _run(python, "-m", "pip", "install", "-v", "--no-deps", "--no-index", "--find-links", wheelhouse, *target)
     # -I: isolated, so neither the current directory nor PYTHONPATH can put the repo's own package in its place
-    return json.loads(_run(python, "-I", "-c", PROBE, cwd=tmp_path).strip().splitlines()[-1]), log
+    found = json.loads(_run(python, "-I", "-c", PROBE, cwd=tmp_path).strip().splitlines()[-1])
+    found["demo"] = json.loads(_run(python, "-I", "-c", DEMO_PROBE, cwd=tmp_path).strip().splitlines()[-1])
+    return found, log
 
 
 def _check(found: dict[str, object], log: str) -> None:
@@ -88,12 +99,30 @@ def _check(found: dict[str, object], log: str) -> None:
         assert needed in requires, requires
     assert found["scripts"] == [["skyward-ray", "skyward_ray.cli:main"]] and found["script_file"]
     assert found["netns_init"], "package data (the namespace init script) is installed"
+    demo = found["demo"]
+    assert isinstance(demo, dict)
+    for key in ("config", "job"):  # the installed package's own files, not the repository's
+        assert Path(demo[key]).is_relative_to(str(found["package"])), demo[key]
+    assert "cluster_name: emulator" in demo["config_text"] and "max_workers:" in demo["config_text"]
+    assert "placement_group" in demo["job_text"] and "STRICT_SPREAD" in demo["job_text"]
     ours = [line for line in log.splitlines() if "deprecat" in line.lower() and "pip" not in line.lower()]
     assert not ours, ours
 
 
 def test_pip_install(tmp_path: Path, wheelhouse: Path, source: Path) -> None:
     found, log = _install(tmp_path, wheelhouse, source)
+    _check(found, log)
+    assert "site-packages" in str(found["package"])
+
+
+def test_the_wheel_ships_the_demo_and_the_init_script(tmp_path: Path, wheelhouse: Path, source: Path) -> None:
+    """``pip install`` + ``skyward-ray demo`` needs no checkout: the wheel holds the demo's config and job."""
+    _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-index", "--find-links", wheelhouse,
+         "--wheel-dir", tmp_path / "dist", source)
+    (wheel,) = (tmp_path / "dist").glob("skyward_ray-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert set(DEMO_FILES) <= names, sorted(n for n in names if "demo" in n or n.endswith(".sh"))
+    found, log = _install(tmp_path, wheelhouse, wheel)
     _check(found, log)
     assert "site-packages" in str(found["package"])
 
