@@ -23,8 +23,6 @@ from skyward_ray.emulator.server import EmulatorServer
 from skyward_ray.emulator.testing import wait_until
 from skyward_ray.vast.client import VastClient
 
-pytestmark = pytest.mark.e2e
-
 INSTANCE_TIMEOUT_S = 3
 
 

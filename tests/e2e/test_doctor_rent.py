@@ -22,8 +22,6 @@ from skyward_ray.emulator.netns import NetnsRuntime
 from skyward_ray.emulator.server import EmulatorServer
 from skyward_ray.vast.client import VastClient
 
-pytestmark = pytest.mark.e2e
-
 
 @pytest.fixture
 def emulator(make_netns_runtime: Callable[..., NetnsRuntime]) -> Iterator[EmulatorServer]:

@@ -26,7 +26,7 @@ from skyward_ray.errors import ConfigError, SkywardError
 if TYPE_CHECKING:
     from conftest import NetnsKit, SshKey
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
+pytestmark = pytest.mark.timeout(180)
 
 VENV_BIN = str(Path(sys.prefix) / "bin")
 # Ray's login form (SSHCommandRunner): a login, interactive bash that sources ~/.bashrc itself.

@@ -20,7 +20,7 @@ from rayup_kit import BackgroundRun, emulated_cluster, poll
 if TYPE_CHECKING:
     from conftest import NetnsKit
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+pytestmark = pytest.mark.timeout(600)
 
 FORWARD_TIMEOUT_S = 120.0
 

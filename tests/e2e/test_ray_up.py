@@ -29,7 +29,7 @@ from skyward_ray.provider.tags import TAG_OVERLAY_IP, decode_label
 if TYPE_CHECKING:
     from conftest import NetnsKit
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+pytestmark = pytest.mark.timeout(600)
 
 IDLE_TIMEOUT_MIN = 0.25  # the test copy's idle_timeout_minutes: 15 s
 GPU_NODES = 3  # demand: 3 one-GPU actors -> the head (1 GPU) + 2 rented workers

@@ -26,7 +26,7 @@ from skyward_ray.emulator.netns import DEFAULT_PREFIX, clean_leftovers
 if TYPE_CHECKING:
     from conftest import NetnsKit
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+pytestmark = pytest.mark.timeout(900)
 
 VENV_BIN = Path(sys.executable).parent
 RULE = "=" * 100

@@ -16,7 +16,7 @@ from rayup_kit import emulated_cluster
 if TYPE_CHECKING:
     from conftest import NetnsKit
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+pytestmark = pytest.mark.timeout(600)
 
 
 def ssh_keys(url: str, api_key: str) -> httpx.Response:

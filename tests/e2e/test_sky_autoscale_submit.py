@@ -19,7 +19,7 @@ from rayup_kit import EmulatorProcess, RayCluster, json_lines
 if TYPE_CHECKING:
     from conftest import NetnsKit
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+pytestmark = pytest.mark.timeout(900)
 
 JOB = Path(__file__).resolve().parent / "sky_pool_job.py"
 MAX_WORKERS = 2

@@ -33,7 +33,7 @@ from skyward_ray.vast.client import VastClient
 if TYPE_CHECKING:
     from conftest import NetnsKit
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+pytestmark = pytest.mark.timeout(900)
 
 LAUNCHES = 20
 SLOW_S = 20.0  # a retried connection costs ~40 s; a good one ~2-5 s here (more on a loaded machine)

@@ -35,7 +35,7 @@ from skyward_ray.emulator.netns import DEFAULT_PREFIX, clean_leftovers
 if TYPE_CHECKING:
     from conftest import NetnsKit
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
+pytestmark = pytest.mark.timeout(1200)
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "examples" / "README.md"

@@ -45,7 +45,7 @@ from skyward_ray.sky.vast_launcher import VastLauncher
 if TYPE_CHECKING:
     from conftest import NetnsKit
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(480)]
+pytestmark = pytest.mark.timeout(480)
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"

@@ -29,7 +29,7 @@ from skyward_ray.provider.tags import decode_label
 if TYPE_CHECKING:
     from conftest import NetnsKit
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
+pytestmark = pytest.mark.timeout(1500)
 
 STEPS = 40
 K = 10  # checkpoint every K steps

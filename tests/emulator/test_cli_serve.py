@@ -17,8 +17,6 @@ import pytest
 
 from skyward_ray.emulator.faults import DEFAULT_RATE_LIMITS
 
-pytestmark = pytest.mark.emulator
-
 SERVE = [sys.executable, "-m", "skyward_ray.cli", "emulator", "serve"]
 
 

@@ -22,8 +22,6 @@ from skyward_ray.vast.errors import (
 )
 from skyward_ray.vast.models import Instance, NodeState, node_state
 
-pytestmark = pytest.mark.emulator
-
 IMAGE = "vastai/base-image:@vastai-automatic-tag"
 PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIClientTestKey client@test"
 

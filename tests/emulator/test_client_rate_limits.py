@@ -21,8 +21,6 @@ from skyward_ray.vast.endpoints import CREATE_INSTANCE
 from skyward_ray.vast.models import Offer
 from skyward_ray.vast.pacing import CREATE_KEY
 
-pytestmark = pytest.mark.emulator
-
 IMAGE = "vastai/base-image:@vastai-automatic-tag"
 # The emulator's limits and our pacing both scaled x0.1: the same rules (intervals, penalty, search window), ten times
 # faster, so sixteen paced creates take about 9 s instead of 70. test_documented_pace_earns_no_429 keeps them real.

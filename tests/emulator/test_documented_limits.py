@@ -20,8 +20,6 @@ from skyward_ray.emulator.runtime import NoneRuntime
 from skyward_ray.emulator.server import EmulatorServer
 from skyward_ray.emulator.testing import ManualClock, running_emulator
 
-pytestmark = pytest.mark.emulator
-
 OTHER_ADDRESS = "127.0.0.2"
 TEXT_BODIES = ("API requests too frequent", "API requests too frequent: endpoint threshold=")
 

@@ -17,7 +17,6 @@ from support.emulator_wire import first_offer, instance, rent, set_faults
 from skyward_ray.emulator.server import EmulatorServer
 from skyward_ray.emulator.testing import wait_until
 
-pytestmark = pytest.mark.emulator
 # Raw wire calls with no pacer, several creates in a row: the shapes are the subject here, so the limits are off
 # (test_documented_limits.py tests them at their documented values).
 EMULATOR_RATE_LIMITS = "off"

@@ -15,7 +15,6 @@ from support.emulator_wire import FROZEN_BOOT_S, advance, first_offer, instance,
 
 from skyward_ray.emulator.server import EmulatorServer
 
-pytestmark = pytest.mark.emulator
 # Raw wire calls with no pacer: each test switches on the one fault it is about (the documented limits are tested in
 # test_documented_limits.py), so the fixtures start with the limits off.
 EMULATOR_RATE_LIMITS = "off"

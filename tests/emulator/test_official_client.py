@@ -24,7 +24,6 @@ from vastai import VastAI
 from skyward_ray.emulator.server import EmulatorServer
 from skyward_ray.emulator.testing import running_emulator, wait_until
 
-pytestmark = pytest.mark.emulator
 # The official client has no pacer: it retries a 429 at most twice, 0.15 s and 0.225 s later, so against Vast's
 # documented intervals (2 s for a show, 4.5 s and a 12 s penalty for a create) its back-to-back calls fail as they
 # would against Vast itself. These tests are about shapes, so the limits are off here;

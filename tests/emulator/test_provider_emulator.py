@@ -31,8 +31,6 @@ from skyward_ray.emulator.testing import running_emulator, wait_until
 from skyward_ray.provider.node_provider import VastNodeProvider
 from skyward_ray.provider.tags import TAG_RENTAL, decode_label, is_cluster_label
 
-pytestmark = pytest.mark.emulator
-
 CLUSTER = "emu-test"
 HEAD_CONFIG = {"accelerator": "RTX 4090"}
 WORKER_CONFIG = {"accelerator": "RTX 4090", "allocation": "spot"}

@@ -18,8 +18,6 @@ from skyward_ray.emulator.server import EmulatorServer
 from skyward_ray.emulator.testing import make_machine, make_scenario, running_emulator, wait_until
 from skyward_ray.provider.node_provider import VastNodeProvider
 
-pytestmark = pytest.mark.emulator
-
 CLUSTER = "avoid-test"
 WORKER_CONFIG = {"accelerator": "RTX 4090"}
 WORKER_TAGS = {TAG_RAY_NODE_KIND: "worker", TAG_RAY_USER_NODE_TYPE: "gpu", TAG_RAY_NODE_STATUS: "uninitialized",

@@ -35,8 +35,6 @@ from skyward_ray.provider.node_provider import VastNodeProvider
 from skyward_ray.provider.tags import is_cluster_label
 from skyward_ray.vast.client import VastClient
 
-pytestmark = pytest.mark.emulator
-
 REPO = Path(__file__).resolve().parents[2]
 CREATE = "PUT /api/v0/asks/{id}/"
 SEARCH = "POST /api/v0/bundles/"

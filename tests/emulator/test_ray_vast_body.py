@@ -21,8 +21,6 @@ from support.emulator_wire import instance
 from skyward_ray.emulator.server import EmulatorServer
 from skyward_ray.emulator.testing import RecordingRuntime, running_emulator, wait_until
 
-pytestmark = pytest.mark.emulator
-
 IDENTITY_FIRST, IDENTITY_MAX = 70000, 64
 BOOT_SCRIPT = "set -eu\n" + "\n".join(f"echo 'step {i}: a line of a boot script of realistic length'"
                                       for i in range(26))

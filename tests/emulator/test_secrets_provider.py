@@ -46,8 +46,6 @@ from skyward_ray.provider.tags import is_cluster_label
 from skyward_ray.vast.client import VastClient
 from skyward_ray.vast.errors import AuthError
 
-pytestmark = pytest.mark.emulator
-
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER = "secrets"
 # Long and distinctive, so a leak anywhere is a plain substring match; also its halves, for a key split in two.

@@ -6,12 +6,10 @@ from __future__ import annotations
 import json
 
 import httpx
-import pytest
 from support.emulator_wire import FROZEN_BOOT_S, advance, first_offer, instance, rent
 
 from skyward_ray.emulator.server import EmulatorServer
 
-pytestmark = pytest.mark.emulator
 # Raw wire calls with no pacer, many in a row: the shapes are the subject here, so the limits are off (they have their
 # own tests at the documented values in test_documented_limits.py).
 EMULATOR_RATE_LIMITS = "off"
