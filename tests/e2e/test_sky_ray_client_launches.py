@@ -5,7 +5,7 @@ process per client. With gRPC's fork support on (Ray's default), that child some
 before it could exec, and the client got "Starting Ray client server failed" after ~40 s (here: 2 of 8 connections
 failed). The head now starts Ray with that off (skyward_ray/provider/start_commands.py).
 
-To keep it quick, the cluster is made once: ``ray up`` of a head-only copy of ``cluster_configs/emulator.yaml`` on its
+To keep it quick, the cluster is made once: ``ray up`` of a head-only copy of ``skyward_ray/demo/emulator.yaml`` on its
 own netns emulator (the same start commands, the same SSH tunnel to port 10001 as a pool's own launch), then twenty
 pools attach to ``ray://`` through the tunnel, one after the other, each running one call. Ray's "SIGTERM handler is
 not set" notice (the server's, streamed to this process at every connection; and this process's own, for the pool
