@@ -39,7 +39,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=40, help="timed searches per query (default 40)")
     args = parser.parse_args()
-    emulator = EmulatorProcess(serve_command(scenario="bench", seed=0), start_timeout_s=120, stop_timeout_s=30)
+    # Rate limits off: this times the server's search, and Vast's 10 searches a minute per address would refuse
+    # all but the first rounds with 429s.
+    emulator = EmulatorProcess(serve_command(scenario="bench", seed=0, rate_limits="off"), start_timeout_s=120,
+                               stop_timeout_s=30)
     with emulator as ready, httpx.Client(base_url=ready.url, headers={"Authorization": f"Bearer {ready.api_key}"},
                                          timeout=60) as client:
         offers = client.get("/_emulator/state/").json()["market"]["offers"]
