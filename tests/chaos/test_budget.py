@@ -17,27 +17,15 @@ from typing import Any
 
 import pytest
 from ray.autoscaler.node_launch_exception import NodeLaunchException
-from soak_driver import (
-    ChaosActor,
-    Cluster,
-    FailNext,
-    MiniAutoscaler,
-    ProviderFactory,
-    Sampler,
-    admin,
-    overlay_address,
-    ray_up,
-)
+from support.emulator_chaos import ChaosActor, FailNext, Sampler, admin, overlay_address
+from support.ray_v2_driver import MiniAutoscaler, ProviderFactory, ray_up, spot_cluster
 
 from skyward_ray.emulator.server import EmulatorServer
 from skyward_ray.emulator.testing import running_emulator, wait_until
 from skyward_ray.provider.node_provider import VastNodeProvider
 from skyward_ray.vast.client import VastClient
 
-pytestmark = pytest.mark.chaos
-
-CLUSTER = Cluster(name="budget", head_config={"accelerator": "RTX 4090"},
-                  worker_config={"accelerator": "RTX 4090", "allocation": "spot"})
+CLUSTER = spot_cluster("budget")
 TARGET = 4
 
 

@@ -36,26 +36,15 @@ from typing import Any
 
 import pytest
 from ray.autoscaler.tags import TAG_RAY_LAUNCH_REQUEST, TAG_RAY_NODE_KIND
-from soak_driver import (
-    ChaosActor,
-    Cluster,
-    MiniAutoscaler,
-    ProviderFactory,
-    Sampler,
-    admin,
-    overlay_address,
-    ray_up,
-)
+from support.emulator_chaos import ChaosActor, Sampler, admin, overlay_address
+from support.ray_v2_driver import MiniAutoscaler, ProviderFactory, ray_up, spot_cluster
 
 from skyward_ray.emulator.server import EmulatorServer
 from skyward_ray.emulator.testing import running_emulator, wait_until
 from skyward_ray.errors import SkywardError
 from skyward_ray.provider.tags import TAG_RENTAL, decode_label, is_cluster_label
 
-pytestmark = pytest.mark.chaos
-
-CLUSTER = Cluster(name="soak", head_config={"accelerator": "RTX 4090"},
-                  worker_config={"accelerator": "RTX 4090", "allocation": "spot"})
+CLUSTER = spot_cluster("soak")
 TARGETS = (8, 3, 8)
 MAX_WORKERS = max(TARGETS)
 RATE_429 = 0.10

@@ -14,17 +14,15 @@ from typing import Any
 
 import pytest
 from ray.autoscaler.tags import TAG_RAY_NODE_KIND
-from soak_driver import Cluster, FailNext, admin, ray_up
+from support.emulator_chaos import FailNext, admin
+from support.ray_v2_driver import ray_up, spot_cluster
 
 from skyward_ray.emulator.server import EmulatorServer
 from skyward_ray.emulator.testing import running_emulator
 from skyward_ray.provider.node_provider import VastNodeProvider
 from skyward_ray.vast.client import VastClient
 
-pytestmark = pytest.mark.chaos
-
-CLUSTER = Cluster(name="down", head_config={"accelerator": "RTX 4090"},
-                  worker_config={"accelerator": "RTX 4090", "allocation": "spot"})
+CLUSTER = spot_cluster("down")
 
 
 @pytest.fixture
