@@ -19,11 +19,13 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rayup_kit import pid_alive
 
 from skyward_ray.emulator.netns import DEFAULT_STATE_ROOT, NetnsRuntime, clean_leftovers
+from skyward_ray.emulator.server import EmulatorServer
 
 # What the netns runtime and these tests run; a missing one fails the run with the Debian package to install.
 E2E_TOOLS = {"ip": "iproute2", "bridge": "iproute2", "nft": "nftables", "unshare": "util-linux",
@@ -119,6 +121,23 @@ def make_netns_runtime(netns_host: None) -> Iterator[Callable[..., NetnsRuntime]
 @pytest.fixture
 def netns_runtime(make_netns_runtime: Callable[..., NetnsRuntime]) -> NetnsRuntime:
     return make_netns_runtime()
+
+
+@pytest.fixture
+def make_netns_emulator(make_netns_runtime: Callable[..., NetnsRuntime]) -> Iterator[Callable[..., EmulatorServer]]:
+    """Start in-process emulators (``EmulatorServer(**kwargs)``), each on a fresh netns runtime; at teardown stop each
+    (it destroys what its runtime holds), then ``make_netns_runtime`` checks that nothing is left."""
+    servers: list[EmulatorServer] = []
+
+    def make(**kwargs: Any) -> EmulatorServer:
+        server = EmulatorServer(runtime=make_netns_runtime(), **kwargs)
+        servers.append(server)
+        server.start()
+        return server
+
+    yield make
+    for server in reversed(servers):
+        server.stop()
 
 
 @dataclass(frozen=True)

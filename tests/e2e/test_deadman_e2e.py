@@ -13,12 +13,11 @@ from __future__ import annotations
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import httpx
 import pytest
 
-from skyward_ray.emulator.netns import NetnsRuntime
 from skyward_ray.emulator.server import EmulatorServer
 from skyward_ray.emulator.testing import wait_until
 from skyward_ray.vast.client import VastClient
@@ -27,13 +26,8 @@ INSTANCE_TIMEOUT_S = 3
 
 
 @pytest.fixture
-def emulator(make_netns_runtime: Callable[..., NetnsRuntime]) -> Iterator[EmulatorServer]:
-    server = EmulatorServer(scenario="default", seed=3, boot_delay_s=0.2, runtime=make_netns_runtime())
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()  # destroys what the runtime holds; make_netns_runtime then checks nothing is left
+def emulator(make_netns_emulator: Callable[..., EmulatorServer]) -> EmulatorServer:
+    return make_netns_emulator(scenario="default", seed=3, boot_delay_s=0.2)
 
 
 def closed_port(host: str) -> int:

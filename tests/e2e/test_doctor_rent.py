@@ -12,25 +12,19 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from skyward_ray.emulator.netns import NetnsRuntime
 from skyward_ray.emulator.server import EmulatorServer
 from skyward_ray.vast.client import VastClient
 
 
 @pytest.fixture
-def emulator(make_netns_runtime: Callable[..., NetnsRuntime]) -> Iterator[EmulatorServer]:
-    server = EmulatorServer(scenario="default", seed=3, boot_delay_s=2.0, runtime=make_netns_runtime())
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()  # destroys what the runtime holds; make_netns_runtime then checks nothing is left
+def emulator(make_netns_emulator: Callable[..., EmulatorServer]) -> EmulatorServer:
+    return make_netns_emulator(scenario="default", seed=3, boot_delay_s=2.0)
 
 
 def run_doctor(emulator: EmulatorServer, tmp_path: Path, key: Path, *args: str) -> tuple[int, dict[str, Any], str]:
