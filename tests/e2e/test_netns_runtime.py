@@ -24,7 +24,7 @@ from skyward_ray.emulator.runtime import InstanceSpec, RuntimeFailure
 from skyward_ray.errors import ConfigError, SkywardError
 
 if TYPE_CHECKING:
-    from conftest import NetnsKit, SshKey
+    from support.netns_host import NetnsKit, SshKey
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -18,7 +18,7 @@ import ray
 from rayup_kit import BackgroundRun, emulated_cluster, poll
 
 if TYPE_CHECKING:
-    from conftest import NetnsKit
+    from support.netns_host import NetnsKit
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -27,7 +27,7 @@ from rayup_kit import RayCluster, emulated_cluster, json_lines, netns_pids, pid_
 from skyward_ray.provider.tags import TAG_OVERLAY_IP, decode_label
 
 if TYPE_CHECKING:
-    from conftest import NetnsKit
+    from support.netns_host import NetnsKit
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -14,7 +14,7 @@ import pytest
 from rayup_kit import emulated_cluster
 
 if TYPE_CHECKING:
-    from conftest import NetnsKit
+    from support.netns_host import NetnsKit
 
 pytestmark = pytest.mark.timeout(600)
 

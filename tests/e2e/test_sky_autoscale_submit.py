@@ -17,7 +17,7 @@ import pytest
 from rayup_kit import EmulatorProcess, RayCluster, json_lines
 
 if TYPE_CHECKING:
-    from conftest import NetnsKit
+    from support.netns_host import NetnsKit
 
 pytestmark = pytest.mark.timeout(900)
 

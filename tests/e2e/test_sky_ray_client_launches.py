@@ -31,7 +31,7 @@ from skyward_ray.sky.vast_launcher import RAY_CLIENT_PORT
 from skyward_ray.vast.client import VastClient
 
 if TYPE_CHECKING:
-    from conftest import NetnsKit
+    from support.netns_host import NetnsKit
 
 pytestmark = pytest.mark.timeout(900)
 

@@ -33,7 +33,7 @@ import pytest
 from skyward_ray.emulator.netns import DEFAULT_PREFIX, clean_leftovers
 
 if TYPE_CHECKING:
-    from conftest import NetnsKit
+    from support.netns_host import NetnsKit
 
 pytestmark = pytest.mark.timeout(1200)
 

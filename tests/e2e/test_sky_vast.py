@@ -43,7 +43,7 @@ from skyward_ray.sky.ssh_tunnel import ssh_control_dir
 from skyward_ray.sky.vast_launcher import VastLauncher
 
 if TYPE_CHECKING:
-    from conftest import NetnsKit
+    from support.netns_host import NetnsKit
 
 pytestmark = pytest.mark.timeout(480)
 

@@ -27,7 +27,7 @@ from train_kit import EXAMPLE, WORKERS, TrainCluster, TrainRun, train, train_clu
 from skyward_ray.provider.tags import decode_label
 
 if TYPE_CHECKING:
-    from conftest import NetnsKit
+    from support.netns_host import NetnsKit
 
 pytestmark = pytest.mark.timeout(1500)
 
