@@ -214,6 +214,15 @@ def silent(conn: socket.socket, stop: threading.Event) -> None:
     _hold(stop)
 
 
+def _drip(conn: socket.socket, stop: threading.Event, byte: bytes) -> None:
+    """Send ``byte`` every 0.1 s until the test ends or the client hangs up."""
+    while not stop.wait(0.1):
+        try:
+            conn.sendall(byte)
+        except OSError:
+            return
+
+
 def headers_then_stall(conn: socket.socket, stop: threading.Event) -> None:
     _read_request(conn)
     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 50\r\n\r\n{\"ins")
@@ -224,11 +233,7 @@ def trickle(conn: socket.socket, stop: threading.Event) -> None:
     """A body that keeps coming, one byte at a time, faster than any read timeout."""
     _read_request(conn)
     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n[")
-    while not stop.wait(0.1):
-        try:
-            conn.sendall(b" ")
-        except OSError:
-            return
+    _drip(conn, stop, b" ")
 
 
 def short_body(conn: socket.socket, stop: threading.Event) -> None:
@@ -264,11 +269,7 @@ def slow_headers(conn: socket.socket, stop: threading.Event) -> None:
     """The status line and then one header byte at a time, forever."""
     _read_request(conn)
     conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
-    while not stop.wait(0.1):
-        try:
-            conn.sendall(b"a")
-        except OSError:
-            return
+    _drip(conn, stop, b"a")
 
 
 BEHAVIOURS: dict[str, Behaviour] = {
