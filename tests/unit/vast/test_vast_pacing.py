@@ -34,6 +34,7 @@ from skyward_ray.vast.pacing import (
     SEARCH_KEY,
     PaceLimits,
     Pacer,
+    Ticket,
     Window,
     identity_of,
     resolve_rate_scale,
@@ -50,6 +51,14 @@ M = LIMITS.margin_s
 
 def slots(pacer: Pacer, key: str, n: int, limits: PaceLimits = LIMITS) -> list[float]:
     return [pacer.reserve(key, limits).slot for _ in range(n)]
+
+
+def second_create() -> tuple[RecordingClock, Pacer, Ticket]:
+    """A fresh pacer with one create reserved; the ticket of a second create, queued behind it."""
+    clock = RecordingClock()
+    pacer = Pacer("t", clock)
+    pacer.reserve(CREATE_KEY, LIMITS)
+    return clock, pacer, pacer.reserve(CREATE_KEY, LIMITS)
 
 
 def create(client: VastClient) -> int:
@@ -132,10 +141,7 @@ def test_a_penalty_moves_the_waiting_slots_behind_it_in_order() -> None:
 
 
 def test_a_ticket_sleeping_when_the_penalty_comes_sleeps_again() -> None:
-    clock = RecordingClock()
-    pacer = Pacer("t", clock)
-    pacer.reserve(CREATE_KEY, LIMITS)
-    late = pacer.reserve(CREATE_KEY, LIMITS)
+    clock, pacer, late = second_create()
 
     def sleep_and_get_refused(seconds: float) -> None:
         clock.sleep(seconds)
@@ -376,10 +382,7 @@ def test_search_is_budgeted_per_address_whatever_the_key() -> None:
 
 
 def test_a_caller_interrupted_while_waiting_leaves_the_queue() -> None:
-    clock = RecordingClock()
-    pacer = Pacer("t", clock)
-    pacer.reserve(CREATE_KEY, LIMITS)
-    ticket = pacer.reserve(CREATE_KEY, LIMITS)
+    _, pacer, ticket = second_create()
 
     def interrupted(seconds: float) -> None:
         raise KeyboardInterrupt
