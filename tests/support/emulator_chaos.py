@@ -62,6 +62,8 @@ def admin(url: str, method: str, path: str, **kwargs: Any) -> Any:
 
 @dataclass
 class Sample:
+    """One reading of the emulator's ledger for the cluster."""
+
     at: float
     billed_dph: float  # what the emulator bills this second: our instances that are running, at their ledger price
     committed_dph: float  # every instance of ours not destroyed and not stopped/failed (loading ones included)
@@ -143,6 +145,8 @@ class Sampler:
 
 @dataclass
 class ChaosCounts:
+    """What the chaos actor did."""
+
     outbids: int = 0
     offline: int = 0
     exited: int = 0

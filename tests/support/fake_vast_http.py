@@ -108,12 +108,14 @@ def instance(**overrides: Any) -> dict[str, Any]:
 
 
 def offer(**overrides: Any) -> dict[str, Any]:
+    """A fresh copy of the recorded offer with some fields changed."""
     row = copy.deepcopy(OFFER)
     row.update(overrides)
     return row
 
 
 def v1_page(rows: list[dict[str, Any]], next_token: str | None, total: int | None = None) -> dict[str, Any]:
+    """One page of the paged instance list (``GET /api/v1/instances/``)."""
     return {
         "success": True,
         "instances_found": len(rows),
@@ -209,10 +211,12 @@ def raises(exc_type: type[httpx.TransportError], message: str = "boom") -> Calla
 
 
 def json_response(status: int, body: Any, **headers: str) -> httpx.Response:
+    """An answer with a JSON body."""
     return httpx.Response(status, json=body, headers=headers)
 
 
 def text_response(status: int, text: str, **headers: str) -> httpx.Response:
+    """An answer with a plain-text body (as Vast's gateway and rate limiter send)."""
     return httpx.Response(status, text=text, headers={"Content-Type": "text/plain", **headers})
 
 
@@ -239,6 +243,7 @@ NO_PACING: dict[str, float] = {
 
 
 def make_client(fake: FakeVastHttp, clock: RecordingClock | None = None, **kwargs: Any) -> VastClient:
+    """A client on the fake's transport and a recording clock, unpaced unless the test sets pacing."""
     clock = clock or RecordingClock()
     if "min_interval_s" not in kwargs and "rate_scale" not in kwargs:
         kwargs["min_interval_s"] = NO_PACING

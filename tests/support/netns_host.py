@@ -62,11 +62,14 @@ def leftovers(prefix: str) -> list[str]:
 
 @dataclass(frozen=True)
 class SshKey:
+    """A key pair on disk: the private key's path and the public key's text."""
+
     private_path: Path
     public: str
 
 
 def make_ssh_key(directory: Path, name: str = "id_ed25519") -> SshKey:
+    """A fresh ed25519 key pair without a passphrase in ``directory``."""
     path = directory / name
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(path)], check=True)
     return SshKey(path, path.with_suffix(".pub").read_text().strip())

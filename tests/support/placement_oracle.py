@@ -63,6 +63,8 @@ def oracle_price(o: Offer, allocation: Allocation, options: PlacementOptions) ->
 
 @dataclass(frozen=True)
 class Optimum:
+    """The oracle's answer: total price and reliability (in millionths, for exact comparison) and the offers."""
+
     price_micro: int
     reliability_micro: int
     total: float

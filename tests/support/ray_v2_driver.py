@@ -160,6 +160,8 @@ class Tick:
 
 @dataclass
 class AutoscalerStats:
+    """What the mini autoscaler did, for the report."""
+
     launches: int = 0
     launched_nodes: int = 0
     launch_failures: Counter[str] = field(default_factory=Counter)

@@ -81,7 +81,9 @@ class FakeProvider:
 
 def make_runner(endpoints: FakeEndpoints, reachable: set[Endpoint], *, use_internal_ip: bool = False,
                 key: str | None = "/keys/id_ed25519", clock: ManualClock | None = None,
-            ) -> tuple[VastSSHCommandRunner, FakeProcessRunner, list[Endpoint]]:
+                ) -> tuple[VastSSHCommandRunner, FakeProcessRunner, list[Endpoint]]:
+    """A runner for node 4242 on these endpoints, where ``reachable`` answers probes and scans; also returns the
+    recording process runner and the list of every endpoint probed."""
     probed: list[Endpoint] = []
 
     def probe(endpoint: Endpoint) -> bool:
