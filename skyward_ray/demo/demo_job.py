@@ -17,7 +17,7 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-TASKS = int(sys.argv[1]) if len(sys.argv) > 1 else 4
+DEFAULT_TASKS = 4
 SLICE = 2_000_000
 WAIT_S = 600
 
@@ -39,24 +39,24 @@ def alive_nodes() -> int:
     return sum(1 for node in ray.nodes() if node["Alive"])
 
 
-def main() -> None:
+def main(tasks: int) -> None:
     ray.init(address="auto")
     started = time.monotonic()
-    print(f"job: asking for {TASKS} GPUs at once, one per node; the cluster has {alive_nodes()} node(s)", flush=True)
-    group = placement_group([{"GPU": 1, "CPU": 1}] * TASKS, strategy="STRICT_SPREAD")
+    print(f"job: asking for {tasks} GPUs at once, one per node; the cluster has {alive_nodes()} node(s)", flush=True)
+    group = placement_group([{"GPU": 1, "CPU": 1}] * tasks, strategy="STRICT_SPREAD")
     ready = group.ready()
     seen = -1
     while not ray.wait([ready], timeout=2.0)[0]:
         nodes = alive_nodes()
         if nodes != seen:
-            print(f"job: waiting for GPUs: {nodes} of {TASKS} nodes up (the autoscaler is renting workers)",
+            print(f"job: waiting for GPUs: {nodes} of {tasks} nodes up (the autoscaler is renting workers)",
                   flush=True)
             seen = nodes
         if time.monotonic() - started > WAIT_S:
-            raise SystemExit(f"job: the cluster did not reach {TASKS} GPU nodes within {WAIT_S} s")
-    print(f"job: {TASKS} GPUs reserved on {TASKS} nodes after {time.monotonic() - started:.1f} s", flush=True)
-    strategy = [PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=i) for i in range(TASKS)]
-    results = ray.get([gpu_task.options(scheduling_strategy=strategy[i]).remote(i) for i in range(TASKS)],
+            raise SystemExit(f"job: the cluster did not reach {tasks} GPU nodes within {WAIT_S} s")
+    print(f"job: {tasks} GPUs reserved on {tasks} nodes after {time.monotonic() - started:.1f} s", flush=True)
+    strategy = [PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=i) for i in range(tasks)]
+    results = ray.get([gpu_task.options(scheduling_strategy=strategy[i]).remote(i) for i in range(tasks)],
                       timeout=WAIT_S)
     remove_placement_group(group)
     for result in results:
@@ -64,7 +64,7 @@ def main() -> None:
               f"(NCCL/Gloo interface {result['nccl_ifname']})", flush=True)
     report = {
         "tasks": results,
-        "sum_ok": sum(int(r["sum"]) for r in results) == sum(range(TASKS * SLICE)),
+        "sum_ok": sum(int(r["sum"]) for r in results) == sum(range(tasks * SLICE)),
         "seconds": round(time.monotonic() - started, 1),
         "nodes": sorted({str(r["node_ip"]) for r in results}),
     }
@@ -72,4 +72,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_TASKS)

@@ -17,10 +17,8 @@ from skyward_ray.errors import SkywardError
 from skyward_ray.placement.explanation import Explanation, NoPlacementError
 from skyward_ray.provider.renting import NodeLaunchError
 
-JOB_SCRIPTS = {"skyward_ray.demo.demo_job"}  # shipped for `ray submit`: it reads its command line when imported
-
 for module in pkgutil.walk_packages(skyward_ray.__path__, "skyward_ray."):
-    if not module.name.endswith("__main__") and module.name not in JOB_SCRIPTS:  # a __main__ module runs its CLI
+    if not module.name.endswith("__main__"):  # a __main__ module runs its CLI when imported
         importlib.import_module(module.name)
 
 
