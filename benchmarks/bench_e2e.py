@@ -1,9 +1,9 @@
 """How long the real thing takes here: ``ray up`` to a ready head, GPU demand to 2 ready workers, ``ray down``.
 
 Everything is real except the cloud: Ray's own CLI and autoscaler (v2), our provider, SSH into emulated instances
-(network namespaces with sshd, from ``tests/e2e/rayup_kit.py``), the overlay. The cloud's boot time is the emulator's
-``--boot-delay`` (seconds from rental to a running instance; real Vast takes minutes to pull an image), stated in the
-result because every figure contains it once.
+(network namespaces with sshd, from ``tests/support/emulated_ray_cluster.py``), the overlay. The cloud's boot time is
+the emulator's ``--boot-delay`` (seconds from rental to a running instance; real Vast takes minutes to pull an
+image), stated in the result because every figure contains it once.
 
 * ``ray_up_s``: ``ray up cluster.yaml -y --no-config-cache`` until it returns, i.e. the head's status is up-to-date
   and Ray runs on it (rental, boot, SSH, file mounts, setup, ``ray start``). Goal < 30 s.
@@ -37,9 +37,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from rayup_kit import EmulatorProcess, RayCluster, json_lines, netns_pids
+from support.emulated_ray_cluster import EmulatorProcess, RayCluster, json_lines, netns_pids
 
 GOALS_S = {"ray_up_s": 30.0, "two_workers_s": 45.0, "ray_down_s": 15.0}
 GPU_NODES = 3  # the head's GPU + 2 workers

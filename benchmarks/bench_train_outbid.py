@@ -30,10 +30,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from bench_e2e import free_subnet
-from train_kit import train, train_cluster, wait_for_workers
+from support.outbid_training import train, train_cluster, wait_for_workers
 
 
 def main() -> int:

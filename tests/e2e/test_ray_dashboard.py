@@ -1,8 +1,8 @@
 """``ray dashboard cluster.yaml`` through our SSH runner: Ray's CLI forwards a local port over SSH (to the instance's
 mapped SSH port) to the head's dashboard, and the dashboard's HTTP API answers through it.
 
-One cluster (``ray up`` of a copy of ``skyward_ray/demo/emulator.yaml`` on the netns emulator, :mod:`rayup_kit`),
-torn down by ``ray down`` and the emulator's sweep whatever happens.
+One cluster (``ray up`` of a copy of ``skyward_ray/demo/emulator.yaml`` on the netns emulator,
+:mod:`support.emulated_ray_cluster`), torn down by ``ray down`` and the emulator's sweep whatever happens.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 import ray
-from rayup_kit import BackgroundRun, emulated_cluster, poll
+from support.emulated_ray_cluster import BackgroundRun, emulated_cluster, poll
 
 if TYPE_CHECKING:
     from support.netns_host import NetnsKit

@@ -3,8 +3,8 @@
 The module shares ONE cluster (a module-scoped fixture): ``ray up`` once, then the tests in file order, each building
 on the last, as a user's session does: the head and the CLI commands; ``ray up`` again; GPU demand renting workers on
 the overlay; a worker outbid mid-job and replaced; idle workers removed; ``ray down`` leaving nothing. The emulator
-runs as a child process with its own prefix, subnet and port (:mod:`rayup_kit`), and is stopped and swept whatever
-happens.
+runs as a child process with its own prefix, subnet and port (:mod:`support.emulated_ray_cluster`), and is stopped
+and swept whatever happens.
 
 The config is a copy of ``skyward_ray/demo/emulator.yaml`` changed only where a test must: the API URL of this
 emulator, a cluster name and SSH key of its own, and a short ``idle_timeout_minutes``.
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from rayup_kit import RayCluster, emulated_cluster, json_lines, netns_pids, pid_alive, poll
+from support.emulated_ray_cluster import RayCluster, emulated_cluster, json_lines, netns_pids, pid_alive, poll
 
 from skyward_ray.provider.tags import TAG_OVERLAY_IP, decode_label
 

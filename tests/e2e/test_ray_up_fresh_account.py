@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 import pytest
-from rayup_kit import emulated_cluster
+from support.emulated_ray_cluster import emulated_cluster
 
 if TYPE_CHECKING:
     from support.netns_host import NetnsKit

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from rayup_kit import EmulatorProcess, RayCluster, json_lines
+from support.emulated_ray_cluster import EmulatorProcess, RayCluster, json_lines
 
 if TYPE_CHECKING:
     from support.netns_host import NetnsKit

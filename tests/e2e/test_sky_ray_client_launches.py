@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from rayup_kit import EmulatorProcess, RayCluster
+from support.emulated_ray_cluster import EmulatorProcess, RayCluster
 
 import skyward_ray as sky
 from skyward_ray.sky.nodes import NodesUnavailableError

@@ -21,8 +21,8 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pytest
-from rayup_kit import netns_pids, pid_alive
-from train_kit import EXAMPLE, WORKERS, TrainCluster, TrainRun, train, train_cluster, wait_for_workers
+from support.emulated_ray_cluster import netns_pids, pid_alive
+from support.outbid_training import EXAMPLE, WORKERS, TrainCluster, TrainRun, train, train_cluster, wait_for_workers
 
 from skyward_ray.provider.tags import decode_label
 

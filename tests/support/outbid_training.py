@@ -26,7 +26,17 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
-from rayup_kit import REPO_ROOT, VENV_BIN, BackgroundRun, EmulatorProcess, RayCluster, json_lines, pid_alive, poll
+
+from support.emulated_ray_cluster import (
+    REPO_ROOT,
+    VENV_BIN,
+    BackgroundRun,
+    EmulatorProcess,
+    RayCluster,
+    json_lines,
+    pid_alive,
+    poll,
+)
 
 EXAMPLE = REPO_ROOT / "examples" / "train_on_bids.py"
 TRAIN_CONFIG = REPO_ROOT / "cluster_configs" / "emulator-train.yaml"

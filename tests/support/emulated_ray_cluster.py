@@ -3,9 +3,9 @@
 Two pieces, both owned by PID and torn down whatever happens:
 
 * :class:`EmulatorProcess`: the Vast emulator with the ``netns`` host runtime as a child process (this file run as a
-  script: ``python rayup_kit.py serve ...``), with its own name prefix, public subnet and port, so it never meets a
-  user's emulator (``skyr``, 10.213.0.0/16, 8911) or another test's. ``stop()`` is SIGTERM (the server destroys every
-  instance and closes the runtime), then ``clean_leftovers`` for the prefix.
+  script: ``python emulated_ray_cluster.py serve ...``), with its own name prefix, public subnet and port, so it
+  never meets a user's emulator (``skyr``, 10.213.0.0/16, 8911) or another test's. ``stop()`` is SIGTERM (the server
+  destroys every instance and closes the runtime), then ``clean_leftovers`` for the prefix.
 * :class:`RayCluster`: a copy of the demo's ``emulator.yaml`` pointed at that emulator, with its own cluster name,
   SSH key and temp/cache dirs, and the laptop-side ``ray`` CLI run from this venv with bounded time. Nothing it does
   touches ``~/.ssh``, ``~/.cache`` or ``/tmp`` of the host except Ray's SSH control sockets
@@ -47,7 +47,7 @@ from skyward_ray.emulator.process import pid_alive as pid_alive  # the e2e tests
 from skyward_ray.emulator.testing import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-JOB = Path(__file__).resolve().parent / "e2e_job.py"
+JOB = REPO_ROOT / "tests" / "e2e" / "e2e_job.py"
 VENV_BIN = Path(sys.executable).parent
 JSON_MARK = "E2E-JSON "
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -380,11 +380,11 @@ def emulated_cluster(workdir: Path, *, prefix: str, public_subnet: str, name: st
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# ``python rayup_kit.py serve``: the emulator child process
+# ``python emulated_ray_cluster.py serve``: the emulator child process
 
 
 def _serve(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="rayup_kit.py serve")
+    parser = argparse.ArgumentParser(prog="emulated_ray_cluster.py serve")
     parser.add_argument("--prefix", required=True)
     parser.add_argument("--public-subnet", required=True)
     parser.add_argument("--boot-delay", type=float, default=2.0)
@@ -426,7 +426,7 @@ def _log_refusals() -> None:
 
     from skyward_ray.emulator import ratelimit
 
-    log = logging.getLogger("rayup_kit.ratelimit")
+    log = logging.getLogger("emulated_ray_cluster.ratelimit")
     check = ratelimit.RateLimiter.check
 
     def logged(self: Any, config: Any, endpoint: str, key: str | None, address: str) -> Any:
@@ -453,5 +453,5 @@ def _stop_with_parent(parent_pid: int) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:2] != ["serve"]:
-        sys.exit("usage: rayup_kit.py serve --prefix P --public-subnet S [--boot-delay s] [--seed n]")
+        sys.exit("usage: emulated_ray_cluster.py serve --prefix P --public-subnet S [--boot-delay s] [--seed n]")
     sys.exit(_serve(sys.argv[2:]))
