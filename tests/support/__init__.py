@@ -9,6 +9,8 @@
 - placement_offers, placement_oracle: offers by Vast's offer rule, and a brute-force placement oracle.
 - ssh_runner_fakes: endpoints and a recording process runner for VastSSHCommandRunner.
 - netns_host: the e2e host side (tools, free subnet, prefixes, leftovers, SSH into an instance).
+- emulated_ray_cluster: the netns emulator as a child process and the ``ray`` CLI against it (e2e, bench_e2e).
+- outbid_training: Ray Train on bid workers with a moto S3 bucket, outbid mid-run (e2e, bench_train_outbid).
 
 A module here is imported by several test files; what one test file needs stays in that file.
 """
