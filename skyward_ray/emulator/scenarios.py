@@ -2,7 +2,7 @@
 
 The same (scenario, seed) always gives the same machines, ids and prices, so a failing test can be replayed.
 ``default`` also carries fixed "anchor" supply (a US physical cluster of RTX 4090 machines with reliability >= 0.98,
-and high-reliability offers of every GPU model) so every documented example can be placed whatever the seed.
+and high-reliability offers of every GPU model) so every documented example can be placed whatever the random seed.
 """
 
 from __future__ import annotations
